@@ -1,0 +1,32 @@
+"""distformer: millisecond Bayesian posteriors under priors you can change at run time.
+
+Distribution Transformers (Whittle et al., ICML 2026): a transformer maps a Gaussian-mixture prior and a set of
+observations to a Gaussian-mixture posterior, which can be fed back as the next prior.
+"""
+
+from . import problems
+from .distributions import GaussianMixture
+from .nn import DistributionTransformer, ModelConfig
+from .observations import Observations
+from .training import ArchitectureConfig, ProblemConfig, TrainConfig, train
+from .training.checkpoint import load_model as load
+
+__version__ = "0.1.0"
+
+
+def pretrained(name: str) -> DistributionTransformer:
+    """Load a model shipped inside the package (offline); see :func:`pretrained_names`."""
+    from .pretrained import load_pretrained
+
+    return load_pretrained(name)
+
+
+def pretrained_names() -> list[str]:
+    """Names of the models shipped inside the package."""
+    from .pretrained import pretrained_names as names
+
+    return names()
+
+
+__all__ = ["GaussianMixture", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
+           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems"]

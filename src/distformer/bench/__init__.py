@@ -1,0 +1,23 @@
+"""Benchmarks: one runner per experiment, each writing ``benchmarks/NAME.md`` and a figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _runners():
+    from . import linear_gaussian
+
+    return {"linear-gaussian": linear_gaussian.run}
+
+
+def benchmark_names() -> list[str]:
+    return sorted(_runners())
+
+
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks", update_cards: bool = False) -> Path:
+    """Run benchmark ``name``; returns the path of the markdown report."""
+    runners = _runners()
+    if name not in runners:
+        raise ValueError(f"Expected a benchmark name among {sorted(runners)}, but got {name!r}.")
+    return runners[name](quick=quick, out_dir=Path(out_dir), update_cards=update_cards)

@@ -1,0 +1,153 @@
+"""Benchmark ``linear-gaussian``: shipped models against the exact posterior, accuracy and speed in one run.
+
+For each shipped model ``linear-gaussian-{1,2}d`` on fresh problems from its meta-prior (seed 12345, distinct from
+the training seeds):
+
+* KL(exact ‖ model) per problem by Monte Carlo (``diagnostics.kl_divergence``), mean ± 95% interval;
+* expected NLL of the true parameter under the model and under the exact posterior, and their paired difference;
+* median latency of one ``model.posterior`` call (batch 1, 20 observations, one thread) beside the exact update;
+* throughput (problems/s) for a batch of 10,000 problems with 20 observations on all cores, beside the exact update.
+
+Command: ``distformer bench linear-gaussian`` (``--quick`` for a small run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
+from ..problems import get
+from .timing import machine, median_seconds, threads
+
+MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
+SEED = 12345
+
+
+def evaluate_model(name: str, num_problems: int, kl_samples: int, latency_repeats: int,
+                   throughput_batch: int, generator: torch.Generator) -> dict:
+    """Accuracy and speed of shipped model ``name`` against the exact posterior."""
+    import distformer
+
+    model = distformer.pretrained(name)
+    problem = get("linear-gaussian", **model.card["problem"]["options"])
+    batch = problem.sample_batch(num_problems, generator=generator)
+    with threads(torch.get_num_threads()):
+        approx = model.posterior(batch.prior, batch.observations)
+    exact = problem.exact_posterior(batch.prior.to(torch.float64), batch.observations)
+    kl = kl_divergence(exact, approx, kl_samples, generator=generator)
+    nll_model = negative_log_likelihood(approx, batch.theta)
+    nll_exact = negative_log_likelihood(exact, batch.theta)
+    counts = batch.observations.count("z")
+
+    D = problem.dim
+    prior1 = batch.prior[:1]
+    z1 = batch.theta[:1].unsqueeze(-2) + torch.randn(1, 20, D, generator=generator)
+    eye = torch.eye(D)
+    with threads(1):
+        latency_model = median_seconds(lambda: model.posterior(prior1, z1), latency_repeats, 20)
+        latency_exact = median_seconds(lambda: prior1.condition_linear_gaussian(eye, eye, z1), latency_repeats, 20)
+    big = problem.sample_batch(throughput_batch, generator=generator)
+    zb = big.theta.unsqueeze(-2) + torch.randn(throughput_batch, 20, D, generator=generator)
+    repeats = 5
+    with threads(torch.get_num_threads()):
+        t_model = median_seconds(lambda: model.posterior(big.prior, zb), repeats, 1)
+        t_exact = median_seconds(lambda: big.prior.condition_linear_gaussian(eye, eye, zb), repeats, 1)
+    by_count = {}
+    for n in sorted(set(counts.tolist())):
+        sel = counts == n
+        by_count[int(n)] = estimate(kl[sel]).as_dict()
+    return {
+        "model": name,
+        "problems": num_problems,
+        "kl_exact_to_model": estimate(kl).as_dict(),
+        "nll_model": estimate(nll_model).as_dict(),
+        "nll_exact": estimate(nll_exact).as_dict(),
+        "nll_gap": estimate(nll_model - nll_exact).as_dict(),
+        "kl_by_observation_count": by_count,
+        "latency_ms_batch1_20obs_1thread": {"model": 1e3 * latency_model, "exact": 1e3 * latency_exact},
+        "throughput_problems_per_s": {"model": throughput_batch / t_model, "exact": throughput_batch / t_exact,
+                                      "batch": throughput_batch, "threads": torch.get_num_threads()},
+        "kl_values": kl.tolist(),
+    }
+
+
+def _fmt(e: dict, digits: int = 4) -> str:
+    return f"{e['mean']:.{digits}f} ± {1.96 * e['stderr']:.{digits}f}"
+
+
+def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+    """Run the benchmark and write ``out_dir/linear-gaussian.{md,json,png}``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(SEED)
+    size = dict(num_problems=200, kl_samples=64, latency_repeats=30, throughput_batch=1000) if quick else \
+        dict(num_problems=2000, kl_samples=1024, latency_repeats=500, throughput_batch=10000)
+    results = [evaluate_model(name, generator=generator, **size) for name in MODELS]
+    command = "distformer bench linear-gaussian" + (" --quick" if quick else "")
+    lines = [
+        "# linear-gaussian: shipped models against the exact posterior",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Problems: {size['num_problems']} fresh draws from each model's training meta-prior (seed {SEED}); "
+        f"KL by Monte Carlo with {size['kl_samples']} exact-posterior samples per problem. Intervals are 95% "
+        "(1.96 standard errors over problems).",
+        "",
+        "| model | KL(exact ‖ model) | NLL model | NLL exact | NLL gap | latency model (ms) | latency exact (ms) "
+        "| model problems/s | exact problems/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lat, thr = r["latency_ms_batch1_20obs_1thread"], r["throughput_problems_per_s"]
+        lines.append(f"| {r['model']} | {_fmt(r['kl_exact_to_model'])} | {_fmt(r['nll_model'])} | "
+                     f"{_fmt(r['nll_exact'])} | {_fmt(r['nll_gap'])} | {lat['model']:.3f} | {lat['exact']:.3f} | "
+                     f"{thr['model']:,.0f} | {thr['exact']:,.0f} |")
+    lines += [
+        "",
+        "Latency: median of repeated `model.posterior(prior, z)` calls for one problem with 20 observations on one "
+        "thread, beside the exact update `prior.condition_linear_gaussian(I, I, z)` on the same input. Throughput: "
+        f"median over 5 calls on a batch of {size['throughput_batch']:,} problems with 20 observations each, "
+        f"{results[0]['throughput_problems_per_s']['threads']} threads.",
+        "",
+        "![KL by number of observations](linear-gaussian.png)",
+    ]
+    md = out_dir / "linear-gaussian.md"
+    md.write_text("\n".join(lines) + "\n")
+    slim = [{k: v for k, v in r.items() if k != "kl_values"} | {"command": command} for r in results]
+    (out_dir / "linear-gaussian.json").write_text(json.dumps(slim, indent=2) + "\n")
+    _plot(results, out_dir / "linear-gaussian.png")
+    if update_cards and not quick:
+        from ..pretrained import record_metrics
+
+        for r in slim:
+            record_metrics(r["model"], r)
+    print("\n".join(lines))
+    return md
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        counts = sorted(r["kl_by_observation_count"])
+        means = [r["kl_by_observation_count"][n]["mean"] for n in counts]
+        err = [1.96 * r["kl_by_observation_count"][n]["stderr"] for n in counts]
+        ax1.errorbar(counts, means, yerr=err, marker="o", ms=3, capsize=2, label=r["model"])
+        kl = torch.tensor(r["kl_values"]).clamp_min(1e-6)
+        ax2.hist(kl.log10().numpy(), bins=50, alpha=0.6, label=r["model"])
+    ax1.axhline(0.01, color="grey", ls=":", label="target 0.01")
+    ax1.set_xlabel("number of observations N")
+    ax1.set_ylabel("mean KL(exact ‖ model) (nats)")
+    ax1.legend()
+    ax2.set_xlabel("log10 KL(exact ‖ model) per problem (clamped at 1e-6)")
+    ax2.set_ylabel("problems")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

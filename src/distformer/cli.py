@@ -1,0 +1,84 @@
+"""Command line: ``distformer demo | models | train CONFIG | bench NAME | infer``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .problems import get
+    from .training import TrainConfig, train
+
+    config = TrainConfig.from_yaml(args.config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    problem = get(config.problem.name, **dict(config.problem.options))
+    checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
+    model = train(problem, config, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet)
+    model.card["training"]["command"] = " ".join(["distformer", "train", *sys.argv[2:]])
+    model.save(args.out)
+    final = model.card["training"]["final_validation"] or {}
+    print(f"saved {args.out}.safetensors/.json after {model.card['training']['time_s']:.0f} s; "
+          + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .pretrained import describe, pretrained_names
+
+    for name in pretrained_names():
+        print(describe(name))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(model_name=args.model, out=args.out)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    run_benchmark(args.name, quick=args.quick, out_dir=args.out_dir, update_cards=args.update_cards)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distformer", description="Millisecond Bayesian posteriors under "
+                                     "run-time priors (Distribution Transformers).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="shipped 2-D model on one data set under three priors, against the exact posterior")
+    p.add_argument("--model", default="linear-gaussian-2d")
+    p.add_argument("--out", default="demo.png", help="where to write the contour plot (PNG)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list the pretrained models shipped in the package")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a model from a YAML TrainConfig")
+    p.add_argument("config", help="YAML file with TrainConfig fields")
+    p.add_argument("--out", required=True, help="model path stem: writes OUT.safetensors and OUT.json")
+    p.add_argument("--checkpoint", help="checkpoint file (default OUT.ckpt.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("bench", help="run a benchmark and write benchmarks/NAME.md")
+    p.add_argument("name")
+    p.add_argument("--quick", action="store_true", help="small run (seconds), for tests")
+    p.add_argument("--out-dir", default="benchmarks")
+    p.add_argument("--update-cards", action="store_true", help="write the measured metrics into the shipped model cards")
+    p.set_defaults(func=_cmd_bench)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+r"""Batched Gaussian mixtures stored by Cholesky factor.
+
+.. math::
+    p(x) = \sum_{k=1}^{K} w_k\, \mathcal N(x;\mu_k, L_k L_k^\top), \qquad
+    \log p(x) = \operatorname{logsumexp}_k\big(\log w_k + \log\mathcal N(x;\mu_k, L_k L_k^\top)\big).
+
+Mixture moments (law of total covariance):
+:math:`\mathbb E[x] = \sum_k w_k\mu_k`,
+:math:`\operatorname{Cov}[x] = \sum_k w_k(\Sigma_k + \mu_k\mu_k^\top) - \mathbb E[x]\mathbb E[x]^\top`.
+
+Push-forward through :math:`y = A x + b + \varepsilon,\ \varepsilon\sim\mathcal N(0, Q)` maps each component to
+:math:`\mathcal N(A\mu_k + b, A\Sigma_k A^\top + Q)` with unchanged weights.
+
+Conditioning on ``n`` observations :math:`z_i = H x + v_i,\ v_i\sim\mathcal N(0,R)` uses the sufficient statistic
+:math:`\bar z = \tfrac1n\sum_i z_i \sim \mathcal N(Hx, R/n)`; per component (Kalman update, Joseph form)
+
+.. math::
+    S_k = H\Sigma_k H^\top + R/n,\quad G_k = \Sigma_k H^\top S_k^{-1},\quad
+    \mu_k' = \mu_k + G_k(\bar z - H\mu_k),\quad
+    \Sigma_k' = (I - G_kH)\Sigma_k(I-G_kH)^\top + G_k (R/n) G_k^\top,
+
+and :math:`w_k' \propto w_k\,\mathcal N(\bar z; H\mu_k, S_k)` (the remaining factor of the likelihood does not
+depend on ``k``). Shapes: weights ``(*B, K)``, loc ``(*B, K, D)``, scale_tril ``(*B, K, D, D)``; the component
+index ``K`` is never part of ``batch_shape``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
+
+from .linalg import cholesky, gaussian_log_prob, log_det_tril, symmetrize
+
+
+def _describe(t: Tensor) -> str:
+    return f"tensor of shape {tuple(t.shape)}"
+
+
+class GaussianMixture(Distribution):
+    r"""A batch of ``K``-component Gaussian mixtures over ``R^D``.
+
+    Args:
+        weights: mixture weights ``(*B, K)``, non-negative and summing to one over ``K``.
+        loc: component means ``(*B, K, D)``.
+        covariance_matrix: component covariances ``(*B, K, D, D)``; give this or ``scale_tril``.
+        scale_tril: lower Cholesky factors with positive diagonal ``(*B, K, D, D)``.
+        logits: unnormalised log-weights ``(*B, K)``, instead of ``weights`` (normalised by softmax).
+        validate_args: check every input (default ``True``); ``False`` skips checks in hot loops.
+
+    Example:
+        >>> gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [2.0]]),
+        ...                      covariance_matrix=torch.tensor([[[0.5]], [[1.0]]]))
+        >>> gm.batch_shape, gm.event_shape, gm.num_components
+        (torch.Size([]), torch.Size([1]), 2)
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(
+        self,
+        weights: Tensor | None = None,
+        loc: Tensor | None = None,
+        covariance_matrix: Tensor | None = None,
+        scale_tril: Tensor | None = None,
+        *,
+        logits: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        validate = validate_args is not False
+        if (weights is None) == (logits is None):
+            raise ValueError("Expected exactly one of weights or logits, but got "
+                             f"{'both' if weights is not None else 'neither'}.")
+        if loc is None:
+            raise ValueError("Expected loc of shape (*B, K, D), but got None.")
+        if (covariance_matrix is None) == (scale_tril is None):
+            raise ValueError("Expected exactly one of covariance_matrix or scale_tril, but got "
+                             f"{'both' if covariance_matrix is not None else 'neither'}.")
+        matrix = covariance_matrix if covariance_matrix is not None else scale_tril
+        mix = weights if weights is not None else logits
+        tensors = [t for t in (mix, loc, matrix)]
+        if not all(isinstance(t, Tensor) for t in tensors):
+            raise TypeError("Expected weights/logits, loc and the covariance to be torch tensors, but got "
+                            f"{', '.join(type(t).__name__ for t in tensors)}.")
+        dtype = torch.promote_types(torch.promote_types(mix.dtype, loc.dtype), matrix.dtype)
+        if not dtype.is_floating_point:
+            dtype = torch.get_default_dtype()
+        mix, loc, matrix = mix.to(dtype), loc.to(dtype), matrix.to(dtype)
+        if validate:
+            self._check_shapes(mix, loc, matrix, "weights" if weights is not None else "logits",
+                               "covariance_matrix" if covariance_matrix is not None else "scale_tril")
+        k, d = loc.shape[-2], loc.shape[-1]
+        batch_shape = torch.broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
+        mix = mix.expand(*batch_shape, k)
+        loc = loc.expand(*batch_shape, k, d)
+        matrix = matrix.expand(*batch_shape, k, d, d)
+        if weights is not None:
+            if validate:
+                self._check_weights(mix)
+            log_weights = mix.clamp_min(0).log()
+        else:
+            if validate and bool(torch.isnan(mix).any() | torch.isposinf(mix).any()):
+                raise ValueError("Expected logits to contain no NaN or +inf, but found some.")
+            log_weights = torch.log_softmax(mix, dim=-1)
+        if covariance_matrix is not None:
+            if validate:
+                if not bool(torch.allclose(matrix, matrix.transpose(-1, -2), rtol=1e-5, atol=1e-6)):
+                    raise ValueError("Expected covariance_matrix to be symmetric, but it is not.")
+                tril = cholesky(matrix, "covariance_matrix")
+            else:
+                tril = torch.linalg.cholesky(matrix)
+        else:
+            tril = matrix
+            if validate:
+                if not bool((tril.triu(1) == 0).all()):
+                    raise ValueError("Expected scale_tril to be lower triangular, but it has non-zero "
+                                     "entries above the diagonal.")
+                if not bool((tril.diagonal(dim1=-2, dim2=-1) > 0).all()):
+                    raise ValueError("Expected scale_tril to have a strictly positive diagonal, but found "
+                                     "entries <= 0.")
+        self._log_weights = log_weights
+        self._loc = loc
+        self._scale_tril = tril
+        super().__init__(batch_shape=batch_shape, event_shape=torch.Size([d]), validate_args=False)
+
+    # ----------------------------------------------------------------------------------- validation
+    @staticmethod
+    def _check_shapes(mix: Tensor, loc: Tensor, matrix: Tensor, mix_name: str, matrix_name: str) -> None:
+        if mix.dim() < 1:
+            raise ValueError(f"Expected {mix_name} of shape (*B, K), but got a {_describe(mix)}.")
+        if loc.dim() < 2:
+            raise ValueError(f"Expected loc of shape (*B, K, D), but got a {_describe(loc)}.")
+        if matrix.dim() < 3:
+            raise ValueError(f"Expected {matrix_name} of shape (*B, K, D, D), but got a {_describe(matrix)}.")
+        k, d = loc.shape[-2], loc.shape[-1]
+        if k < 1 or d < 1:
+            raise ValueError(f"Expected at least one component and one dimension, but loc has shape {tuple(loc.shape)}.")
+        if mix.shape[-1] != k:
+            raise ValueError(f"Expected {mix_name} to have K={k} entries in its last dimension (from loc "
+                             f"{tuple(loc.shape)}), but got {_describe(mix)}.")
+        if matrix.shape[-3:] != (k, d, d):
+            raise ValueError(f"Expected {matrix_name} to end in (K, D, D)=({k}, {d}, {d}) (from loc "
+                             f"{tuple(loc.shape)}), but got a {_describe(matrix)}.")
+        try:
+            torch.broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
+        except RuntimeError:
+            raise ValueError(f"Expected broadcastable batch shapes, but got {mix_name} {tuple(mix.shape)}, loc "
+                             f"{tuple(loc.shape)} and {matrix_name} {tuple(matrix.shape)}.") from None
+        for name, t in ((mix_name, mix), ("loc", loc), (matrix_name, matrix)):
+            if name == "logits":
+                continue
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"Expected {name} to be finite, but found NaN or inf.")
+
+    @staticmethod
+    def _check_weights(weights: Tensor) -> None:
+        if bool((weights < 0).any()):
+            raise ValueError("Expected non-negative weights, but found negative entries.")
+        tol = 1e-8 if weights.dtype == torch.float64 else 1e-4
+        total = weights.sum(-1)
+        worst = float((total - 1).abs().max())
+        if worst > tol:
+            raise ValueError(f"Expected weights to sum to one over the K components, but a sum is off by "
+                             f"{worst:.3g} (tolerance {tol:g}); normalise them or pass logits=.")
+
+    # ----------------------------------------------------------------------------------- parameters
+    @property
+    def num_components(self) -> int:
+        return self._loc.shape[-2]
+
+    @property
+    def dim(self) -> int:
+        return self._loc.shape[-1]
+
+    @property
+    def weights(self) -> Tensor:
+        """``(*B, K)``."""
+        return self._log_weights.exp()
+
+    @property
+    def log_weights(self) -> Tensor:
+        """``(*B, K)``; ``-inf`` for components of weight zero."""
+        return self._log_weights
+
+    @property
+    def loc(self) -> Tensor:
+        """Component means ``(*B, K, D)``."""
+        return self._loc
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """Component Cholesky factors ``(*B, K, D, D)``."""
+        return self._scale_tril
+
+    @property
+    def component_covariance_matrix(self) -> Tensor:
+        """Component covariances ``(*B, K, D, D)``."""
+        return self._scale_tril @ self._scale_tril.transpose(-1, -2)
+
+    @property
+    def mean(self) -> Tensor:
+        """Mixture mean ``(*B, D)``."""
+        return (self.weights.unsqueeze(-1) * self._loc).sum(-2)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        """Mixture covariance ``(*B, D, D)`` by the law of total covariance."""
+        w = self.weights[..., None, None]
+        second = (w * (self.component_covariance_matrix + self._loc.unsqueeze(-1) * self._loc.unsqueeze(-2))).sum(-3)
+        m = self.mean
+        return symmetrize(second - m.unsqueeze(-1) * m.unsqueeze(-2))
+
+    @property
+    def variance(self) -> Tensor:
+        return self.covariance_matrix.diagonal(dim1=-2, dim2=-1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._loc.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._loc.device
+
+    # ----------------------------------------------------------------------------------- densities
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        """``log N(x; mu_k, Sigma_k)`` for ``x`` of shape ``sample_shape + batch_shape + (D,)`` -> ``(..., K)``."""
+        self._check_value(x)
+        return gaussian_log_prob(x.unsqueeze(-2), self._loc, self._scale_tril)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``x``: ``sample_shape + batch_shape + (D,)`` (broadcastable) -> ``sample_shape + batch_shape``."""
+        return torch.logsumexp(self._log_weights + self.component_log_prob(x), dim=-1)
+
+    def _check_value(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.dim:
+            got = _describe(x) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"Expected a value with last dimension D={self.dim}, but got a {got}.")
+
+    def sample(self, sample_shape: Sequence[int] = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``sample_shape + batch_shape + (D,)`` samples (ancestral: component, then Gaussian)."""
+        sample_shape = torch.Size(sample_shape)
+        n = sample_shape.numel()
+        b = self.batch_shape.numel()
+        probs = self.weights.reshape(b, self.num_components)
+        with torch.no_grad():
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # (b, n)
+            idx = idx.transpose(0, 1).reshape(*sample_shape, *self.batch_shape)  # S + B
+            loc = self._loc.expand(*sample_shape, *self._loc.shape)
+            tril = self._scale_tril.expand(*sample_shape, *self._scale_tril.shape)
+            g = idx[..., None, None]
+            mu = loc.gather(-2, g.expand(*idx.shape, 1, self.dim)).squeeze(-2)
+            L = tril.gather(-3, g.unsqueeze(-1).expand(*idx.shape, 1, self.dim, self.dim)).squeeze(-3)
+            eps = torch.randn(*idx.shape, self.dim, 1, generator=generator, dtype=self.dtype, device=self.device)
+            return mu + (L @ eps).squeeze(-1)
+
+    # ----------------------------------------------------------------------------------- transforms
+    def _new(self, log_weights: Tensor, loc: Tensor, scale_tril: Tensor) -> "GaussianMixture":
+        return GaussianMixture(logits=log_weights, loc=loc, scale_tril=scale_tril, validate_args=False)
+
+    def marginal(self, dims: Sequence[int] | int) -> "GaussianMixture":
+        """Marginal over the event dimensions ``dims`` (order kept as given)."""
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if not dims or any(not -self.dim <= d < self.dim for d in dims) or len(set(d % self.dim for d in dims)) != len(dims):
+            raise ValueError(f"Expected distinct event dimensions in [0, {self.dim}), but got {dims}.")
+        index = torch.tensor([d % self.dim for d in dims], device=self.device)
+        cov = self.component_covariance_matrix.index_select(-1, index).index_select(-2, index)
+        return self._new(self._log_weights, self._loc.index_select(-1, index), cholesky(symmetrize(cov)))
+
+    def affine(self, A: Tensor, b: Tensor | None = None, noise_covariance: Tensor | None = None) -> "GaussianMixture":
+        """Push-forward through ``y = A x + b + noise``: ``A`` ``(*B, E, D)``, ``b`` ``(*B, E)``, noise ``(*B, E, E)``."""
+        A = torch.as_tensor(A, dtype=self.dtype, device=self.device)
+        if A.dim() < 2 or A.shape[-1] != self.dim:
+            raise ValueError(f"Expected A of shape (*B, E, D={self.dim}), but got a {_describe(A)}.")
+        e = A.shape[-2]
+        loc = (A.unsqueeze(-3) @ self._loc.unsqueeze(-1)).squeeze(-1)
+        if b is not None:
+            b = torch.as_tensor(b, dtype=self.dtype, device=self.device)
+            if b.dim() < 1 or b.shape[-1] != e:
+                raise ValueError(f"Expected b of shape (*B, E={e}), but got a {_describe(b)}.")
+            loc = loc + b.unsqueeze(-2)
+        AL = A.unsqueeze(-3) @ self._scale_tril
+        cov = AL @ AL.transpose(-1, -2)
+        if noise_covariance is not None:
+            Q = torch.as_tensor(noise_covariance, dtype=self.dtype, device=self.device)
+            if Q.dim() < 2 or Q.shape[-2:] != (e, e):
+                raise ValueError(f"Expected noise_covariance of shape (*B, E, E)=({e}, {e}), but got a {_describe(Q)}.")
+            cov = cov + Q.unsqueeze(-3)
+        if not bool(torch.isfinite(cov).all() & torch.isfinite(loc).all()):
+            raise ValueError("Expected finite A, b and noise_covariance, but the push-forward has NaN or inf.")
+        return self._new(self._log_weights, loc, cholesky(symmetrize(cov), "the pushed-forward covariance"))
+
+    def condition_linear_gaussian(self, H: Tensor, R: Tensor, z: Tensor, mask: Tensor | None = None) -> "GaussianMixture":
+        """Exact posterior after observing ``z_i = H x + v_i``, ``v_i ~ N(0, R)`` i.i.d.
+
+        Args:
+            H: ``(*B, E, D)`` observation matrix.
+            R: ``(*B, E, E)`` noise covariance (positive definite).
+            z: ``(*B, N, E)`` observations (``N`` may be 1).
+            mask: optional ``(*B, N)`` booleans, ``True`` where an observation is present.
+        """
+        H = torch.as_tensor(H, dtype=self.dtype, device=self.device)
+        R = torch.as_tensor(R, dtype=self.dtype, device=self.device)
+        if H.dim() < 2 or H.shape[-1] != self.dim:
+            raise ValueError(f"Expected H of shape (*B, E, D={self.dim}), but got a {_describe(H)}.")
+        e = H.shape[-2]
+        if R.dim() < 2 or R.shape[-2:] != (e, e):
+            raise ValueError(f"Expected R of shape (*B, E, E)=({e}, {e}), but got a {_describe(R)}.")
+        z = torch.as_tensor(z, dtype=self.dtype, device=self.device)
+        if z.dim() < 2 or z.shape[-1] != e:
+            raise ValueError(f"Expected z of shape (*B, N, E={e}) (use z.unsqueeze(-2) for one observation), "
+                             f"but got a {_describe(z)}.")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("Expected finite observations z, but found NaN or inf.")
+        if mask is None:
+            mask = torch.ones(z.shape[:-1], dtype=torch.bool, device=self.device)
+        elif mask.shape != z.shape[:-1]:
+            raise ValueError(f"Expected mask of shape {tuple(z.shape[:-1])} (z without its last dim), but got "
+                             f"{tuple(mask.shape)}.")
+        cholesky(R, "R")
+        m = mask.to(self.dtype)
+        n = m.sum(-1)  # (*B)
+        n_safe = n.clamp_min(1.0)
+        zbar = (z * m.unsqueeze(-1)).sum(-2) / n_safe.unsqueeze(-1)  # (*B, E)
+        Rn = R / n_safe[..., None, None]
+        Hk = H.unsqueeze(-3)
+        Sigma = self.component_covariance_matrix
+        SHt = Sigma @ Hk.transpose(-1, -2)  # (*B, K, D, E)
+        S = symmetrize(Hk @ SHt + Rn.unsqueeze(-3))
+        S_tril = cholesky(S, "the innovation covariance H Sigma H^T + R/n")
+        G = torch.cholesky_solve(SHt.transpose(-1, -2), S_tril).transpose(-1, -2)  # (*B, K, D, E)
+        pred = (Hk @ self._loc.unsqueeze(-1)).squeeze(-1)  # (*B, K, E)
+        innov = zbar.unsqueeze(-2) - pred
+        loc = self._loc + (G @ innov.unsqueeze(-1)).squeeze(-1)
+        eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
+        IGH = eye - G @ Hk
+        cov = IGH @ Sigma @ IGH.transpose(-1, -2) + G @ Rn.unsqueeze(-3) @ G.transpose(-1, -2)
+        log_w = self._log_weights + gaussian_log_prob(zbar.unsqueeze(-2), pred, S_tril)
+        log_w = torch.log_softmax(log_w, dim=-1)
+        tril = cholesky(symmetrize(cov), "the posterior covariance")
+        present = (n > 0)
+        log_w = torch.where(present.unsqueeze(-1), log_w, self._log_weights.expand_as(log_w))
+        loc = torch.where(present[..., None, None], loc, self._loc.expand_as(loc))
+        tril = torch.where(present[..., None, None, None], tril, self._scale_tril.expand_as(tril))
+        return self._new(log_w, loc, tril)
+
+    # ----------------------------------------------------------------------------------- batching
+    def expand(self, batch_shape: Sequence[int], _instance=None) -> "GaussianMixture":
+        batch_shape = torch.Size(batch_shape)
+        k, d = self.num_components, self.dim
+        return self._new(self._log_weights.expand(*batch_shape, k), self._loc.expand(*batch_shape, k, d),
+                         self._scale_tril.expand(*batch_shape, k, d, d))
+
+    def __getitem__(self, index) -> "GaussianMixture":
+        if len(self.batch_shape) == 0:
+            raise IndexError("Cannot index a GaussianMixture with an empty batch shape.")
+        if index is Ellipsis or (isinstance(index, tuple) and any(i is Ellipsis for i in index)):
+            raise IndexError("Index a GaussianMixture's batch dimensions without Ellipsis.")
+        return self._new(self._log_weights[index], self._loc[index], self._scale_tril[index])
+
+    def to(self, *args, **kwargs) -> "GaussianMixture":
+        """Move or cast all parameters (as ``Tensor.to``)."""
+        return self._new(self._log_weights.to(*args, **kwargs), self._loc.to(*args, **kwargs),
+                         self._scale_tril.to(*args, **kwargs))
+
+    def detach(self) -> "GaussianMixture":
+        return self._new(self._log_weights.detach(), self._loc.detach(), self._scale_tril.detach())
+
+    @classmethod
+    def stack(cls, mixtures: Sequence["GaussianMixture"], dim: int = 0) -> "GaussianMixture":
+        """Stack mixtures with equal batch shape, ``K`` and ``D`` along a new batch dimension."""
+        if dim < 0:
+            dim = len(mixtures[0].batch_shape) + 1 + dim
+        return cls(logits=torch.stack([m.log_weights for m in mixtures], dim),
+                   loc=torch.stack([m.loc for m in mixtures], dim),
+                   scale_tril=torch.stack([m.scale_tril for m in mixtures], dim), validate_args=False)
+
+    def to_torch(self) -> MixtureSameFamily:
+        """The same mixture as ``torch.distributions.MixtureSameFamily`` of ``MultivariateNormal``."""
+        return MixtureSameFamily(Categorical(logits=self._log_weights),
+                                 MultivariateNormal(self._loc, scale_tril=self._scale_tril))
+
+    def __repr__(self) -> str:
+        return (f"GaussianMixture(batch_shape={tuple(self.batch_shape)}, num_components={self.num_components}, "
+                f"dim={self.dim}, dtype={self.dtype})")
+
+    # ----------------------------------------------------------------------------------- reduction / fitting
+    def reduce(self, k: int) -> "GaussianMixture":
+        """Greedy moment-preserving merge down to ``k`` components (Runnalls 2007); see ``reduction.py``."""
+        from .reduction import runnalls_reduce
+
+        return runnalls_reduce(self, k)
+
+    @classmethod
+    def fit(cls, samples: Tensor, k: int, *, generator: torch.Generator | None = None,
+            max_iterations: int = 200, tol: float = 1e-6) -> "GaussianMixture":
+        """Maximum-likelihood ``k``-component mixture by EM; ``samples`` ``(N, *B, D)`` -> batch ``B``."""
+        from .reduction import fit_em
+
+        return fit_em(samples, k, generator=generator, max_iterations=max_iterations, tol=tol)
+
+
+__all__ = ["GaussianMixture", "log_det_tril"]

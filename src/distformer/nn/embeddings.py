@@ -1,0 +1,51 @@
+r"""Token embeddings: mixture components, observations, and observation counts.
+
+* Component token: :math:`t_k = \mathrm{MLP}_{\text{prior}}(c_k)` for the chart vector :math:`c_k` (``tokens.py``).
+* Observation token of source ``s``: :math:`u_{s,i} = \mathrm{MLP}_s(z_{s,i})`, one token per data point; there
+  are no positional encodings, so the model is invariant to the order of observations.
+* Count token of source ``s``: :math:`\mathrm{MLP}^{\#}_s([\log(1+n_s),\ 1/(1+n_s)])`. Softmax attention
+  averages over tokens and cannot count them; the count token tells the decoder how many observations are
+  present (and gives it a memory token to attend to when a source has none).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class MLP(nn.Module):
+    """``Linear -> GELU(tanh) -> ... -> Linear`` through ``sizes``; ``(..., sizes[0])`` -> ``(..., sizes[-1])``."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    @property
+    def last(self) -> nn.Linear:
+        return self.layers[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            if i:
+                x = F.gelu(x, approximate="tanh")
+            x = F.linear(x, layer.weight, layer.bias)
+        return x
+
+
+class SourceEmbedding(nn.Module):
+    """Observation and count tokens for one source: values ``(B, N, E)`` -> ``(B, 1 + N, d_model)``."""
+
+    def __init__(self, obs_dim: int, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.values = MLP([obs_dim, hidden, hidden, d_model])
+        self.count = MLP([2, hidden, d_model])
+
+    def forward(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns tokens ``(B, 1 + N, d)`` and their key mask ``(B, 1 + N)`` (``True`` = attend)."""
+        n = mask.sum(-1, keepdim=True).to(values.dtype)
+        count_token = self.count(torch.cat([torch.log1p(n), 1.0 / (1.0 + n)], -1)).unsqueeze(-2)
+        tokens = torch.cat([count_token, self.values(values)], dim=-2)
+        key_mask = torch.cat([torch.ones_like(mask[..., :1]), mask], dim=-1)
+        return tokens, key_mask

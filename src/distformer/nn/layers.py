@@ -1,0 +1,76 @@
+r"""Pre-norm transformer decoder block over component tokens.
+
+.. math::
+    h \leftarrow h + \mathrm{SelfAttn}(\mathrm{LN}(h)),\quad
+    h \leftarrow h + \mathrm{CrossAttn}(\mathrm{LN}(h), m),\quad
+    h \leftarrow h + \mathrm{FF}(\mathrm{LN}(h)),
+
+with :math:`\mathrm{Attn}(q, m) = \mathrm{softmax}(QK^\top/\sqrt{d_h} + \text{mask})V` per head. The self-attention
+output projection and the last feed-forward layer start at zero (as in the paper), so each block starts as the
+identity. Self-attention has no mask and no positions, so the block is equivariant to permuting components.
+
+At batch size 1 the cost is dominated by per-operator dispatch, not arithmetic, so the forward passes call
+``torch.nn.functional`` on the submodules' parameters (one fused QKV projection for self-attention) rather than
+going through ``nn.Module.__call__`` for every linear layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, T, d)`` -> ``(B, h, T, d / h)``."""
+    B, T, d = x.shape
+    return x.view(B, T, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _merge(y: Tensor) -> Tensor:
+    """``(B, h, T, dh)`` -> ``(B, T, h * dh)``."""
+    B, h, T, dh = y.shape
+    return y.transpose(1, 2).reshape(B, T, h * dh)
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention among components, cross-attention to observations, feed-forward; all residual."""
+
+    def __init__(self, d_model: int, num_heads: int, ff_dim: int) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"Expected d_model divisible by num_heads, but got {d_model} and {num_heads}.")
+        self.num_heads = num_heads
+        self.norm_self = nn.LayerNorm(d_model)
+        self.self_qkv = nn.Linear(d_model, 3 * d_model)
+        self.self_out = nn.Linear(d_model, d_model)
+        self.norm_cross = nn.LayerNorm(d_model)
+        self.cross_q = nn.Linear(d_model, d_model)
+        self.cross_kv = nn.Linear(d_model, 2 * d_model)
+        self.cross_out = nn.Linear(d_model, d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff_in = nn.Linear(d_model, ff_dim)
+        self.ff_out = nn.Linear(ff_dim, d_model)
+        for layer in (self.self_out, self.ff_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: Tensor, memory: Tensor, key_mask: Tensor) -> Tensor:
+        """``h`` ``(B, K, d)``, ``memory`` ``(B, M, d)``, ``key_mask`` ``(B, M)`` (``True`` = attend) -> ``(B, K, d)``."""
+        nh = self.num_heads
+        q, k, v = linear(self.self_qkv, layer_norm(self.norm_self, h)).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh))
+        h = h + linear(self.self_out, _merge(y))
+        q = _heads(linear(self.cross_q, layer_norm(self.norm_cross, h)), nh)
+        k, v = linear(self.cross_kv, memory).chunk(2, dim=-1)
+        y = F.scaled_dot_product_attention(q, _heads(k, nh), _heads(v, nh), attn_mask=key_mask[:, None, None, :])
+        h = h + linear(self.cross_out, _merge(y))
+        f = F.gelu(linear(self.ff_in, layer_norm(self.norm_ff, h)), approximate="tanh")
+        return h + linear(self.ff_out, f)

@@ -1,0 +1,66 @@
+r"""The log-Cholesky chart: one unconstrained vector per mixture component.
+
+A component :math:`(w_k, \mu_k, L_k)` with :math:`\Sigma_k = L_kL_k^\top` is written as
+
+.. math::
+    c_k = \big[\log w_k,\ \mu_k,\ \log\operatorname{diag}L_k,\ \operatorname{offdiag}(L_k)\big]
+    \in \mathbb R^{1 + D + D(D+1)/2},
+
+with the strictly-lower entries of :math:`L_k` in row-major order. The inverse map takes
+:math:`w = \operatorname{softmax}_k(c_{k,0})`, :math:`\operatorname{diag}L = \exp(\operatorname{clamp}(\cdot,-11,14))`,
+so every chart vector decodes to a valid mixture (positive-definite covariances, weights summing to one).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..distributions.gmm import GaussianMixture
+
+LOG_WEIGHT_FLOOR = -16.0
+LOG_DIAG_RANGE = (-11.0, 14.0)
+
+
+def chart_size(dim: int) -> int:
+    """Length of one component's chart vector: ``1 + D + D(D+1)/2``."""
+    return 1 + dim + dim * (dim + 1) // 2
+
+
+def _offdiag_index(dim: int, device=None) -> tuple[Tensor, Tensor]:
+    return torch.tril_indices(dim, dim, offset=-1, device=device)
+
+
+def gmm_to_chart(mixture: GaussianMixture) -> Tensor:
+    """``(*B, K, 1 + D + D(D+1)/2)`` chart of ``mixture``; zero weights are floored at ``log w = -16``."""
+    return chart_from_parts(mixture.log_weights.clamp_min(LOG_WEIGHT_FLOOR), mixture.loc, mixture.scale_tril)
+
+
+def chart_from_parts(log_weights: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
+    """Chart from log-weights ``(*B, K)``, means ``(*B, K, D)`` and Cholesky factors ``(*B, K, D, D)``."""
+    rows, cols = _offdiag_index(loc.shape[-1], loc.device)
+    return torch.cat([log_weights.unsqueeze(-1), loc, scale_tril.diagonal(dim1=-2, dim2=-1).log(),
+                      scale_tril[..., rows, cols]], dim=-1)
+
+
+def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
+    """Inverse of :func:`gmm_to_chart`: ``(*B, K, 1 + D + D(D+1)/2)`` -> valid ``GaussianMixture``."""
+    if chart.shape[-1] != chart_size(dim):
+        raise ValueError(f"Expected a chart of size {chart_size(dim)} for D={dim}, but got {chart.shape[-1]}.")
+    logits = chart[..., 0]
+    loc = chart[..., 1:1 + dim]
+    log_diag = chart[..., 1 + dim:1 + 2 * dim].clamp(*LOG_DIAG_RANGE)
+    off = chart[..., 1 + 2 * dim:]
+    L = torch.diag_embed(log_diag.exp())
+    if dim > 1:
+        L = fill_offdiag(L, off)
+    return GaussianMixture(logits=logits, loc=loc, scale_tril=L, validate_args=False)
+
+
+def fill_offdiag(L: Tensor, off: Tensor) -> Tensor:
+    """``L`` ``(..., D, D)`` plus the strictly-lower entries ``off`` ``(..., D(D-1)/2)`` in row-major order."""
+    dim = L.shape[-1]
+    rows, cols = _offdiag_index(dim, L.device)
+    flat = torch.zeros(*off.shape[:-1], dim * dim, dtype=L.dtype, device=L.device)
+    flat = flat.index_copy(-1, rows * dim + cols, off)
+    return L + flat.reshape(*off.shape[:-1], dim, dim)

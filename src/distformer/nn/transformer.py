@@ -1,0 +1,153 @@
+r"""The Distribution Transformer: a GMM prior and observations in, a GMM posterior out.
+
+Forward pass for a prior with chart vectors :math:`c_{1..K}` (``tokens.py``) and observation tokens :math:`m`:
+
+.. math::
+    h^{(0)}_k = \mathrm{MLP}_{\text{prior}}(c_k),\qquad h^{(\ell)} = \mathrm{Block}_\ell(h^{(\ell-1)}, m),\qquad
+    c'_k = \mathrm{Site}\big(c_k, \mathrm{Head}(\mathrm{LN}(h^{(L)}_k))\big),
+
+and the posterior is the mixture decoded from :math:`c'`. ``Site`` (``site.py``) multiplies each prior component
+by a Gaussian site emitted by its token (an additive update of natural parameters) and adds a chart residual.
+This differs from the paper, which decodes the posterior chart from the token alone: the prior is carried by
+the exact chart, so the decoded prior *is* the prior, an untrained model returns it, and posteriors can be fed
+back as priors without a lossy re-encoding. The output is equivariant to permuting components and invariant to permuting observations; ``K``
+at inference may differ from the ``K`` used in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..distributions.gmm import GaussianMixture
+from ..observations import Observations, as_observations
+from .embeddings import MLP, SourceEmbedding
+from .layers import DecoderBlock, layer_norm
+from .site import apply_site, head_size
+from .tokens import chart_size, chart_to_gmm, gmm_to_chart
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a :class:`DistributionTransformer`.
+
+    Attributes:
+        dim: latent dimension ``D``.
+        sources: observation sources, name -> dimension ``E_s`` of one observation.
+        num_components: ``K`` used in training (any ``K`` works at inference).
+        d_model, num_heads, num_layers, ff_dim: decoder sizes.
+        hidden: hidden width of the embedding MLPs.
+    """
+
+    dim: int
+    sources: Mapping[str, int] = field(default_factory=lambda: {"z": 1})
+    num_components: int = 4
+    d_model: int = 64
+    num_heads: int = 4
+    num_layers: int = 3
+    ff_dim: int = 256
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.num_components < 1 or self.num_layers < 0:
+            raise ValueError(f"Expected dim >= 1, num_components >= 1 and num_layers >= 0, but got {self}.")
+        if not self.sources:
+            raise ValueError("Expected at least one observation source, but got none.")
+        object.__setattr__(self, "sources", {str(k): int(v) for k, v in dict(self.sources).items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"sources": dict(self.sources)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Expected ModelConfig fields {sorted(cls.__dataclass_fields__)}, but got unknown "
+                             f"{sorted(unknown)}.")
+        return cls(**data)
+
+
+class DistributionTransformer(nn.Module):
+    """Maps (GMM prior, observations) to a GMM posterior; see the module docstring for the equations."""
+
+    def __init__(self, config: ModelConfig, card: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.card: dict[str, Any] = dict(card or {})
+        c = chart_size(config.dim)
+        self.prior_embedding = MLP([c, config.hidden, config.d_model])
+        self.sources = nn.ModuleDict({
+            name: SourceEmbedding(e, config.d_model, config.hidden) for name, e in config.sources.items()
+        })
+        self.memory_norm = nn.LayerNorm(config.d_model)
+        self.blocks = nn.ModuleList([
+            DecoderBlock(config.d_model, config.num_heads, config.ff_dim) for _ in range(config.num_layers)
+        ])
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.head = MLP([config.d_model, config.hidden, head_size(config.dim)])
+        nn.init.zeros_(self.head.last.weight)
+        nn.init.zeros_(self.head.last.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, chart: Tensor, observations: Observations) -> Tensor:
+        """Posterior chart ``(B, K, C)`` from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
+        tokens, masks = [], []
+        for name, embed in self.sources.items():
+            t, m = embed(observations.values[name], observations.masks[name])
+            tokens.append(t)
+            masks.append(m)
+        memory = layer_norm(self.memory_norm, torch.cat(tokens, dim=1))
+        key_mask = torch.cat(masks, dim=1)
+        h = self.prior_embedding(chart)
+        for block in self.blocks:
+            h = block(h, memory, key_mask)
+        return apply_site(chart, self.head(layer_norm(self.final_norm, h)), self.dim)
+
+    def posterior(self, prior: GaussianMixture, observations, mask=None, *, grad: bool = False) -> GaussianMixture:
+        """Approximate posterior ``p(x | observations)`` under ``prior``.
+
+        Args:
+            prior: ``GaussianMixture`` with ``event_shape == (D,)`` and any batch shape ``B`` and ``K``.
+            observations: tensor ``(*B, N, E)`` for single-source models, a dict ``source -> (*B, N_s, E_s)``,
+                or :class:`~distformer.Observations`; ``B`` broadcasts against the prior's batch shape.
+            mask: optional booleans ``(*B, N)`` (or a dict of them), ``True`` where an observation is present.
+            grad: track gradients (default: run under ``torch.inference_mode``).
+
+        Returns:
+            ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype.
+        """
+        if not isinstance(prior, GaussianMixture):
+            raise TypeError(f"Expected prior to be a distformer.GaussianMixture, but got {type(prior).__name__}.")
+        if prior.dim != self.dim:
+            raise ValueError(f"Expected a prior over D={self.dim} dimensions for this model, but got D={prior.dim}.")
+        obs = as_observations(observations, self.config.sources, mask)
+        try:
+            batch = torch.broadcast_shapes(prior.batch_shape, obs.batch_shape)
+        except RuntimeError:
+            raise ValueError(f"Expected the prior's batch shape {tuple(prior.batch_shape)} to broadcast with the "
+                             f"observations' {tuple(obs.batch_shape)}.") from None
+        param = next(self.parameters())
+        context = torch.enable_grad() if grad else torch.inference_mode()
+        with context:
+            chart = gmm_to_chart(prior).to(param.dtype)
+            K, C = chart.shape[-2:]
+            chart = chart.expand(*batch, K, C).reshape(-1, K, C)
+            flat_obs = obs.expand(batch).reshape((-1,)).to(dtype=param.dtype, device=param.device)
+            out = self.forward(chart.to(param.device), flat_obs).reshape(*batch, K, C)
+            return chart_to_gmm(out.to(prior.dtype), self.dim)
+
+    # serialisation lives in training/checkpoint.py; these are the public entry points
+    def save(self, path) -> None:
+        """Write ``path.safetensors`` (weights) and ``path.json`` (config and model card); never pickles."""
+        from ..training.checkpoint import save_model
+
+        save_model(self, path)

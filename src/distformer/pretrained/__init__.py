@@ -1,0 +1,57 @@
+"""Models shipped inside the package: ``NAME.safetensors`` (weights) + ``NAME.json`` (config and model card)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def _folder() -> Path:
+    return Path(str(resources.files(__name__)))
+
+
+def pretrained_names() -> list[str]:
+    """Names of the shipped models (those with both files present)."""
+    folder = _folder()
+    return sorted(p.stem for p in folder.glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def pretrained_path(name: str) -> Path:
+    if name not in pretrained_names():
+        raise ValueError(f"Expected a pretrained model name among {pretrained_names()}, but got {name!r}.")
+    return _folder() / name
+
+
+def load_pretrained(name: str):
+    """Load the shipped model ``name`` (no network)."""
+    from ..training.checkpoint import load_model
+
+    return load_model(pretrained_path(name))
+
+
+def describe(name: str) -> str:
+    """One line: name, problem, size, training time, headline metric from the card."""
+    import json
+
+    meta = json.loads((_folder() / f"{name}.json").read_text())
+    card, config = meta["card"], meta["config"]
+    metrics = card.get("metrics", {})
+    kl = metrics.get("kl_exact_to_model", {}).get("mean")
+    parts = [f"{name:24s}", f"D={config['dim']}", f"K={config['num_components']}",
+             f"{card.get('num_parameters', 0) / 1e3:.0f}k params",
+             f"trained {card.get('training', {}).get('time_s', float('nan')) / 60:.1f} min"]
+    if kl is not None:
+        parts.append(f"KL(exact||model)={kl:.4f}")
+    return "  ".join(parts)
+
+
+def record_metrics(name: str, metrics: dict) -> None:
+    """Store benchmark ``metrics`` (with the command that measured them) in the shipped model card ``name``."""
+    import json
+
+    from ..training.checkpoint import atomic_write
+
+    path = pretrained_path(name).with_suffix(".json")
+    meta = json.loads(path.read_text())
+    meta["card"]["metrics"] = metrics
+    atomic_write(path, (json.dumps(meta, indent=2) + "\n").encode())

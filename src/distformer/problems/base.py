@@ -1,0 +1,73 @@
+r"""The problem interface: a meta-prior over priors, a simulator, and (where one exists) the exact posterior.
+
+Training draws the joint :math:`p(\phi)\,p(x\mid\phi)\,p(z\mid x)`: a prior :math:`\phi` from the meta-prior, the
+true parameter :math:`x` from that prior, and observations :math:`z` from the simulator.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from ..distributions.gmm import GaussianMixture
+from ..observations import Observations
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One simulated batch: prior (batch ``(n,)``), true parameters ``(n, D)``, observations (batch ``(n,)``)."""
+
+    prior: GaussianMixture
+    theta: Tensor
+    observations: Observations
+
+
+class Problem(ABC):
+    """A Bayesian inference problem the model is trained on.
+
+    Subclasses set ``name``, ``dim`` (latent dimension) and ``sources`` (observation source -> dimension), and
+    implement the meta-prior and the simulator.
+    """
+
+    name: str
+    dim: int
+    sources: Mapping[str, int]
+    num_components: int
+
+    @abstractmethod
+    def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
+        """``n`` priors drawn from the meta-prior: a ``GaussianMixture`` with batch shape ``(n,)``."""
+
+    def sample_parameters(self, prior: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:
+        """One true parameter per prior: ``prior.batch_shape + (D,)``."""
+        return prior.sample(generator=generator)
+
+    @abstractmethod
+    def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
+        """Observations for parameters ``theta`` ``(n, D)`` (batch ``(n,)``)."""
+
+    def exact_posterior(self, prior: GaussianMixture, observations) -> GaussianMixture:
+        """The exact posterior, where one exists."""
+        raise NotImplementedError(f"Problem {self.name!r} has no exact posterior.")
+
+    @property
+    def has_exact_posterior(self) -> bool:
+        return type(self).exact_posterior is not Problem.exact_posterior
+
+    def sample_batch(self, n: int, generator: torch.Generator | None = None) -> Batch:
+        """Draw ``n`` joint samples (prior, theta, observations)."""
+        prior = self.sample_meta_prior(n, generator=generator)
+        theta = self.sample_parameters(prior, generator=generator)
+        return Batch(prior, theta, self.simulate(theta, generator=generator))
+
+    def options(self) -> dict[str, Any]:
+        """Constructor options, so that ``problems.get(name, **options)`` rebuilds this problem."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description of the meta-prior and simulator for model cards."""
+        return {"name": self.name, "options": self.options()}

@@ -1,0 +1,28 @@
+"""Problem registry: ``distformer.problems.get(name, **options)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Problem
+from .linear_gaussian import LinearGaussian
+
+_REGISTRY: dict[str, Callable[..., Problem]] = {
+    LinearGaussian.name: LinearGaussian,
+}
+
+
+def register(name: str, factory: Callable[..., Problem]) -> None:
+    """Make ``get(name, **options)`` build ``factory(**options)``."""
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options) -> Problem:
+    """Build the problem registered as ``name`` with ``options``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Expected a problem name among {names()}, but got {name!r}.")
+    return _REGISTRY[name](**options)

@@ -1,0 +1,153 @@
+"""Saving and loading: models (weights + JSON config and card) and training checkpoints (one file).
+
+Nothing here unpickles: weights are ``safetensors`` (tensors only), everything else is JSON. Every file is written
+to a temporary name in the same folder and moved into place with ``os.replace``, so a crash mid-write leaves the
+previous file intact.
+
+* Model ``PATH``: ``PATH.safetensors`` (weights) and ``PATH.json``
+  (``{"format": "distformer-model", "format_version": 1, "config": ..., "card": ..., "weights_sha256": ...}``).
+* Checkpoint: one ``.safetensors`` file holding ``model.*``, ``optim.*`` and ``rng.*`` tensors, with the training
+  config, step and history as JSON in its metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+MODEL_FORMAT = "distformer-model"
+CHECKPOINT_FORMAT = "distformer-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, json)`` paths for a model stem, or for either of its two files."""
+    path = Path(path)
+    if path.suffix in {".safetensors", ".json"}:
+        path = path.with_suffix("")
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_model(model, path: str | Path) -> None:
+    """Write ``model`` (a ``DistributionTransformer``) as ``path.safetensors`` + ``path.json``."""
+    weights_path, json_path = model_paths(path)
+    blob = save_bytes(_contiguous(model.state_dict()), metadata={"format": MODEL_FORMAT})
+    meta = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+            "card": model.card, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write(weights_path, blob)
+    atomic_write(json_path, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
+
+
+def load_model(path: str | Path):
+    """Load a model written by :func:`save_model`; raises ``ValueError`` for a missing, truncated or altered file."""
+    from ..nn.transformer import DistributionTransformer, ModelConfig
+
+    weights_path, json_path = model_paths(path)
+    for p in (weights_path, json_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"Expected model file {p}, but it does not exist.")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"Expected {json_path} to be JSON written by distformer, but it does not parse ({e}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"Expected {json_path} to describe a {MODEL_FORMAT}, but its format is "
+                         f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}.")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"Expected model format version {FORMAT_VERSION}, but {json_path} has version "
+                         f"{meta.get('format_version')!r}; re-save it with a matching distformer.")
+    if "card" not in meta or "config" not in meta:
+        raise ValueError(f"Expected {json_path} to hold 'config' and 'card', but it has {sorted(meta)}.")
+    blob = weights_path.read_bytes()
+    digest = meta.get("weights_sha256")
+    if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
+        raise ValueError(f"Expected {weights_path} to match the checksum in {json_path.name}, but it differs "
+                         "(truncated or altered file).")
+    try:
+        state = load_bytes(blob)
+    except (SafetensorError, Exception) as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"Expected {weights_path} to be a safetensors file, but it could not be read ({e}).") from None
+    model = DistributionTransformer(ModelConfig.from_dict(meta["config"]), card=meta["card"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"Expected weights for the configured model, but {weights_path} is missing {missing[:3]} "
+                         f"and has unexpected {unexpected[:3]}.")
+    return model.eval()
+
+
+def save_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                    meta: dict[str, Any]) -> None:
+    """One-file training checkpoint: weights, optimizer state, data RNG state, and ``meta`` (JSON)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    tensors["rng.data"] = generator.get_state()
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(model.config.to_dict()),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "meta": json.dumps(meta),
+    }
+    atomic_write(path, save_bytes(_contiguous(tensors), metadata=metadata))
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a checkpoint written by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a checkpoint at {path}, but there is none.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"Expected {path} to be a distformer checkpoint, but it could not be read ({e}).") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT or metadata.get("format_version") != str(FORMAT_VERSION):
+        raise ValueError(f"Expected a {CHECKPOINT_FORMAT} version {FORMAT_VERSION} at {path}, but found "
+                         f"{metadata.get('format')!r} version {metadata.get('format_version')!r}.")
+    return tensors, metadata
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> None:
+    """Load optimizer state saved by :func:`save_checkpoint` into ``optimizer``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})

@@ -1,0 +1,111 @@
+"""Training configuration: frozen dataclasses that round-trip through plain dicts and YAML.
+
+Example YAML (``distformer train CONFIG``)::
+
+    problem: {name: linear-gaussian, options: {dim: 2}}
+    architecture: {d_model: 64, num_heads: 4, num_layers: 3, ff_dim: 256, hidden: 64}
+    steps: 20000
+    batch_size: 512
+    lr: 0.001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ProblemConfig:
+    """Which problem to simulate: ``distformer.problems.get(name, **options)``."""
+
+    name: str = "linear-gaussian"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    """Decoder sizes (the latent dimension, sources and ``K`` come from the problem)."""
+
+    d_model: int = 64
+    num_heads: int = 4
+    num_layers: int = 3
+    ff_dim: int = 256
+    hidden: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping for :func:`distformer.train`.
+
+    Learning rate: linear warm-up over ``warmup_steps`` to ``lr``, then cosine decay to ``lr * final_lr_ratio``
+    at ``steps``. AdamW with ``weight_decay``; gradients clipped to global norm ``grad_clip``.
+    """
+
+    problem: ProblemConfig = field(default_factory=ProblemConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    steps: int = 20000
+    batch_size: int = 512
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    final_lr_ratio: float = 0.01
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    prior_loss: bool = True
+    seed: int = 0
+    validation_size: int = 2048
+    validate_every: int = 500
+    checkpoint_every: int = 1000
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected {name} >= 1, but got {getattr(self, name)}.")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"Expected lr > 0, warmup_steps >= 0 and 0 <= final_lr_ratio <= 1, but got "
+                             f"{self.lr}, {self.warmup_steps}, {self.final_lr_ratio}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["problem"]["options"] = dict(self.problem.options)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        _check_fields(cls, data, "TrainConfig")
+        if "problem" in data:
+            _check_fields(ProblemConfig, data["problem"], "problem")
+            data["problem"] = ProblemConfig(**data["problem"])
+        if "architecture" in data:
+            _check_fields(ArchitectureConfig, data["architecture"], "architecture")
+            data["architecture"] = ArchitectureConfig(**data["architecture"])
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "TrainConfig":
+        text = Path(path_or_text).read_text() if Path(str(path_or_text)).suffix in {".yaml", ".yml"} else str(path_or_text)
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Expected a YAML mapping of TrainConfig fields, but got {type(data).__name__}.")
+        return cls.from_dict(data)
+
+
+def _check_fields(cls, data: Any, what: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"Expected {what} to be a mapping, but got {type(data).__name__}.")
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"Expected {what} fields among {sorted(f.name for f in dataclasses.fields(cls))}, but got "
+                         f"unknown {sorted(unknown)}.")

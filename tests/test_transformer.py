@@ -1,0 +1,121 @@
+"""DistributionTransformer: identity at initialisation, permutation symmetries, masking, shapes, bad inputs."""
+
+import pytest
+import torch
+
+from distformer import DistributionTransformer, GaussianMixture, ModelConfig
+from distformer.nn.tokens import chart_size, chart_to_gmm, gmm_to_chart
+from helpers import random_mixture
+
+
+def _perturbed_model(dim=2, sources=None, seed=0):
+    """A model whose zero-initialised branches are filled with noise, so the output depends on every input."""
+    torch.manual_seed(seed)
+    model = DistributionTransformer(ModelConfig(dim=dim, sources=sources or {"z": dim}, d_model=32, num_heads=4,
+                                                num_layers=2, ff_dim=64, hidden=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_chart_round_trip_is_exact(d, rng):
+    gm = random_mixture((2, 3), 4, d, rng)
+    chart = gmm_to_chart(gm)
+    assert chart.shape == (2, 3, 4, chart_size(d))
+    back = chart_to_gmm(chart, d)
+    torch.testing.assert_close(back.loc, gm.loc, rtol=0, atol=1e-12)
+    torch.testing.assert_close(back.scale_tril, gm.scale_tril, rtol=0, atol=1e-12)
+    torch.testing.assert_close(back.weights, gm.weights, rtol=0, atol=1e-12)
+
+
+def test_any_chart_decodes_to_a_valid_mixture(rng):
+    chart = 3 * torch.randn(100, 5, chart_size(3), generator=rng, dtype=torch.float64)
+    gm = chart_to_gmm(chart, 3)
+    torch.testing.assert_close(gm.weights.sum(-1), torch.ones(100, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert bool(torch.isfinite(gm.loc).all())
+    assert bool((gm.scale_tril.diagonal(dim1=-2, dim2=-1) > 0).all())
+    assert bool((torch.linalg.eigvalsh(gm.component_covariance_matrix) > 0).all())
+
+
+def test_untrained_model_returns_the_prior(rng):
+    """Zero-initialised residual branches and a site precision of exp(-8): the prior up to ~1e-3 relative."""
+    model = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}))
+    prior = random_mixture((3,), 4, 2, rng, dtype=torch.float32)
+    post = model.posterior(prior, torch.randn(3, 5, 2, generator=rng))
+    torch.testing.assert_close(post.loc, prior.loc, rtol=0, atol=1e-3)
+    torch.testing.assert_close(post.scale_tril, prior.scale_tril, rtol=2e-3, atol=1e-6)
+    torch.testing.assert_close(post.weights, prior.weights, rtol=0, atol=1e-6)
+
+
+def test_permuting_prior_components_permutes_the_posterior(rng):
+    model = _perturbed_model()
+    prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
+    z = torch.randn(2, 7, 2, generator=rng)
+    perm = torch.tensor([2, 0, 3, 1])
+    permuted = GaussianMixture(prior.weights[:, perm], prior.loc[:, perm], scale_tril=prior.scale_tril[:, perm])
+    a, b = model.posterior(prior, z), model.posterior(permuted, z)
+    assert (a.loc - prior.loc).abs().max() > 1e-3  # the model does something
+    torch.testing.assert_close(b.loc, a.loc[:, perm], rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.scale_tril, a.scale_tril[:, perm], rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.weights, a.weights[:, perm], rtol=0, atol=1e-6)
+
+
+def test_permuting_observations_leaves_the_posterior_unchanged(rng):
+    model = _perturbed_model()
+    prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
+    z = torch.randn(2, 9, 2, generator=rng)
+    a = model.posterior(prior, z)
+    b = model.posterior(prior, z[:, torch.randperm(9, generator=rng)])
+    torch.testing.assert_close(b.loc, a.loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.weights, a.weights, rtol=0, atol=1e-6)
+
+
+def test_masked_observations_equal_dropped_ones(rng):
+    model = _perturbed_model()
+    prior = random_mixture((), 4, 2, rng, dtype=torch.float32).expand((1,))
+    z = torch.randn(1, 8, 2, generator=rng)
+    mask = torch.tensor([[True, False, True, True, False, False, True, False]])
+    padded = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, 123.0))
+    a = model.posterior(prior, padded, mask)
+    b = model.posterior(prior, z[:, mask[0]])
+    torch.testing.assert_close(a.loc, b.loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=1e-6)
+
+
+def test_batch_broadcasting_and_dtype(rng):
+    model = _perturbed_model()
+    prior = random_mixture((), 3, 2, rng)  # float64, K=3 differs from training K
+    post = model.posterior(prior, torch.randn(5, 4, 2, generator=rng))
+    assert post.batch_shape == (5,) and post.num_components == 3 and post.dtype == torch.float64
+    one = model.posterior(prior.expand((5,)), torch.randn(5, 4, 2, generator=rng))
+    assert one.batch_shape == (5,)
+
+
+def test_multiple_sources_with_a_missing_source(rng):
+    model = _perturbed_model(sources={"gps": 2, "range": 1})
+    prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
+    obs = {"gps": torch.randn(2, 1, 2, generator=rng), "range": torch.randn(2, 3, 1, generator=rng)}
+    mask = {"gps": torch.tensor([[True], [False]]), "range": torch.ones(2, 3, dtype=torch.bool)}
+    post = model.posterior(prior, obs, mask)
+    assert post.batch_shape == (2,)
+    with pytest.raises(ValueError, match="Expected observations for source 'range'"):
+        model.posterior(prior, {"gps": obs["gps"]})
+
+
+def test_bad_inputs(rng):
+    model = _perturbed_model()
+    prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
+    with pytest.raises(ValueError, match="D=2 dimensions for this model, but got D=3"):
+        model.posterior(random_mixture((2,), 4, 3, rng), torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match=r"shape \(\*B, N, E=2\)"):
+        model.posterior(prior, torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match="finite observations"):
+        model.posterior(prior, torch.full((2, 3, 2), float("inf")))
+    with pytest.raises(ValueError, match="broadcast"):
+        model.posterior(prior, torch.zeros(3, 4, 2))
+    with pytest.raises(ValueError, match="boolean mask"):
+        model.posterior(prior, torch.zeros(2, 3, 2), torch.ones(2, 3))
+    with pytest.raises(TypeError, match="GaussianMixture"):
+        model.posterior(prior.to_torch(), torch.zeros(2, 3, 2))
