@@ -16,14 +16,14 @@ __version__ = "0.1.0"
 
 def pretrained(name: str) -> DistributionTransformer:
     """Load a model shipped inside the package (offline); see :func:`pretrained_names`."""
-    from .pretrained import load_pretrained
+    from .zoo import load_pretrained
 
     return load_pretrained(name)
 
 
 def pretrained_names() -> list[str]:
     """Names of the models shipped inside the package."""
-    from .pretrained import pretrained_names as names
+    from .zoo import pretrained_names as names
 
     return names()
 

@@ -18,7 +18,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     problem = get(config.problem.name, **dict(config.problem.options))
     checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
     model = train(problem, config, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet)
-    model.card["training"]["command"] = " ".join(["distformer", "train", *sys.argv[2:]])
+    model.card["training"]["command"] = f"distformer train {args.config} --out {args.out}"
     model.save(args.out)
     final = model.card["training"]["final_validation"] or {}
     print(f"saved {args.out}.safetensors/.json after {model.card['training']['time_s']:.0f} s; "
@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .pretrained import describe, pretrained_names
+    from .zoo import describe, pretrained_names
 
     for name in pretrained_names():
         print(describe(name))

@@ -40,6 +40,11 @@ class Observations:
         masks = {s: m.reshape(*batch_shape, m.shape[-1]) for s, m in self.masks.items()}
         return Observations(values, masks)
 
+    def slice(self, start: int, stop: int) -> "Observations":
+        """Problems ``start:stop`` of a flat batch (batch shape ``(n,)``)."""
+        return Observations({s: v[start:stop] for s, v in self.values.items()},
+                            {s: m[start:stop] for s, m in self.masks.items()})
+
     def to(self, dtype: torch.dtype | None = None, device: torch.device | None = None) -> "Observations":
         return Observations({s: v.to(device=device, dtype=dtype) for s, v in self.values.items()},
                             {s: m.to(device=device) for s, m in self.masks.items()})
@@ -93,9 +98,11 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
             if m.shape != v.shape[:-1]:
                 raise ValueError(f"Expected the mask for {name!r} to have shape {tuple(v.shape[:-1])}, but got "
                                  f"{tuple(m.shape)}.")
-        if not bool(torch.isfinite(v[m]).all()):
+        finite = torch.isfinite(v).all(-1)
+        if not bool((finite | ~m).all()):
             raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is True.")
-        v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+        if not bool(finite.all()):  # padded entries may hold anything; keep NaN out of the arithmetic
+            v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
         values[name], masks[name] = v, m
         batch_shapes.append(m.shape[:-1])
     try:

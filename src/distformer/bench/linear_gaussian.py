@@ -119,7 +119,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     (out_dir / "linear-gaussian.json").write_text(json.dumps(slim, indent=2) + "\n")
     _plot(results, out_dir / "linear-gaussian.png")
     if update_cards and not quick:
-        from ..pretrained import record_metrics
+        from ..zoo import record_metrics
 
         for r in slim:
             record_metrics(r["model"], r)

@@ -1,4 +1,5 @@
-"""Models shipped inside the package: ``NAME.safetensors`` (weights) + ``NAME.json`` (config and model card)."""
+"""The model zoo: models shipped in ``distformer/pretrained/`` as ``NAME.safetensors`` (weights) + ``NAME.json``
+(config and model card)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 
 def _folder() -> Path:
-    return Path(str(resources.files(__name__)))
+    return Path(str(resources.files("distformer"))) / "pretrained"
 
 
 def pretrained_names() -> list[str]:
@@ -24,7 +25,7 @@ def pretrained_path(name: str) -> Path:
 
 def load_pretrained(name: str):
     """Load the shipped model ``name`` (no network)."""
-    from ..training.checkpoint import load_model
+    from .training.checkpoint import load_model
 
     return load_model(pretrained_path(name))
 
@@ -49,7 +50,7 @@ def record_metrics(name: str, metrics: dict) -> None:
     """Store benchmark ``metrics`` (with the command that measured them) in the shipped model card ``name``."""
     import json
 
-    from ..training.checkpoint import atomic_write
+    from .training.checkpoint import atomic_write
 
     path = pretrained_path(name).with_suffix(".json")
     meta = json.loads(path.read_text())

@@ -1,0 +1,138 @@
+"""Training engine: config round trips, save/load, exact resume, crash-safe writes, a tiny run that learns."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from distformer import ArchitectureConfig, ProblemConfig, TrainConfig, train
+from distformer.training.checkpoint import atomic_write, load_model
+from distformer.problems import get
+from distformer.training.trainer import build_model, evaluate, learning_rate
+from helpers import random_mixture
+
+TINY = TrainConfig(problem=ProblemConfig("linear-gaussian", {"dim": 1, "max_observations": 5}),
+                   architecture=ArchitectureConfig(d_model=16, num_heads=2, num_layers=1, ff_dim=32, hidden=16),
+                   steps=6, batch_size=16, lr=1e-3, warmup_steps=2, validation_size=32, validate_every=1,
+                   checkpoint_every=3, seed=5)
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    TINY.to_yaml(path)
+    assert TrainConfig.from_yaml(path) == TINY
+    assert TrainConfig.from_dict(TINY.to_dict()) == TINY
+
+
+def test_config_rejects_unknown_fields_and_bad_values():
+    with pytest.raises(ValueError, match="unknown \\['stepz'\\]"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="steps >= 1"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="lr > 0"):
+        TrainConfig(lr=-1.0)
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    c = TrainConfig(steps=100, warmup_steps=10, lr=1.0, final_lr_ratio=0.1)
+    lrs = [learning_rate(s, c) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_model_save_load_round_trip(tmp_path, rng):
+    model = train("linear-gaussian", TINY, progress=False)
+    model.save(tmp_path / "m")
+    again = load_model(tmp_path / "m.json")
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert again.card == json.loads(json.dumps(model.card))
+    prior = random_mixture((2,), 4, 1, rng, dtype=torch.float32)
+    z = torch.randn(2, 3, 1, generator=rng)
+    torch.testing.assert_close(again.posterior(prior, z).loc, model.posterior(prior, z).loc, rtol=0, atol=0)
+
+
+def test_loading_rejects_tampered_truncated_or_foreign_files(tmp_path):
+    model = train("linear-gaussian", TINY, progress=False)
+    model.save(tmp_path / "m")
+    weights = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(weights[:-10])
+    with pytest.raises(ValueError, match="checksum"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m.safetensors").write_bytes(weights)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps(meta | {"format_version": 99}))
+    with pytest.raises(ValueError, match="format version"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "card"}))
+    with pytest.raises(ValueError, match="'config' and 'card'"):
+        load_model(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nothing")
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    straight = train("linear-gaussian", TINY, checkpoint=tmp_path / "a.ckpt", progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(step, metrics):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):  # the checkpoint from step 3 survives the crash at step 5
+        train("linear-gaussian", TINY, checkpoint=tmp_path / "b.ckpt", progress=False, callback=crash_at_5)
+    resumed = train("linear-gaussian", TINY, checkpoint=tmp_path / "b.ckpt", resume=True, progress=False)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    hist_a = straight.card["training"]["final_validation"]
+    hist_b = resumed.card["training"]["final_validation"]
+    assert hist_a["val_nll"] == hist_b["val_nll"]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train("linear-gaussian", TINY, checkpoint=tmp_path / "c.ckpt", progress=False)
+    other = TrainConfig.from_dict(TINY.to_dict() | {"lr": 2e-3})
+    with pytest.raises(ValueError, match="same TrainConfig"):
+        train("linear-gaussian", other, checkpoint=tmp_path / "c.ckpt", resume=True, progress=False)
+
+
+def test_a_crash_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic_write(path, b"old contents")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, b"new contents that never land")
+    assert path.read_bytes() == b"old contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
+
+
+def test_a_tiny_training_run_learns():
+    """A few hundred steps must close most of the gap to the exact posterior on the validation set."""
+    config = TrainConfig.from_dict(TINY.to_dict() | {
+        "steps": 300, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "validation_size": 512,
+        "validate_every": 300, "checkpoint_every": 300,
+        "architecture": {"d_model": 32, "num_heads": 4, "num_layers": 1, "ff_dim": 64, "hidden": 32}})
+    history = []
+    model = train("linear-gaussian", config, progress=False, callback=lambda s, m: history.append(m))
+    problem = get("linear-gaussian", **config.problem.options)
+    validation = problem.sample_batch(512, generator=torch.Generator().manual_seed(config.seed + 2))  # as train()
+    initial = evaluate(build_model(problem, config), problem, validation)
+    final = history[-1]
+    assert final["val_kl"] < 0.25 * initial["val_kl"], (initial, final)
+    assert model.card["training"]["samples"] == 300 * 64
+
+
+def test_non_finite_loss_is_an_error_not_a_silent_skip(monkeypatch):
+    from distformer.training import trainer
+
+    monkeypatch.setattr(trainer, "batch_loss", lambda *a, **k: (torch.tensor(float("nan")), torch.tensor(0.0)))
+    with pytest.raises(FloatingPointError, match="finite training loss"):
+        train("linear-gaussian", TINY, progress=False)
