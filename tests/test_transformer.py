@@ -39,14 +39,42 @@ def test_any_chart_decodes_to_a_valid_mixture(rng):
     assert bool((torch.linalg.eigvalsh(gm.component_covariance_matrix) > 0).all())
 
 
-def test_untrained_model_returns_the_prior(rng):
-    """Zero-initialised residual branches and a site precision of exp(-8): the prior up to ~1e-3 relative."""
-    model = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}))
-    prior = random_mixture((3,), 4, 2, rng, dtype=torch.float32)
-    post = model.posterior(prior, torch.randn(3, 5, 2, generator=rng))
-    torch.testing.assert_close(post.loc, prior.loc, rtol=0, atol=1e-3)
-    torch.testing.assert_close(post.scale_tril, prior.scale_tril, rtol=2e-3, atol=1e-6)
-    torch.testing.assert_close(post.weights, prior.weights, rtol=0, atol=1e-6)
+def test_untrained_model_multiplies_each_component_by_a_unit_site_at_the_origin(rng):
+    """Zero-initialised branches leave only the site's initial value: precision I, mean 0, no weight change.
+
+    So each component becomes N(mu, Sigma) x N(0; x, I) in closed form: Sigma' = (Sigma^-1 + I)^-1,
+    mu' = Sigma' Sigma^-1 mu, with the prior's weights.
+    """
+    model = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2})).double()
+    prior = random_mixture((3,), 4, 2, rng)
+    post = model.posterior(prior, torch.randn(3, 5, 2, generator=rng, dtype=torch.float64))
+    eye = torch.eye(2, dtype=torch.float64)
+    precision = torch.linalg.inv(prior.component_covariance_matrix)
+    cov = torch.linalg.inv(precision + eye)
+    torch.testing.assert_close(post.component_covariance_matrix, cov, rtol=0, atol=1e-10)
+    torch.testing.assert_close(post.loc, (cov @ precision @ prior.loc.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(post.weights, prior.weights, rtol=0, atol=1e-12)
+
+
+def test_traced_inference_matches_eager_forward(rng):
+    model = _perturbed_model()
+    for batch, k, n in [((1,), 4, 20), ((5,), 3, 1), ((2, 3), 6, 9)]:
+        prior = random_mixture(batch, k, 2, rng, dtype=torch.float32)
+        z = torch.randn(*batch, n, 2, generator=rng)
+        fast, eager = model.posterior(prior, z), model.posterior(prior, z, grad=True)
+        torch.testing.assert_close(fast.loc, eager.loc.detach(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast.scale_tril, eager.scale_tril.detach(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast.weights, eager.weights.detach(), rtol=0, atol=1e-6)
+
+
+def test_large_batches_are_chunked_with_the_same_result(rng):
+    model = _perturbed_model()
+    prior = random_mixture((50,), 4, 2, rng, dtype=torch.float32)
+    z = torch.randn(50, 6, 2, generator=rng)
+    whole = model.posterior(prior, z)
+    model.chunk_size = 16
+    chunked = model.posterior(prior, z)
+    torch.testing.assert_close(chunked.loc, whole.loc, rtol=0, atol=1e-6)
 
 
 def test_permuting_prior_components_permutes_the_posterior(rng):

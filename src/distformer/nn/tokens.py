@@ -13,6 +13,8 @@ so every chart vector decodes to a valid mixture (positive-definite covariances,
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -27,8 +29,28 @@ def chart_size(dim: int) -> int:
     return 1 + dim + dim * (dim + 1) // 2
 
 
-def _offdiag_index(dim: int, device=None) -> tuple[Tensor, Tensor]:
-    return torch.tril_indices(dim, dim, offset=-1, device=device)
+@lru_cache(maxsize=None)
+def _tril_index(dim: int, device: str) -> tuple[Tensor, Tensor]:
+    """Flat positions in a ``D x D`` matrix of the diagonal, then the strictly-lower entries (row-major)."""
+    with torch.inference_mode(False):  # cached: must stay usable outside inference mode too
+        rows, cols = torch.tril_indices(dim, dim, offset=-1)
+        diag = torch.arange(dim) * (dim + 1)
+        return torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device)
+
+
+def tril_from_parts(diag: Tensor, off: Tensor) -> Tensor:
+    """Lower-triangular ``(..., D, D)`` from its diagonal ``(..., D)`` and strictly-lower entries ``(..., D(D-1)/2)``."""
+    dim = diag.shape[-1]
+    index, _ = _tril_index(dim, str(diag.device))
+    flat = diag.new_zeros(*diag.shape[:-1], dim * dim).index_copy(-1, index, torch.cat([diag, off], -1))
+    return flat.view(*diag.shape[:-1], dim, dim)
+
+
+def offdiag(L: Tensor) -> Tensor:
+    """Strictly-lower entries ``(..., D(D-1)/2)`` of ``L`` ``(..., D, D)`` in row-major order."""
+    dim = L.shape[-1]
+    _, index = _tril_index(dim, str(L.device))
+    return L.reshape(*L.shape[:-2], dim * dim).index_select(-1, index)
 
 
 def gmm_to_chart(mixture: GaussianMixture) -> Tensor:
@@ -38,9 +60,8 @@ def gmm_to_chart(mixture: GaussianMixture) -> Tensor:
 
 def chart_from_parts(log_weights: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
     """Chart from log-weights ``(*B, K)``, means ``(*B, K, D)`` and Cholesky factors ``(*B, K, D, D)``."""
-    rows, cols = _offdiag_index(loc.shape[-1], loc.device)
     return torch.cat([log_weights.unsqueeze(-1), loc, scale_tril.diagonal(dim1=-2, dim2=-1).log(),
-                      scale_tril[..., rows, cols]], dim=-1)
+                      offdiag(scale_tril)], dim=-1)
 
 
 def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
@@ -51,16 +72,5 @@ def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
     loc = chart[..., 1:1 + dim]
     log_diag = chart[..., 1 + dim:1 + 2 * dim].clamp(*LOG_DIAG_RANGE)
     off = chart[..., 1 + 2 * dim:]
-    L = torch.diag_embed(log_diag.exp())
-    if dim > 1:
-        L = fill_offdiag(L, off)
+    L = tril_from_parts(log_diag.exp(), off)
     return GaussianMixture(logits=logits, loc=loc, scale_tril=L, validate_args=False)
-
-
-def fill_offdiag(L: Tensor, off: Tensor) -> Tensor:
-    """``L`` ``(..., D, D)`` plus the strictly-lower entries ``off`` ``(..., D(D-1)/2)`` in row-major order."""
-    dim = L.shape[-1]
-    rows, cols = _offdiag_index(dim, L.device)
-    flat = torch.zeros(*off.shape[:-1], dim * dim, dtype=L.dtype, device=L.device)
-    flat = flat.index_copy(-1, rows * dim + cols, off)
-    return L + flat.reshape(*off.shape[:-1], dim, dim)
