@@ -69,7 +69,8 @@ def test_bench_quick_writes_a_report(tmp_path):
     report = (tmp_path / "linear-gaussian.md").read_text()
     assert "distformer bench linear-gaussian --quick" in report
     data = json.loads((tmp_path / "linear-gaussian.json").read_text())
-    assert {r["model"] for r in data} == set(NAMES)
+    assert {r["model"] for r in data["models"]} == set(NAMES)
+    assert len(data["prior_data_conflict"]) == 7
     assert (tmp_path / "linear-gaussian.png").is_file()
 
 

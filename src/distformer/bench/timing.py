@@ -20,17 +20,18 @@ def threads(n: int):
         torch.set_num_threads(previous)
 
 
-def median_seconds(fn, repeats: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def interleaved_median_seconds(fns: dict, repeats: int, warmup: int = 5) -> dict:
+    """Median wall time of each ``fns[name]()``, calling them in turn so that all see the same machine load."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
 
 
 def machine() -> str:
