@@ -11,10 +11,6 @@ def _runners():
     return {"linear-gaussian": linear_gaussian.run}
 
 
-def benchmark_names() -> list[str]:
-    return sorted(_runners())
-
-
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks", update_cards: bool = False) -> Path:
     """Run benchmark ``name``; returns the path of the markdown report."""
     runners = _runners()

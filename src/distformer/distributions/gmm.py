@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 
-from .linalg import cholesky, gaussian_log_prob, log_det_tril, symmetrize
+from .linalg import cholesky, gaussian_log_prob, symmetrize
 
 
 def _describe(t: Tensor) -> str:
@@ -403,4 +403,4 @@ class GaussianMixture(Distribution):
         return fit_em(samples, k, generator=generator, max_iterations=max_iterations, tol=tol)
 
 
-__all__ = ["GaussianMixture", "log_det_tril"]
+__all__ = ["GaussianMixture"]

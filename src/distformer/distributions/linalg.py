@@ -35,11 +35,6 @@ def cholesky(matrix: Tensor, what: str = "covariance_matrix") -> Tensor:
     return factor
 
 
-def log_det_tril(scale_tril: Tensor) -> Tensor:
-    """``log det(L L^T)`` for lower-triangular ``scale_tril`` ``(..., D, D)`` -> ``(...)``."""
-    return 2.0 * scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-
-
 def gaussian_log_prob(x: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
     """Log-density of ``N(loc, L L^T)`` at ``x``; ``x``/``loc`` ``(..., D)`` broadcast, ``L`` ``(..., D, D)``."""
     diff = x - loc
@@ -56,7 +51,3 @@ def symmetrize(matrix: Tensor) -> Tensor:
     """``(M + M^T) / 2`` over the last two dimensions."""
     return 0.5 * (matrix + matrix.transpose(-1, -2))
 
-
-def inverse_from_tril(scale_tril: Tensor) -> Tensor:
-    """``(L L^T)^{-1}`` from its Cholesky factor ``(..., D, D)``."""
-    return torch.cholesky_inverse(scale_tril)
