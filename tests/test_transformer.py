@@ -147,3 +147,12 @@ def test_bad_inputs(rng):
         model.posterior(prior, torch.zeros(2, 3, 2), torch.ones(2, 3))
     with pytest.raises(TypeError, match="GaussianMixture"):
         model.posterior(prior.to_torch(), torch.zeros(2, 3, 2))
+
+
+def test_non_finite_model_output_is_an_error(rng):
+    model = _perturbed_model()
+    with torch.no_grad():
+        model.head.last.bias.fill_(float("nan"))
+    prior = random_mixture((1,), 4, 2, rng, dtype=torch.float32)
+    with pytest.raises(FloatingPointError, match="finite posterior"):
+        model.posterior(prior, torch.zeros(1, 3, 2))

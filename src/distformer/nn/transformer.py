@@ -157,6 +157,10 @@ class DistributionTransformer(nn.Module):
             else:  # chunks keep the activations in cache: faster for large batches, same result
                 out = torch.cat([forward(chart[i:i + self.chunk_size], flat_obs.slice(i, i + self.chunk_size))
                                  for i in range(0, size, self.chunk_size)])
+            if not bool(torch.isfinite(out).all()):
+                raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
+                                         "inf; the prior or the data are probably far outside its training family "
+                                         f"({self.card.get('problem', {}).get('meta_prior', 'see model.card')}).")
             out = out.reshape(*batch, K, C)
             return chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), self.dim)
 
