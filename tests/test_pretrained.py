@@ -89,3 +89,23 @@ def test_train_command_writes_a_loadable_model(tmp_path):
 def test_examples_run(script):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_infer_command_matches_the_exact_posterior(tmp_path, capsys):
+    request = {"prior": {"weights": [0.6, 0.4], "loc": [[0.0, 0.0], [3.0, 1.0]],
+                         "covariance_matrix": [[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.0], [0.0, 0.5]]]},
+               "observations": [[2.5, 1.0], [2.8, 0.7], [3.1, 1.2]]}
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    assert main(["infer", "--input", str(path)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    prior = dfm.GaussianMixture(torch.tensor(request["prior"]["weights"], dtype=torch.float64),
+                                torch.tensor(request["prior"]["loc"], dtype=torch.float64),
+                                covariance_matrix=torch.tensor(request["prior"]["covariance_matrix"], dtype=torch.float64))
+    eye = torch.eye(2, dtype=torch.float64)
+    exact = prior.condition_linear_gaussian(eye, eye, torch.tensor(request["observations"], dtype=torch.float64))
+    sd = exact.covariance_matrix.diagonal().sqrt()
+    assert ((torch.tensor(answer["mean"]) - exact.mean).abs() < 0.1 * sd).all()
+    path.write_text(json.dumps({"prior": request["prior"]}))
+    with pytest.raises(SystemExit, match="'observations'"):
+        main(["infer", "--input", str(path)])

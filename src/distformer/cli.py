@@ -48,6 +48,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    import distformer
+
+    from .distributions.gmm import GaussianMixture
+
+    with (sys.stdin if args.input == "-" else open(args.input)) as f:
+        request = json.load(f)
+    if not isinstance(request, dict) or "prior" not in request or "observations" not in request:
+        raise SystemExit("Expected a JSON object with 'prior' {weights, loc, covariance_matrix} and "
+                         f"'observations' (a list of points), but got keys {sorted(request) if isinstance(request, dict) else type(request).__name__}.")
+    model = distformer.pretrained(args.model) if args.model in distformer.pretrained_names() else distformer.load(args.model)
+    p = request["prior"]
+    prior = GaussianMixture(torch.tensor(p["weights"], dtype=torch.float64), torch.tensor(p["loc"], dtype=torch.float64),
+                            covariance_matrix=torch.tensor(p["covariance_matrix"], dtype=torch.float64))
+    z = torch.tensor(request["observations"], dtype=torch.float64)
+    if z.dim() == 1:  # a flat list of numbers: scalar observations
+        z = z.unsqueeze(-1)
+    post = model.posterior(prior, z)
+    print(json.dumps({"weights": post.weights.tolist(), "loc": post.loc.tolist(),
+                      "covariance_matrix": post.component_covariance_matrix.tolist(),
+                      "mean": post.mean.tolist(), "mixture_covariance": post.covariance_matrix.tolist()}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distformer", description="Millisecond Bayesian posteriors under "
                                      "run-time priors (Distribution Transformers).")
@@ -75,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="benchmarks")
     p.add_argument("--update-cards", action="store_true", help="write the measured metrics into the shipped model cards")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("infer", help="posterior for one prior and data set given as JSON (stdin or a file)")
+    p.add_argument("--model", default="linear-gaussian-2d", help="a shipped model name or a model path")
+    p.add_argument("--input", default="-", help="JSON file with 'prior' and 'observations' (default: stdin)")
+    p.set_defaults(func=_cmd_infer)
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
