@@ -13,6 +13,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from .distributions.linalg import broadcast_shapes
+
 
 @dataclass(frozen=True)
 class Observations:
@@ -24,7 +26,7 @@ class Observations:
     @property
     def batch_shape(self) -> torch.Size:
         shapes = [m.shape[:-1] for m in self.masks.values()]
-        return torch.broadcast_shapes(*shapes) if shapes else torch.Size()
+        return broadcast_shapes(*shapes) if shapes else torch.Size()
 
     def count(self, source: str) -> Tensor:
         """Number of present observations of ``source``, ``(*B)``."""
@@ -106,7 +108,7 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
         values[name], masks[name] = v, m
         batch_shapes.append(m.shape[:-1])
     try:
-        torch.broadcast_shapes(*batch_shapes)
+        broadcast_shapes(*batch_shapes)
     except RuntimeError:
         raise ValueError(f"Expected observation batch shapes to broadcast, but got {batch_shapes}.") from None
     return Observations({s: values[s] for s in sources}, {s: masks[s] for s in sources})

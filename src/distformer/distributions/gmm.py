@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 
-from .linalg import cholesky, gaussian_log_prob, symmetrize
+from .linalg import broadcast_shapes, cholesky, gaussian_log_prob, symmetrize
 
 
 def _describe(t: Tensor) -> str:
@@ -93,7 +93,7 @@ class GaussianMixture(Distribution):
             self._check_shapes(mix, loc, matrix, "weights" if weights is not None else "logits",
                                "covariance_matrix" if covariance_matrix is not None else "scale_tril")
         k, d = loc.shape[-2], loc.shape[-1]
-        batch_shape = torch.broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
+        batch_shape = broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
         mix = mix.expand(*batch_shape, k)
         loc = loc.expand(*batch_shape, k, d)
         matrix = matrix.expand(*batch_shape, k, d, d)
@@ -145,7 +145,7 @@ class GaussianMixture(Distribution):
             raise ValueError(f"Expected {matrix_name} to end in (K, D, D)=({k}, {d}, {d}) (from loc "
                              f"{tuple(loc.shape)}), but got a {_describe(matrix)}.")
         try:
-            torch.broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
+            broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
         except RuntimeError:
             raise ValueError(f"Expected broadcastable batch shapes, but got {mix_name} {tuple(mix.shape)}, loc "
                              f"{tuple(loc.shape)} and {matrix_name} {tuple(matrix.shape)}.") from None

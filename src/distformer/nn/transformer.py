@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions.gmm import GaussianMixture
+from ..distributions.linalg import broadcast_shapes
 from ..observations import Observations, as_observations
 from .embeddings import MLP, SourceEmbedding
 from .layers import DecoderBlock, layer_norm
@@ -114,7 +115,20 @@ class DistributionTransformer(nn.Module):
             h = block(h, memory, key_mask)
         return apply_site(chart, self.head(layer_norm(self.final_norm, h)), self.dim)
 
-    def posterior(self, prior: GaussianMixture, observations, mask=None, *, grad: bool = False) -> GaussianMixture:
+    @property
+    def support(self):
+        """The training support recorded in the card (``support.py``), or ``None`` for a card without one."""
+        from ..support import TrainingSupport
+
+        data = self.card.get("support")
+        cached = self.__dict__.get("_support")
+        if cached is None or cached[0] is not data:
+            cached = (data, None if data is None else TrainingSupport.from_dict(data))
+            self.__dict__["_support"] = cached
+        return cached[1]
+
+    def posterior(self, prior: GaussianMixture, observations, mask=None, *, grad: bool = False,
+                  strict: bool = False, check: bool = True) -> GaussianMixture:
         """Approximate posterior ``p(x | observations)`` under ``prior``.
 
         Args:
@@ -123,6 +137,9 @@ class DistributionTransformer(nn.Module):
                 or :class:`~distformer.Observations`; ``B`` broadcasts against the prior's batch shape.
             mask: optional booleans ``(*B, N)`` (or a dict of them), ``True`` where an observation is present.
             grad: track gradients (default: run under ``torch.inference_mode``).
+            strict: raise ``ValueError`` instead of warning when the prior or data lie outside the training
+                family recorded in ``model.card["support"]``.
+            check: run that out-of-family check at all (it warns once per kind of violation).
 
         Returns:
             ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype.
@@ -133,7 +150,7 @@ class DistributionTransformer(nn.Module):
             raise ValueError(f"Expected a prior over D={self.dim} dimensions for this model, but got D={prior.dim}.")
         obs = as_observations(observations, self.config.sources, mask)
         try:
-            batch = torch.broadcast_shapes(prior.batch_shape, obs.batch_shape)
+            batch = broadcast_shapes(prior.batch_shape, obs.batch_shape)
         except RuntimeError:
             raise ValueError(f"Expected the prior's batch shape {tuple(prior.batch_shape)} to broadcast with the "
                              f"observations' {tuple(obs.batch_shape)}.") from None
@@ -150,6 +167,9 @@ class DistributionTransformer(nn.Module):
             if chart.dtype != weight.dtype or chart.device != weight.device:
                 chart = chart.to(dtype=weight.dtype, device=weight.device)
             flat_obs = flat_obs.to(dtype=weight.dtype, device=weight.device)
+            support = self.support if check else None
+            if support is not None:
+                support.check(chart, flat_obs, strict, self.__dict__.setdefault("_warned", set()))
             forward = self.forward if grad else self._inference_forward()
             size = chart.shape[0]
             if size <= self.chunk_size:

@@ -30,6 +30,7 @@ from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..nn.transformer import DistributionTransformer, ModelConfig
 from ..problems import Problem, get
 from ..problems.base import Batch
+from ..support import estimate_support
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .config import TrainConfig
 
@@ -167,6 +168,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         "problem": problem.describe(),
         "num_components": problem.num_components,
         "num_parameters": model.num_parameters(),
+        "support": estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3)).to_dict(),
         "training": {
             "config": config.to_dict(),
             "time_s": round(elapsed, 1),
