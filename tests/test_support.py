@@ -57,5 +57,24 @@ def test_support_round_trips_and_is_recorded_by_training():
     card = dfm.pretrained("linear-gaussian-2d").card["support"]
     support = TrainingSupport.from_dict(card)
     assert TrainingSupport.from_dict(support.to_dict()) == support
+    support._references(torch.float32)  # fills a cache that must not leak into the card
+    assert set(support.to_dict()) == set(card) - {"estimated_by"}
     assert support.num_components == 4 and support.count_low["z"] == 1 and support.count_high["z"] == 20
     assert all(lo < hi for lo, hi in zip(support.chart_low, support.chart_high))
+
+
+def test_torch_and_numpy_checks_agree(rng):
+    """The torch path (used off the CPU) and the NumPy path (CPU) give the same verdict."""
+    from distformer.nn.tokens import gmm_to_chart
+    from distformer.observations import as_observations
+
+    support = dfm.pretrained("linear-gaussian-2d").support
+    for scale, n in [(1.0, 5), (10.0, 5), (1.0, 25)]:
+        prior = random_mixture((3,), 4, 2, rng, dtype=torch.float32, spread=0.5)
+        z = scale * torch.randn(3, n, 2, generator=rng)
+        mask = torch.rand(3, n, generator=rng) > 0.3
+        mask[:, 0] = True
+        obs = as_observations(z, {"z": 2}, mask)
+        chart = gmm_to_chart(prior.affine(scale * torch.eye(2)))
+        flag = support._outside_flag(chart, obs.values["z"], obs.masks["z"])
+        assert bool(flag) == support.any_violation(chart, obs)

@@ -16,7 +16,7 @@ that says which coordinate is outside and by how much, because the model's accur
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 import torch
@@ -44,8 +44,9 @@ class TrainingSupport:
     num_components: int
 
     def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the caches kept in __dict__
         return {k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
-                for k, v in self.__dict__.items()}
+                for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSupport":
@@ -90,6 +91,8 @@ class TrainingSupport:
         """
         if chart.shape[-2] != self.num_components:
             return True
+        if chart.numel() == 0:
+            return False
         names = list(self.observation_low)
         tensors = [observations.values[n] for n in names] + [observations.masks[n] for n in names]
         if chart.device.type != "cpu":
