@@ -111,3 +111,26 @@ def test_infer_command_matches_the_exact_posterior(tmp_path, capsys):
     path.write_text(json.dumps({"prior": request["prior"]}))
     with pytest.raises(SystemExit, match="'observations'"):
         main(["infer", "--input", str(path)])
+
+
+def test_check_command_writes_a_calibration_report(tmp_path, capsys):
+    assert main(["check", "linear-gaussian-1d", "--problems", "300", "--out-dir", str(tmp_path)]) == 0
+    report = (tmp_path / "check-linear-gaussian-1d.md").read_text()
+    assert "| model |" in report and "| exact |" in report and "--problems 300" in report
+    assert (tmp_path / "check-linear-gaussian-1d.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_model_coverage_within_3_points(name):
+    """Coverage at 50/80/95% within 3 percentage points of nominal on 2,000 problems (the report's seeded set)."""
+    from distformer.check import SEED
+    from distformer.diagnostics import coverage, hpd_level
+
+    model = dfm.pretrained(name)
+    problem = get("linear-gaussian", **model.card["problem"]["options"])
+    g = torch.Generator().manual_seed(SEED)
+    batch = problem.sample_batch(2000, generator=g)
+    levels = hpd_level(model.posterior(batch.prior, batch.observations), batch.theta, 1000, g)
+    for level, e in coverage(levels).items():
+        assert abs(e.mean - level) <= 0.03, (level, e)

@@ -76,6 +76,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .check import run_check
+
+    run_check(args.model, num_problems=args.problems, out_dir=args.out_dir)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distformer", description="Millisecond Bayesian posteriors under "
                                      "run-time priors (Distribution Transformers).")
@@ -103,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="benchmarks")
     p.add_argument("--update-cards", action="store_true", help="write the measured metrics into the shipped model cards")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("check", help="calibration report (coverage, SBC) of a model over its training family")
+    p.add_argument("model", help="a shipped model name or a model path")
+    p.add_argument("--problems", type=int, default=2000)
+    p.add_argument("--out-dir", default="benchmarks")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("infer", help="posterior for one prior and data set given as JSON (stdin or a file)")
     p.add_argument("--model", default="linear-gaussian-2d", help="a shipped model name or a model path")

@@ -59,3 +59,72 @@ def kl_divergence(p: GaussianMixture, q: GaussianMixture, num_samples: int = 256
 def negative_log_likelihood(posterior: GaussianMixture, theta: Tensor) -> Tensor:
     """Per-problem ``-log q(theta)``; ``theta`` ``batch_shape + (D,)``."""
     return -posterior.to(torch.float64).log_prob(theta.to(torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+r"""Calibration over the meta-prior.
+
+* HPD level of the truth: :math:`u = \Pr_{x\sim q}[\log q(x) > \log q(x^\star)]`, estimated with ``S`` samples. The
+  truth lies in the central (highest-density) :math:`\alpha` region iff :math:`u\le\alpha`; for a calibrated
+  posterior :math:`u\sim\mathcal U(0,1)` over :math:`p(\phi,x,z)`, so coverage at level :math:`\alpha` is
+  :math:`\Pr[u\le\alpha] = \alpha`.
+* SBC ranks (Talts et al. 2018): the rank of :math:`x^\star_d` among ``S`` posterior draws of coordinate ``d``;
+  uniform on :math:`\{0..S\}` when calibrated.
+"""
+
+
+def hpd_level(posterior: GaussianMixture, theta: Tensor, num_samples: int = 1000,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Per-problem HPD level of ``theta`` ``batch_shape + (D,)`` under ``posterior``; shape ``batch_shape``."""
+    q = posterior.to(torch.float64)
+    x = q.sample((num_samples,), generator=generator)
+    return (q.log_prob(x) > q.log_prob(theta.to(torch.float64))).double().mean(0)
+
+
+def coverage(levels_of_truth: Tensor, nominal=(0.5, 0.8, 0.95)) -> dict[float, Estimate]:
+    """Empirical coverage at each nominal level, with its binomial standard error."""
+    return {a: estimate((levels_of_truth <= a).double()) for a in nominal}
+
+
+def sbc_ranks(posterior: GaussianMixture, theta: Tensor, num_samples: int = 99,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Rank of each coordinate of ``theta`` among ``num_samples`` posterior draws: ``batch_shape + (D,)``, int."""
+    x = posterior.sample((num_samples,), generator=generator).to(torch.float64)
+    return (x < theta.to(torch.float64)).sum(0)
+
+
+def plot_calibration(results: dict[str, dict], num_samples: int, path) -> None:
+    """Coverage curves (empirical vs nominal) and SBC rank histograms per method; ``results[name]`` holds
+    ``levels`` (N,) and ``ranks`` (N, D)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    dims = next(iter(results.values()))["ranks"].shape[-1]
+    fig, axes = plt.subplots(1, 1 + dims, figsize=(4.2 * (1 + dims), 3.8))
+    grid = torch.linspace(0, 1, 101, dtype=torch.float64)
+    for name, r in results.items():
+        emp = [(r["levels"] <= a).double().mean().item() for a in grid.tolist()]
+        axes[0].plot(grid, emp, label=name)
+    n = next(iter(results.values()))["levels"].numel()
+    band = 1.96 * torch.sqrt(grid * (1 - grid) / n)
+    axes[0].fill_between(grid, grid - band, grid + band, color="0.85", label="95% band (calibrated)")
+    axes[0].plot([0, 1], [0, 1], color="0.4", ls=":")
+    axes[0].set_xlabel("nominal HPD level")
+    axes[0].set_ylabel("coverage of the true parameter")
+    axes[0].legend(fontsize=8)
+    bins = 20
+    lo, hi = stats.binom.interval(0.99, n, 1 / bins)
+    for d in range(dims):
+        ax = axes[1 + d]
+        for name, r in results.items():
+            ax.hist(r["ranks"][:, d].numpy(), bins=bins, range=(0, num_samples + 1), histtype="step", label=name)
+        ax.axhspan(lo, hi, color="0.85", label="99% band per bin")
+        ax.set_title(f"SBC ranks, coordinate {d}")
+        ax.set_xlabel(f"rank among {num_samples} draws")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
