@@ -17,11 +17,10 @@ SEED = 4242
 def run_check(name: str, num_problems: int = 2000, out_dir: str | Path = "benchmarks", hpd_samples: int = 1000,
               sbc_samples: int = 99) -> Path:
     """Coverage at 50/80/95% and SBC ranks of model ``name`` (a shipped name or a path) on fresh problems."""
-    import distformer
-
     from .problems import get
+    from .zoo import load_named_or_path
 
-    model = distformer.pretrained(name) if name in distformer.pretrained_names() else distformer.load(name)
+    model = load_named_or_path(name)
     stem = Path(name).stem
     problem = get(model.card["problem"]["name"], **model.card["problem"]["options"])
     g = torch.Generator().manual_seed(SEED)

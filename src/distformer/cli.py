@@ -53,16 +53,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     import torch
 
-    import distformer
-
     from .distributions.gmm import GaussianMixture
+    from .zoo import load_named_or_path
 
     with (sys.stdin if args.input == "-" else open(args.input)) as f:
         request = json.load(f)
     if not isinstance(request, dict) or "prior" not in request or "observations" not in request:
+        got = sorted(request) if isinstance(request, dict) else type(request).__name__
         raise SystemExit("Expected a JSON object with 'prior' {weights, loc, covariance_matrix} and "
-                         f"'observations' (a list of points), but got keys {sorted(request) if isinstance(request, dict) else type(request).__name__}.")
-    model = distformer.pretrained(args.model) if args.model in distformer.pretrained_names() else distformer.load(args.model)
+                         f"'observations' (a list of points), but got keys {got}.")
+    model = load_named_or_path(args.model)
     p = request["prior"]
     prior = GaussianMixture(torch.tensor(p["weights"], dtype=torch.float64), torch.tensor(p["loc"], dtype=torch.float64),
                             covariance_matrix=torch.tensor(p["covariance_matrix"], dtype=torch.float64))

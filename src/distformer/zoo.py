@@ -30,6 +30,15 @@ def load_pretrained(name: str):
     return load_model(pretrained_path(name))
 
 
+def load_named_or_path(name_or_path: str):
+    """A shipped model by name, otherwise a model saved at ``name_or_path`` (``distformer.load``)."""
+    from .training.checkpoint import load_model
+
+    if name_or_path in pretrained_names():
+        return load_pretrained(name_or_path)
+    return load_model(name_or_path)
+
+
 def describe(name: str) -> str:
     """One line: name, problem, size, training time, headline metric from the card."""
     import json
