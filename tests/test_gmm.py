@@ -182,6 +182,23 @@ def test_fit_recovers_a_well_separated_mixture():
     assert float(fit.log_prob(x).mean()) >= float(truth.log_prob(x).mean()) - 1e-3  # ML fit beats the truth
 
 
+def test_weighted_fit_with_integer_weights_equals_fit_on_repeated_samples(rng):
+    x = torch.randn(60, 3, 2, generator=rng, dtype=torch.float64)  # batch of 3 data sets
+    counts = torch.randint(0, 4, (60, 3), generator=rng)
+    counts[0] = 1  # every data set keeps a sample
+    init = random_mixture((3,), 2, 2, rng)
+    weighted = GaussianMixture.fit(x, 2, sample_weights=counts.double(), init=init, max_iterations=30, tol=0)
+    for b in range(3):
+        repeated = x[:, b].repeat_interleave(counts[:, b], dim=0).unsqueeze(1)
+        plain = GaussianMixture.fit(repeated, 2, init=init[b:b + 1], max_iterations=30, tol=0)
+        torch.testing.assert_close(weighted.loc[b], plain.loc[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(weighted.weights[b], plain.weights[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(weighted.component_covariance_matrix[b], plain.component_covariance_matrix[0],
+                                   rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="sample_weights"):
+        GaussianMixture.fit(x, 2, sample_weights=-counts.double())
+
+
 def test_expand_and_index(rng):
     gm = random_mixture((3,), 2, 2, rng)
     e = gm[1].expand((5,))

@@ -33,6 +33,7 @@ def test_fires_once_for_priors_scaled_10x_beyond_the_support(name):
     with pytest.warns(OutOfFamilyWarning, match=r"prior mean\[0\] reaches .* \(trained range") as record:
         model.posterior(wide, z, batch.observations.masks["z"])
     assert "log scale" in str(record[0].message)
+    assert record[0].filename == __file__  # the warning points at the caller's line, not at distformer
     with warnings.catch_warnings():  # the same violation warns only once per model
         warnings.simplefilter("error", OutOfFamilyWarning)
         model.posterior(wide, z, batch.observations.masks["z"])

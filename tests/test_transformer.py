@@ -156,3 +156,22 @@ def test_non_finite_model_output_is_an_error(rng):
     prior = random_mixture((1,), 4, 2, rng, dtype=torch.float32)
     with pytest.raises(FloatingPointError, match="finite posterior"):
         model.posterior(prior, torch.zeros(1, 3, 2))
+
+
+def test_data_sets_without_observations_keep_their_prior_exactly():
+    import distformer
+
+    model = distformer.pretrained("linear-gaussian-2d")
+    prior = distformer.problems.get("linear-gaussian", dim=2).sample_meta_prior(
+        4, torch.Generator().manual_seed(1)).to(torch.float64)
+    z = torch.randn(4, 6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[1] = False
+    mask[3, 2:] = False
+    post = model.posterior(prior, z, mask)
+    for name in ("weights", "loc", "scale_tril"):
+        assert torch.equal(getattr(post, name)[1], getattr(prior, name)[1])
+    alone = model.posterior(prior[[0, 2, 3]], z[[0, 2, 3]], mask[[0, 2, 3]])  # the others are unaffected
+    torch.testing.assert_close(post.loc[[0, 2, 3]], alone.loc, rtol=0, atol=1e-6)
+    empty = model.posterior(prior, torch.zeros(4, 0, 2, dtype=torch.float64))  # N = 0: the prior
+    assert torch.equal(empty.loc, prior.loc)

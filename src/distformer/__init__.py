@@ -8,6 +8,7 @@ from . import problems
 from .distributions import GaussianMixture
 from .nn import DistributionTransformer, ModelConfig
 from .observations import Observations
+from .refinement import Refinement, refine
 from .training import ArchitectureConfig, ProblemConfig, TrainConfig, train
 from .training.checkpoint import load_model as load
 
@@ -29,4 +30,4 @@ def pretrained_names() -> list[str]:
 
 
 __all__ = ["GaussianMixture", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
-           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems"]
+           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement"]

@@ -42,6 +42,20 @@ class Observations:
         masks = {s: m.reshape(*batch_shape, m.shape[-1]) for s, m in self.masks.items()}
         return Observations(values, masks)
 
+    def any_present(self) -> Tensor | None:
+        """``None`` when every data set holds at least one observation, else booleans ``(*B)`` saying which do."""
+        present = None
+        for m in self.masks.values():
+            row = m.any(-1) if m.shape[-1] else torch.zeros(m.shape[:-1], dtype=torch.bool, device=m.device)
+            present = row if present is None else present | row
+        if present is None or bool(present.all()):
+            return None
+        return present
+
+    def index(self, rows: Tensor) -> "Observations":
+        """Data sets ``rows`` (an index tensor) of a flat batch (batch shape ``(n,)``)."""
+        return Observations({s: v[rows] for s, v in self.values.items()}, {s: m[rows] for s, m in self.masks.items()})
+
     def slice(self, start: int, stop: int) -> "Observations":
         """Problems ``start:stop`` of a flat batch (batch shape ``(n,)``)."""
         return Observations({s: v[start:stop] for s, v in self.values.items()},

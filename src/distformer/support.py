@@ -165,7 +165,7 @@ class TrainingSupport:
         key = tuple(sorted(what for what, _ in found))
         if key not in warned:
             warned.add(key)
-            warnings.warn(message, OutOfFamilyWarning, stacklevel=3)
+            warnings.warn(message, OutOfFamilyWarning, stacklevel=4)  # user -> posterior -> _decode -> check
 
 
 def _outside(names, low: Tensor, high: Tensor, lo_ref, hi_ref, what: str) -> list[tuple[str, str]]:

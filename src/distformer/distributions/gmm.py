@@ -207,11 +207,11 @@ class GaussianMixture(Distribution):
 
     @property
     def covariance_matrix(self) -> Tensor:
-        """Mixture covariance ``(*B, D, D)`` by the law of total covariance."""
+        """Mixture covariance ``(*B, D, D)`` by the law of total covariance, ``sum_k w_k (Σ_k + δ_k δ_kᵀ)`` with
+        ``δ_k = μ_k - mean`` (centred, so large means do not cancel away the spread)."""
         w = self.weights[..., None, None]
-        second = (w * (self.component_covariance_matrix + self._loc.unsqueeze(-1) * self._loc.unsqueeze(-2))).sum(-3)
-        m = self.mean
-        return symmetrize(second - m.unsqueeze(-1) * m.unsqueeze(-2))
+        delta = self._loc - self.mean.unsqueeze(-2)
+        return symmetrize((w * (self.component_covariance_matrix + delta.unsqueeze(-1) * delta.unsqueeze(-2))).sum(-3))
 
     @property
     def variance(self) -> Tensor:
@@ -248,7 +248,7 @@ class GaussianMixture(Distribution):
         probs = self.weights.reshape(b, self.num_components)
         with torch.no_grad():
             idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # (b, n)
-            idx = idx.transpose(0, 1).reshape(*sample_shape, *self.batch_shape)  # S + B
+            idx = idx.transpose(0, 1).reshape(sample_shape + self.batch_shape)  # S + B
             loc = self._loc.expand(*sample_shape, *self._loc.shape)
             tril = self._scale_tril.expand(*sample_shape, *self._scale_tril.shape)
             g = idx[..., None, None]
@@ -317,6 +317,9 @@ class GaussianMixture(Distribution):
             raise ValueError("Expected finite observations z, but found NaN or inf.")
         if mask is None:
             mask = torch.ones(z.shape[:-1], dtype=torch.bool, device=self.device)
+        elif not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"Expected mask to be a boolean tensor (True where an observation is present), but got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)}.")
         elif mask.shape != z.shape[:-1]:
             raise ValueError(f"Expected mask of shape {tuple(z.shape[:-1])} (z without its last dim), but got "
                              f"{tuple(mask.shape)}.")
@@ -395,12 +398,18 @@ class GaussianMixture(Distribution):
         return runnalls_reduce(self, k)
 
     @classmethod
-    def fit(cls, samples: Tensor, k: int, *, generator: torch.Generator | None = None,
+    def fit(cls, samples: Tensor, k: int, *, sample_weights: Tensor | None = None,
+            init: "GaussianMixture | None" = None, generator: torch.Generator | None = None,
             max_iterations: int = 200, tol: float = 1e-6) -> "GaussianMixture":
-        """Maximum-likelihood ``k``-component mixture by EM; ``samples`` ``(N, *B, D)`` -> batch ``B``."""
+        """Maximum-likelihood ``k``-component mixture by EM; ``samples`` ``(N, *B, D)`` -> batch ``B``.
+
+        ``sample_weights`` ``(N, *B)`` fits weighted (e.g. importance-weighted) samples; ``init`` starts EM from a
+        mixture with batch ``B`` and ``k`` components instead of ``k`` random samples.
+        """
         from .reduction import fit_em
 
-        return fit_em(samples, k, generator=generator, max_iterations=max_iterations, tol=tol)
+        return fit_em(samples, k, sample_weights=sample_weights, init=init, generator=generator,
+                      max_iterations=max_iterations, tol=tol)
 
 
 __all__ = ["GaussianMixture"]

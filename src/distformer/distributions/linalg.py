@@ -23,8 +23,12 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def cholesky(matrix: Tensor, what: str = "covariance_matrix") -> Tensor:
     """Lower Cholesky factor of symmetric positive-definite ``matrix`` ``(..., D, D)``.
 
-    Raises ``ValueError`` naming ``what`` when any matrix in the batch is not positive definite.
+    Raises ``ValueError`` naming ``what`` when any matrix in the batch is not positive definite. Lower precisions
+    are factorised in float64 and cast back: a covariance with large means folded in (a merge, a push-forward)
+    can be positive definite yet lose that property to float32 rounding inside the factorisation.
     """
+    if matrix.dtype != torch.float64 and matrix.dtype.is_floating_point:
+        return cholesky(matrix.double(), what).to(matrix.dtype)
     factor, info = torch.linalg.cholesky_ex(matrix)
     if bool((info > 0).any()):
         bad = int((info > 0).sum())

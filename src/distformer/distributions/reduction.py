@@ -10,12 +10,16 @@ and the pair with the smallest upper bound on the KL discrimination
 :math:`B_{ij} = \tfrac12[w_{ij}\log\det\Sigma_{ij} - w_i\log\det\Sigma_i - w_j\log\det\Sigma_j]` is merged first,
 until ``k`` components remain. Every batch element performs the same number of merges, so the loop is batched.
 
-**EM.** E-step :math:`r_{nk}\propto w_k\mathcal N(x_n;\mu_k,\Sigma_k)`; M-step
-:math:`N_k=\sum_n r_{nk},\ w_k=N_k/N,\ \mu_k=\sum_n r_{nk}x_n/N_k,\
-\Sigma_k=\sum_n r_{nk}(x_n-\mu_k)(x_n-\mu_k)^\top/N_k + \epsilon I`.
+**EM.** With sample weights :math:`a_n` (:math:`\sum_n a_n = 1`; uniform by default), E-step
+:math:`r_{nk}\propto w_k\mathcal N(x_n;\mu_k,\Sigma_k)`; M-step
+:math:`N_k=\sum_n a_n r_{nk},\ w_k=N_k,\ \mu_k=\sum_n a_n r_{nk}x_n/N_k,\
+\Sigma_k=\sum_n a_n r_{nk}(x_n-\mu_k)(x_n-\mu_k)^\top/N_k + \epsilon I`, which maximises the weighted
+log-likelihood :math:`\sum_n a_n\log q(x_n)` (importance-weighted samples give a fit to the weighted target).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -32,6 +36,8 @@ def runnalls_reduce(mixture, k: int):
     K = mixture.num_components
     if k >= K:
         return mixture
+    dtype = mixture.dtype
+    mixture = mixture.to(torch.float64)  # merged covariances add rank-one terms that float32 can round off
     w = mixture.weights.clone()
     mu = mixture.loc.clone()
     cov = mixture.component_covariance_matrix.clone()
@@ -75,12 +81,16 @@ def runnalls_reduce(mixture, k: int):
     cov = cov.gather(-3, keep[..., None, None].expand(*keep.shape, d, d))
     w = w / w.sum(-1, keepdim=True)
     return GaussianMixture(logits=w.clamp_min(tiny).log(), loc=mu, scale_tril=cholesky(symmetrize(cov)),
-                           validate_args=False)
+                           validate_args=False).to(dtype)
 
 
-def fit_em(samples: Tensor, k: int, *, generator: torch.Generator | None = None,
-           max_iterations: int = 200, tol: float = 1e-6):
-    """EM fit of a ``k``-component full-covariance mixture to ``samples`` ``(N, *B, D)``."""
+def fit_em(samples: Tensor, k: int, *, sample_weights: Tensor | None = None, init=None,
+           generator: torch.Generator | None = None, max_iterations: int = 200, tol: float = 1e-6):
+    """EM fit of a ``k``-component full-covariance mixture to ``samples`` ``(N, *B, D)``.
+
+    ``sample_weights`` ``(N, *B)``: non-negative weights per sample (normalised here); ``init``: a
+    ``GaussianMixture`` with batch ``B`` and ``k`` components to start from (default: ``k`` random samples).
+    """
     from .gmm import GaussianMixture
 
     if not isinstance(samples, Tensor) or samples.dim() < 2:
@@ -92,29 +102,52 @@ def fit_em(samples: Tensor, k: int, *, generator: torch.Generator | None = None,
     x = samples if samples.dtype.is_floating_point else samples.to(torch.get_default_dtype())
     n, d = x.shape[0], x.shape[-1]
     batch = x.shape[1:-1]
-    centred = x - x.mean(0)
-    data_cov = symmetrize(torch.einsum("n...d,n...e->...de", centred, centred) / n)
+    if sample_weights is None:
+        a = torch.full(x.shape[:-1], 1.0 / n, dtype=x.dtype, device=x.device)
+    else:
+        a = torch.as_tensor(sample_weights, dtype=x.dtype, device=x.device)
+        if a.shape != x.shape[:-1]:
+            raise ValueError(f"Expected sample_weights of shape {tuple(x.shape[:-1])}, but got {tuple(a.shape)}.")
+        if not bool(torch.isfinite(a).all()) or bool((a < 0).any()) or bool((a.sum(0) <= 0).any()):
+            raise ValueError("Expected finite, non-negative sample_weights with a positive sum per batch element.")
+        a = a / a.sum(0, keepdim=True)
+    mean = torch.einsum("n...,n...d->...d", a, x)
+    centred = x - mean
+    data_cov = symmetrize(torch.einsum("n...,n...d,n...e->...de", a, centred, centred))
     reg = 1e-6 * data_cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    # initialise means at k distinct random samples, per batch element
-    scores = torch.rand(n, batch.numel(), generator=generator, device=x.device).argsort(0)[:k]  # (k, b)
-    flat = x.reshape(n, batch.numel(), d)
-    mu = flat.gather(0, scores[..., None].expand(k, batch.numel(), d)).transpose(0, 1).reshape(*batch, k, d)
-    cov = (data_cov + reg[..., None, None] * eye).unsqueeze(-3).expand(*batch, k, d, d)
-    log_w = torch.full((*batch, k), -torch.log(torch.tensor(float(k))).item(), dtype=x.dtype, device=x.device)
+    if init is not None:
+        if init.batch_shape != batch or init.num_components != k or init.dim != d:
+            raise ValueError(f"Expected init with batch shape {tuple(batch)}, k={k} and D={d}, but got {init}.")
+        init = init.to(dtype=x.dtype, device=x.device)
+        log_w, mu, cov = init.log_weights, init.loc, init.component_covariance_matrix
+    else:  # means at k distinct random samples, per batch element
+        scores = torch.rand(n, batch.numel(), generator=generator, device=x.device).argsort(0)[:k]  # (k, b)
+        flat = x.reshape(n, batch.numel(), d)
+        mu = flat.gather(0, scores[..., None].expand(k, batch.numel(), d)).transpose(0, 1).reshape(*batch, k, d)
+        cov = (data_cov + reg[..., None, None] * eye).unsqueeze(-3).expand(*batch, k, d, d)
+        log_w = torch.full((*batch, k), -math.log(k), dtype=x.dtype, device=x.device)
     previous = -float("inf")
+    half_log_2pi = 0.5 * d * math.log(2 * math.pi)
     for _ in range(max_iterations):
         tril = cholesky(cov, "an EM covariance")
-        log_joint = log_w + gaussian_log_prob(x.unsqueeze(-2), mu, tril)  # (N, *B, K)
+        inv = torch.linalg.solve_triangular(tril, eye.expand_as(tril), upper=False)  # L^{-1}, (*B, K, D, D)
+        white = torch.einsum("...kde,n...ke->n...kd", inv, x.unsqueeze(-2) - mu)
+        log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_joint = log_w - log_det - half_log_2pi - 0.5 * white.pow(2).sum(-1)  # (N, *B, K)
         log_norm = torch.logsumexp(log_joint, -1, keepdim=True)
-        resp = (log_joint - log_norm).exp()
-        nk = resp.sum(0).clamp_min(1e-10)  # (*B, K)
-        log_w = (nk / n).log()
-        mu = torch.einsum("n...k,n...d->...kd", resp, x) / nk.unsqueeze(-1)
+        resp = (log_joint - log_norm).exp() * a.unsqueeze(-1)
+        nk = resp.sum(0)  # (*B, K)
+        alive = nk > 1e-10  # a component that lost all its samples keeps its mean and covariance
+        safe = torch.where(alive, nk, torch.ones_like(nk))
+        log_w = (nk.clamp_min(1e-300) / nk.sum(-1, keepdim=True)).log()
+        new_mu = torch.einsum("n...k,n...d->...kd", resp, x) / safe.unsqueeze(-1)
+        mu = torch.where(alive.unsqueeze(-1), new_mu, mu)
         diff = x.unsqueeze(-2) - mu
-        cov = torch.einsum("n...k,n...kd,n...ke->...kde", resp, diff, diff) / nk[..., None, None]
-        cov = symmetrize(cov) + reg[..., None, None, None] * eye
-        mean_ll = float(log_norm.mean())
+        new_cov = torch.einsum("n...k,n...kd,n...ke->...kde", resp, diff, diff) / safe[..., None, None]
+        new_cov = symmetrize(new_cov) + reg[..., None, None, None] * eye
+        cov = torch.where(alive[..., None, None], new_cov, cov)
+        mean_ll = float((a * log_norm.squeeze(-1)).sum(0).mean())
         if abs(mean_ll - previous) < tol:
             break
         previous = mean_ll

@@ -163,26 +163,48 @@ class DistributionTransformer(nn.Module):
                 chart = chart.expand(*batch, K, C)
                 obs = obs.expand(batch)
             chart = chart.reshape(-1, K, C)
-            flat_obs = obs.reshape((-1,))
+            flat_obs = obs.reshape((chart.shape[0],))
             if chart.dtype != weight.dtype or chart.device != weight.device:
                 chart = chart.to(dtype=weight.dtype, device=weight.device)
             flat_obs = flat_obs.to(dtype=weight.dtype, device=weight.device)
-            support = self.support if check else None
-            if support is not None:
-                support.check(chart, flat_obs, strict, self.__dict__.setdefault("_warned", set()))
-            forward = self.forward if grad else self._inference_forward()
-            size = chart.shape[0]
-            if size <= self.chunk_size:
-                out = forward(chart, flat_obs)
-            else:  # chunks keep the activations in cache: faster for large batches, same result
-                out = torch.cat([forward(chart[i:i + self.chunk_size], flat_obs.slice(i, i + self.chunk_size))
-                                 for i in range(0, size, self.chunk_size)])
-            if not bool(torch.isfinite(out).all()):
-                raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
-                                         "inf; the prior or the data are probably far outside its training family "
-                                         f"({self.card.get('problem', {}).get('meta_prior', 'see model.card')}).")
+            present = flat_obs.any_present()
+            if present is None:  # every data set has observations: the common, fast path
+                out = self._decode(chart, flat_obs, grad, strict, check)
+            else:  # only data sets with observations go through the network
+                rows = present.nonzero().squeeze(-1)
+                out = chart.clone()
+                if rows.numel():
+                    out[rows] = self._decode(chart[rows], flat_obs.index(rows), grad, strict, check)
             out = out.reshape(*batch, K, C)
-            return chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), self.dim)
+            posterior = chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), self.dim)
+            if present is None:
+                return posterior
+            # a data set without any observation keeps its prior exactly: p(x | {}) = p(x)
+            keep = present.reshape(batch).to(posterior.device)
+            prior = prior.expand(batch)
+            return GaussianMixture(
+                logits=torch.where(keep[..., None], posterior.log_weights, prior.log_weights),
+                loc=torch.where(keep[..., None, None], posterior.loc, prior.loc),
+                scale_tril=torch.where(keep[..., None, None, None], posterior.scale_tril, prior.scale_tril),
+                validate_args=False)
+
+    def _decode(self, chart: Tensor, obs: Observations, grad: bool, strict: bool, check: bool) -> Tensor:
+        """The network's posterior chart ``(n, K, C)`` for charts ``(n, K, C)`` and a flat batch of data sets."""
+        support = self.support if check else None
+        if support is not None:
+            support.check(chart, obs, strict, self.__dict__.setdefault("_warned", set()))
+        forward = self.forward if grad else self._inference_forward()
+        size = chart.shape[0]
+        if size <= self.chunk_size:
+            out = forward(chart, obs)
+        else:  # chunks keep the activations in cache: faster for large batches, same result
+            out = torch.cat([forward(chart[i:i + self.chunk_size], obs.slice(i, i + self.chunk_size))
+                             for i in range(0, size, self.chunk_size)])
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
+                                     "inf; the prior or the data are probably far outside its training family "
+                                     f"({self.card.get('problem', {}).get('meta_prior', 'see model.card')}).")
+        return out
 
     def _inference_forward(self):
         """``forward`` traced with TorchScript (once per dtype and device), falling back to eager ``forward``.

@@ -50,6 +50,11 @@ class Problem(ABC):
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
         """Observations for parameters ``theta`` ``(n, D)`` (batch ``(n,)``)."""
 
+    def log_likelihood(self, theta: Tensor, observations) -> Tensor:
+        """``log p(observations | theta)`` for parameters ``theta`` ``(*S, *B, D)`` and data with batch ``B``;
+        returns ``(*S, *B)``. Problems whose likelihood can be evaluated implement it (used by ``refine``)."""
+        raise NotImplementedError(f"Problem {self.name!r} has no likelihood to evaluate.")
+
     def exact_posterior(self, prior: GaussianMixture, observations) -> GaussianMixture:
         """The exact posterior, where one exists."""
         raise NotImplementedError(f"Problem {self.name!r} has no exact posterior.")

@@ -90,6 +90,14 @@ class LinearGaussian(Problem):
         mask = torch.arange(N).unsqueeze(0) < count.unsqueeze(-1)
         return as_observations(z, self.sources, mask)
 
+    def log_likelihood(self, theta: Tensor, observations) -> Tensor:
+        r""":math:`\sum_i m_i \log\mathcal N(z_i; \theta, I)` over present observations; ``(*S, *B)``."""
+        obs = as_observations(observations, self.sources)
+        z, mask = obs.values["z"].to(theta.dtype), obs.masks["z"]  # (*B, N, D), (*B, N)
+        sq = (z - theta.unsqueeze(-2)).pow(2).sum(-1)  # (*S, *B, N)
+        per_obs = -0.5 * sq - 0.5 * self.dim * math.log(2 * math.pi)
+        return torch.where(mask, per_obs, torch.zeros((), dtype=theta.dtype)).sum(-1)
+
     def exact_posterior(self, prior: GaussianMixture, observations) -> GaussianMixture:
         obs = as_observations(observations, self.sources)
         eye = torch.eye(self.dim, dtype=prior.dtype)
