@@ -221,25 +221,30 @@ def test_posterior_of_any_valid_prior_and_data_is_a_valid_mixture(prior, data):
         torch.testing.assert_close(post.loc[empty], prior.loc[empty], rtol=1e-4, atol=1e-4)
 
 
-@given(st.sampled_from(["nan z", "inf z", "wrong D", "prior D", "mask dtype", "mask shape", "not a prior",
-                        "unknown source", "batch", "list z"]))
-def test_posterior_rejects_invalid_input_with_the_documented_error(case):
+POSTERIOR_CASES = ["nan z", "inf z", "wrong D", "prior D", "mask dtype", "mask shape", "not a prior",
+                   "unknown source", "batch", "string z"]
+
+
+@given(st.sampled_from(POSTERIOR_CASES), st.integers(1, 4), st.integers(1, 8), st.data())
+def test_posterior_rejects_invalid_input_with_the_documented_error(case, n, N, data):
     model = _model()
-    prior = problems.get("linear-gaussian", dim=2).sample_meta_prior(3, torch.Generator().manual_seed(0))
-    z = torch.zeros(3, 4, 2)
+    prior = problems.get("linear-gaussian", dim=2).sample_meta_prior(n, torch.Generator().manual_seed(n * N))
+    z = torch.zeros(n, N, 2)
     bad_z = z.clone()
-    bad_z[1, 2, 0] = math.nan if case == "nan z" else math.inf
+    i, j, d = data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, N - 1)), data.draw(st.integers(0, 1))
+    bad_z[i, j, d] = math.nan if case == "nan z" else data.draw(st.sampled_from([math.inf, -math.inf]))
     call = {
         "nan z": lambda: model.posterior(prior, bad_z),
         "inf z": lambda: model.posterior(prior, bad_z),
-        "wrong D": lambda: model.posterior(prior, torch.zeros(3, 4, 3)),
-        "prior D": lambda: model.posterior(prior.marginal([0]), z),
-        "mask dtype": lambda: model.posterior(prior, z, torch.ones(3, 4)),
-        "mask shape": lambda: model.posterior(prior, z, torch.ones(3, 5, dtype=torch.bool)),
+        "wrong D": lambda: model.posterior(prior, torch.zeros(n, N, data.draw(st.sampled_from([1, 3, 4])))),
+        "prior D": lambda: model.posterior(prior.marginal([d]), z),
+        "mask dtype": lambda: model.posterior(prior, z, torch.ones(n, N, dtype=data.draw(
+            st.sampled_from([torch.float32, torch.int64, torch.uint8])))),
+        "mask shape": lambda: model.posterior(prior, z, torch.ones(n, N + 1 + j, dtype=torch.bool)),
         "not a prior": lambda: model.posterior(prior.to_torch(), z),
         "unknown source": lambda: model.posterior(prior, {"z": z, "y": z}),
-        "batch": lambda: model.posterior(prior, torch.zeros(4, 4, 2)),
-        "list z": lambda: model.posterior(prior, "z"),
+        "batch": lambda: model.posterior(prior.expand((max(n, 2),)), torch.zeros(max(n, 2) + 1 + i, N, 2)),
+        "string z": lambda: model.posterior(prior, "z"),
     }[case]
     expect_error(call)
 
@@ -259,17 +264,18 @@ def test_refine_returns_normalised_weights_and_a_valid_mixture(prior, data):
     assert_valid(r.posterior)
 
 
-@given(st.sampled_from(["tensor", "dict missing", "dict extra", "values shape", "mask dtype", "nan"]))
-def test_as_observations_rejects_invalid_input(case):
+@given(st.sampled_from(["tensor", "dict missing", "dict extra", "values shape", "mask dtype", "nan"]),
+       st.integers(1, 4), st.integers(0, 6), st.integers(1, 6))
+def test_as_observations_rejects_invalid_input(case, n, N, M):
     sources = {"a": 2, "b": 1}
-    ok = {"a": torch.zeros(3, 4, 2), "b": torch.zeros(3, 2, 1)}
+    ok = {"a": torch.zeros(n, N, 2), "b": torch.zeros(n, M, 1)}
     bad = {
-        "tensor": torch.zeros(3, 4, 2),
+        "tensor": torch.zeros(n, N, 2),
         "dict missing": {"a": ok["a"]},
-        "dict extra": ok | {"c": torch.zeros(3, 1, 1)},
-        "values shape": {"a": torch.zeros(3, 4, 3), "b": ok["b"]},
-        "mask dtype": Observations(ok, {"a": torch.ones(3, 4), "b": torch.ones(3, 2, dtype=torch.bool)}),
-        "nan": {"a": ok["a"] * math.nan, "b": ok["b"]},
+        "dict extra": ok | {"c": torch.zeros(n, 1, 1)},
+        "values shape": {"a": torch.zeros(n, N, 3), "b": ok["b"]},
+        "mask dtype": Observations(ok, {"a": torch.ones(n, N), "b": torch.ones(n, M, dtype=torch.bool)}),
+        "nan": {"a": ok["a"], "b": ok["b"] * math.nan},
     }[case]
     expect_error(as_observations, bad, sources)
-    assert as_observations(ok, sources).batch_shape == (3,)
+    assert as_observations(ok, sources).batch_shape == (n,)

@@ -7,6 +7,7 @@ observations to a Gaussian-mixture posterior, which can be fed back as the next 
 from . import problems
 from .distributions import GaussianMixture
 from .nn import DistributionTransformer, ModelConfig
+from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
 from .observations import Observations
 from .refinement import Refinement, refine
 from .training import ArchitectureConfig, ProblemConfig, TrainConfig, train
@@ -30,4 +31,5 @@ def pretrained_names() -> list[str]:
 
 
 __all__ = ["GaussianMixture", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
-           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement"]
+           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement",
+           "Filter", "LinearGaussianMotion", "NonlinearMotion"]
