@@ -1,5 +1,7 @@
 """DistributionTransformer: identity at initialisation, permutation symmetries, masking, shapes, bad inputs."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -175,3 +177,25 @@ def test_data_sets_without_observations_keep_their_prior_exactly():
     torch.testing.assert_close(post.loc[[0, 2, 3]], alone.loc, rtol=0, atol=1e-6)
     empty = model.posterior(prior, torch.zeros(4, 0, 2, dtype=torch.float64))  # N = 0: the prior
     assert torch.equal(empty.loc, prior.loc)
+
+
+def test_exported_update_matches_eager_to_1e_5(tmp_path):
+    import distformer
+
+    model = distformer.pretrained("linear-gaussian-2d")
+    path = model.export(tmp_path / "update.pt", num_components=4, max_observations=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 steers TorchScript users to torch.export
+        program = torch.jit.load(str(path))
+    g = torch.Generator().manual_seed(9)
+    prior = distformer.problems.get("linear-gaussian", dim=2).sample_meta_prior(64, g)
+    z = torch.randn(64, 20, 2, generator=g) * 3
+    mask = torch.arange(20) < torch.randint(0, 21, (64, 1), generator=g)  # 0..20 present, some data sets empty
+    eager = model.posterior(prior, z, mask)
+    with torch.inference_mode():
+        log_w, loc, tril = program(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
+    torch.testing.assert_close(log_w.exp(), eager.weights, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="format='torchscript'"):
+        model.export(tmp_path / "x.onnx", format="onnx")

@@ -257,6 +257,14 @@ class DistributionTransformer(nn.Module):
         self.__dict__.pop("_traced", None)
         return super().train(mode)
 
+    def export(self, path, format: str = "torchscript", num_components: int | None = None,
+               max_observations: int = 20):
+        """Write the posterior update as a TorchScript program that runs with ``torch`` alone (see ``export.py``)."""
+        from .export import export_update
+
+        return export_update(self, path, format=format, num_components=num_components,
+                             max_observations=max_observations)
+
     # serialisation lives in training/checkpoint.py; these are the public entry points
     def save(self, path) -> None:
         """Write ``path.safetensors`` (weights) and ``path.json`` (config and model card); never pickles."""
