@@ -62,12 +62,18 @@ def test_exact_proposal_gives_equal_weights_and_the_exact_evidence():
     torch.testing.assert_close(r.log_evidence, marginal.log_prob(z[:, 0]), rtol=0, atol=1e-10)
 
 
-def test_a_covering_proposal_is_corrected_to_the_exact_mean():
-    problem, prior, z, g = _one_gaussian_problem(seed=3)
+def _shifted_exact(seed, shift_sd, variance_factor):
+    """A 1-D problem, its exact posterior, and that posterior shifted by ``shift_sd`` sd and rescaled."""
+    problem, prior, z, g = _one_gaussian_problem(seed=seed)
     exact = problem.exact_posterior(prior, z)
     sd = float(exact.covariance_matrix.sqrt())
-    proposal = GaussianMixture(torch.ones(1, dtype=torch.float64), exact.loc + 0.5 * sd,
-                               covariance_matrix=exact.component_covariance_matrix * 2.0)
+    proposal = GaussianMixture(torch.ones(1, dtype=torch.float64), exact.loc + shift_sd * sd,
+                               covariance_matrix=exact.component_covariance_matrix * variance_factor)
+    return problem, prior, z, g, exact, sd, proposal
+
+
+def test_a_covering_proposal_is_corrected_to_the_exact_mean():
+    problem, prior, z, g, exact, sd, proposal = _shifted_exact(3, 0.5, 2.0)
     r = refine(proposal, prior, problem, z, n=4000, generator=g)
     assert bool(r.reliable)
     # self-normalised IS error sd is about sd / sqrt(ESS); 4 of those is a 6e-5 false-alarm rate
@@ -78,11 +84,7 @@ def test_a_covering_proposal_is_corrected_to_the_exact_mean():
 
 
 def test_a_too_narrow_proposal_is_flagged():
-    problem, prior, z, g = _one_gaussian_problem(seed=4)
-    exact = problem.exact_posterior(prior, z)
-    sd = float(exact.covariance_matrix.sqrt())
-    narrow = GaussianMixture(torch.ones(1, dtype=torch.float64), exact.loc + 1.5 * sd,
-                             covariance_matrix=exact.component_covariance_matrix * 0.05)
+    problem, prior, z, g, exact, sd, narrow = _shifted_exact(4, 1.5, 0.05)
     r = refine(narrow, prior, problem, z, n=4000, defensive=0.0, generator=g)
     assert float(r.pareto_k) > 0.7 and not bool(r.reliable)
 

@@ -24,6 +24,7 @@ import torch
 from ..distributions.gmm import GaussianMixture
 from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
 from ..problems import get
+from .report import fmt_estimate as _fmt
 from .timing import interleaved_median_seconds, machine, threads
 
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -105,9 +106,6 @@ def conflict_sweep(name: str, kl_samples: int, generator: torch.Generator) -> li
                      "kl": float(kl.mean())})
     return rows
 
-
-def _fmt(e: dict, digits: int = 4) -> str:
-    return f"{e['mean']:.{digits}f} ± {1.96 * e['stderr']:.{digits}f}"
 
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:

@@ -18,6 +18,7 @@ from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter,
 from ..diagnostics import estimate
 from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
+from .report import fmt_estimate as _fmt
 from .timing import machine
 
 SEED = 31415
@@ -129,9 +130,6 @@ def _first_steps(observations, steps: int, series: int):
     return Observations({s: v[:steps, :series] for s, v in observations.values.items()},
                         {s: m[:steps, :series] for s, m in observations.masks.items()})
 
-
-def _fmt(e: dict, digits: int = 4) -> str:
-    return f"{e['mean']:.{digits}f} ± {1.96 * e['stderr']:.{digits}f}"
 
 
 def _plot(rows: list[dict], gap: torch.Tensor, path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from ..diagnostics import estimate, kl_divergence
 from ..problems import get
 from ..refinement import refine
+from .report import fmt_estimate as _fmt
 from .timing import machine
 
 SEED = 2718
@@ -102,9 +103,6 @@ def evaluate(name: str, scenario: str, num_problems: int, draws: int, kl_samples
         "pareto_k": r.pareto_k.tolist(), "kl_refined": kl_refined.tolist(),
     }
 
-
-def _fmt(e: dict | None, digits: int = 4) -> str:
-    return "–" if e is None else f"{e['mean']:.{digits}f} ± {1.96 * e['stderr']:.{digits}f}"
 
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
