@@ -13,10 +13,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     config = TrainConfig.from_yaml(args.config)
+    checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
+    if args.nproc > 1:
+        from .training.distributed import spawn_training, train_worker
+
+        spawn_training(args.nproc, train_worker, config.to_dict(), args.out, checkpoint, args.resume, args.quiet)
+        print(f"saved {args.out}.safetensors/.json after training in {args.nproc} processes")
+        return 0
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     problem = get(config.problem.name, **dict(config.problem.options))
-    checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
     model = train(problem, config, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet)
     model.card["training"]["command"] = f"distformer train {args.config} --out {args.out}"
     model.save(args.out)
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="checkpoint file (default OUT.ckpt.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (gloo on CPU, NCCL on GPU); see also torchrun")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="run a benchmark and write benchmarks/NAME.md")

@@ -107,15 +107,18 @@ def load_model(path: str | Path):
     return model.eval()
 
 
-def save_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+def save_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer, rng_states,
                     meta: dict[str, Any]) -> None:
-    """One-file training checkpoint: weights, optimizer state, data RNG state, and ``meta`` (JSON)."""
+    """One-file training checkpoint: weights, optimizer state, data RNG states (one per data shard; a generator or
+    a list of ``get_state()`` tensors), and ``meta`` (JSON)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
-    tensors["rng.data"] = generator.get_state()
+    states = [rng_states.get_state()] if isinstance(rng_states, torch.Generator) else list(rng_states)
+    for i, state in enumerate(states):
+        tensors["rng.data" if i == 0 else f"rng.data.{i}"] = state
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(FORMAT_VERSION),

@@ -32,6 +32,7 @@ from ..problems import Problem, get
 from ..problems.base import Batch
 from ..support import estimate_support
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from .distributed import concat_batches, gather_rng_states, world_size_and_rank, wrap_ddp
 from .config import TrainConfig
 
 
@@ -56,11 +57,14 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
         return DistributionTransformer(model_config)
 
 
-def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean NLL of the true parameter under the posterior (plus the prior loss); returns (loss, posterior NLL)."""
+def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
+               forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean NLL of the true parameter under the posterior (plus the prior loss); returns (loss, posterior NLL).
+
+    ``forward`` runs the network (default ``model``; a ``DistributedDataParallel`` wrapper under DDP)."""
     chart = gmm_to_chart(batch.prior).float()
     theta = batch.theta.float()
-    posterior = chart_to_gmm(model(chart, batch.observations), model.dim)
+    posterior = chart_to_gmm((forward or model)(chart, batch.observations), model.dim)
     nll = -posterior.log_prob(theta).mean()
     loss = nll
     if prior_loss:
@@ -96,6 +100,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         progress: show a progress bar with the loss and validation metrics.
         callback: called as ``callback(step, metrics)`` after each validation.
 
+    Under ``torch.distributed`` (initialised by the caller, ``torchrun``, or ``distformer train --nproc``) the
+    model is wrapped in ``DistributedDataParallel``; each process simulates its share of ``config.data_shards``;
+    only rank 0 validates, reports progress and writes checkpoints.
+
     Returns:
         The trained model, in eval mode, with ``model.card`` describing the run.
     """
@@ -106,7 +114,15 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         torch.set_num_threads(config.num_threads)
     model = build_model(problem, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    data_rng = torch.Generator().manual_seed(config.seed + 1)
+    world, rank = world_size_and_rank()
+    if config.data_shards % world:
+        raise ValueError(f"Expected data_shards divisible by the number of processes, but got {config.data_shards} "
+                         f"shards for {world} processes.")
+    shard_rngs = [torch.Generator().manual_seed(config.seed + 1 + 7919 * i) for i in range(config.data_shards)]
+    mine = range(rank * config.data_shards // world, (rank + 1) * config.data_shards // world)
+    per_shard = config.batch_size // config.data_shards
+    forward = wrap_ddp(model) if world > 1 else model
+    progress = progress and rank == 0
     val_batch = problem.sample_batch(config.validation_size, generator=torch.Generator().manual_seed(config.seed + 2))
     start, elapsed, history = 0, 0.0, []
     if resume:
@@ -118,12 +134,16 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             raise ValueError("Expected the same TrainConfig as the checkpoint to resume exactly, but they differ.")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, metadata)
-        data_rng.set_state(tensors["rng.data"])
+        for i, rng in enumerate(shard_rngs):
+            rng.set_state(tensors["rng.data" if i == 0 else f"rng.data.{i}"])
         start, elapsed, history = meta["step"], meta["elapsed_s"], meta["history"]
 
     def save(step: int) -> None:
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, data_rng, {
+        if checkpoint is None:
+            return
+        states = gather_rng_states({i: shard_rngs[i].get_state() for i in mine}, world)
+        if rank == 0:
+            save_checkpoint(checkpoint, model, optimizer, [states[i] for i in range(config.data_shards)], {
                 "config": config.to_dict(), "step": step, "elapsed_s": elapsed, "history": history})
 
     bar = _progress(config.steps, start, progress)
@@ -133,8 +153,8 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = problem.sample_batch(config.batch_size, generator=data_rng)
-        loss, nll = batch_loss(model, batch, config.prior_loss)
+        batch = concat_batches([problem.sample_batch(per_shard, generator=shard_rngs[i]) for i in mine])
+        loss, nll = batch_loss(model, batch, config.prior_loss, forward)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"Expected a finite training loss, but got {float(loss)} at step {step}; "
                                      "lower lr or grad_clip.")
@@ -143,7 +163,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         done = step + 1
-        if done % config.validate_every == 0 or done == config.steps:
+        if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
             metrics = {"step": done, "train_nll": nll.item()} | evaluate(model, problem, val_batch)
             metrics["elapsed_s"] = elapsed + time.perf_counter() - t0
             history.append(metrics)
