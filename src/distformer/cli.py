@@ -24,6 +24,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.num_threads)
     problem = get(config.problem.name, **dict(config.problem.options))
     model = train(problem, config, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet)
+    from .training.distributed import world_size_and_rank
+
+    world, rank = world_size_and_rank()
+    if rank != 0:  # under torchrun every process trains the same replica; rank 0 writes it
+        return 0
+    if world > 1:
+        model.card["training"]["processes"] = world
     model.card["training"]["command"] = f"distformer train {args.config} --out {args.out}"
     model.save(args.out)
     final = model.card["training"]["final_validation"] or {}
