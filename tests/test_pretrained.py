@@ -75,6 +75,15 @@ def test_bench_quick_writes_a_report(tmp_path):
     assert (tmp_path / "linear-gaussian.png").is_file()
 
 
+def test_bench_speed_quick_writes_a_report(tmp_path):
+    assert main(["bench", "speed", "--quick", "--out-dir", str(tmp_path)]) == 0
+    report = (tmp_path / "speed.md").read_text()
+    assert "distformer bench speed --quick" in report and "decoder blocks" in report
+    data = json.loads((tmp_path / "speed.json").read_text())
+    for r in data["models"]:
+        assert all(v > 0 for v in r["latency_ms"].values())
+
+
 def test_train_command_writes_a_loadable_model(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(

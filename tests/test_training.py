@@ -54,6 +54,15 @@ def test_model_save_load_round_trip(tmp_path, rng):
     torch.testing.assert_close(again.posterior(prior, z).loc, model.posterior(prior, z).loc, rtol=0, atol=0)
 
 
+def test_a_model_stem_with_a_dot_keeps_it(tmp_path):
+    model = build_model(get("linear-gaussian", dim=1), TINY)
+    model.save(tmp_path / "run.v1")
+    model.save(tmp_path / "run.v2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.v1.json", "run.v1.safetensors", "run.v2.json",
+                                                          "run.v2.safetensors"]
+    assert load_model(tmp_path / "run.v1.safetensors").config == model.config
+
+
 def test_loading_rejects_tampered_truncated_or_foreign_files(tmp_path):
     model = train("linear-gaussian", TINY, progress=False)
     model.save(tmp_path / "m")

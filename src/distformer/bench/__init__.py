@@ -6,9 +6,9 @@ from pathlib import Path
 
 
 def _runners():
-    from . import linear_gaussian, lti, refine
+    from . import linear_gaussian, lti, refine, speed
 
-    return {"linear-gaussian": linear_gaussian.run, "lti": lti.run, "refine": refine.run}
+    return {"linear-gaussian": linear_gaussian.run, "lti": lti.run, "refine": refine.run, "speed": speed.run}
 
 
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks", update_cards: bool = False) -> Path:

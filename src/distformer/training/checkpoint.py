@@ -53,7 +53,8 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     if path.suffix in {".safetensors", ".json"}:
         path = path.with_suffix("")
-    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+    # append, never replace: a stem such as "run.v2" must not lose its ".v2"
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,203 @@
+"""Benchmark ``speed``: latency, throughput and NumPyro NUTS/SVI per problem, for each shipped model, in one run.
+
+* Latency: median of interleaved batch-1 calls (20 observations, one thread) of ``model.posterior``, the same
+  with ``check=False``, the exported TorchScript update, and the exact update.
+* Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
+* Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``) and exact.
+* NUTS and SVI (NumPyro, extra ``baselines``): compile time once, then median time per problem, and the expected
+  NLL of the true parameter on the same problems as the model's.
+
+Writes ``benchmarks/speed.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..diagnostics import estimate
+from ..nn.layers import layer_norm
+from ..nn.site import apply_site
+from ..nn.tokens import chart_to_gmm, gmm_to_chart
+from ..observations import as_observations
+from ..problems import get
+from .report import fmt_estimate
+from .timing import interleaved_median_seconds, machine, threads
+
+SEED = 1618
+MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
+
+
+def _problems(problem, n: int, generator: torch.Generator, count: int = 20):
+    """``n`` problems from the training meta-prior, each with ``count`` observations."""
+    batch = problem.sample_batch(n, generator=generator)
+    z = batch.theta.unsqueeze(-2) + torch.randn(n, count, problem.dim, generator=generator)
+    return batch.prior, batch.theta, z
+
+
+def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
+    """Median ms of each part of one eager ``posterior`` call at batch 1."""
+    obs = as_observations(z, model.config.sources)
+    chart = gmm_to_chart(prior)
+
+    def embed_sources():
+        return [embed(obs.values[n], obs.masks[n]) for n, embed in model.sources.items()]
+
+    tokens = embed_sources()
+    memory = layer_norm(model.memory_norm, torch.cat([t for t, _ in tokens], 1))
+    key_mask = torch.cat([m for _, m in tokens], 1)
+    h0 = model.prior_embedding(chart)
+
+    def blocks():
+        h = h0
+        for block in model.blocks:
+            h = block(h, memory, key_mask)
+        return h
+
+    h = blocks()
+    out = apply_site(chart, model.head(layer_norm(model.final_norm, h)), model.dim)
+    support = model.support
+    fns = {
+        "input checks and chart encoding": lambda: (as_observations(z, model.config.sources), gmm_to_chart(prior)),
+        "out-of-family check": lambda: support.any_violation(chart, obs),
+        "observation embedding": embed_sources,
+        "prior embedding": lambda: model.prior_embedding(chart),
+        "decoder blocks (attention + feed-forward)": blocks,
+        "head and site update": lambda: apply_site(chart, model.head(layer_norm(model.final_norm, h)), model.dim),
+        "chart to GaussianMixture (Cholesky de-embedding)": lambda: chart_to_gmm(out, model.dim),
+        "whole forward, eager": lambda: model(chart, obs),
+    }
+    with torch.inference_mode():
+        return {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
+
+
+def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
+    import distformer
+
+    model = distformer.pretrained(name)
+    problem = get("linear-gaussian", **model.card["problem"]["options"])
+    prior, _, z = _problems(problem, 1, generator)
+    eye = torch.eye(problem.dim)
+    repeats = 30 if quick else 500
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        exported = torch.jit.load(str(model.export(Path(tmp) / "u.pt", max_observations=20)))
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    with threads(1), torch.inference_mode():
+        latency = interleaved_median_seconds({
+            "model": lambda: model.posterior(prior, z),
+            "model, check=False": lambda: model.posterior(prior, z, check=False),
+            "exported TorchScript": lambda: exported(prior.log_weights, prior.loc, prior.scale_tril, z, mask),
+            "exact": lambda: prior.condition_linear_gaussian(eye, eye, z),
+        }, repeats)
+        parts = parts_ms(model, prior, z, repeats)
+    throughput = {}
+    for size in ((1000, 2000) if quick else (1000, 100_000)):
+        big_prior, _, big_z = _problems(problem, size, generator)
+        with torch.inference_mode():
+            t = interleaved_median_seconds({
+                "model": lambda: model.posterior(big_prior, big_z, check=False),
+                "exact": lambda: big_prior.condition_linear_gaussian(eye, eye, big_z),
+            }, 3, warmup=1)
+        throughput[size] = {k: size / v for k, v in t.items()}
+    result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "parts_ms": parts,
+              "throughput": throughput, "threads": torch.get_num_threads()}
+    from ..baselines import numpyro_linear_gaussian as npl
+
+    if npl.available():
+        result |= _peers(model, problem, npl, quick, generator)
+    return result
+
+
+def _peers(model, problem, npl, quick: bool, generator: torch.Generator) -> dict:
+    n = 2 if quick else 20
+    prior, theta, z = _problems(problem, n + 1, generator)
+    mask = torch.ones(n + 1, 20, dtype=torch.bool)
+    warmup, draws, steps = (50, 50, 100) if quick else (500, 1000, 2000)
+    nuts = npl.NUTSBaseline(warmup, draws)
+    svi = npl.SVIBaseline(steps)
+    out = {"settings": {"nuts_warmup": warmup, "nuts_draws": draws, "svi_steps": steps}}
+    for name, run in (("NUTS", lambda i: nuts.posterior(nuts.draws(prior, z, mask, i), generator)),
+                      ("SVI", lambda i: svi.posterior(prior, z, mask, i))):
+        start = time.perf_counter()
+        run(n)  # problem n is only for compilation
+        compile_s = time.perf_counter() - start
+        times, nll = [], []
+        for i in range(n):
+            start = time.perf_counter()
+            q = run(i)
+            times.append(time.perf_counter() - start)
+            nll.append(float(-q.log_prob(theta[i].double())))
+        out[name] = {"compile_s": compile_s, "ms_per_problem": 1e3 * statistics.median(times),
+                     "nll": estimate(torch.tensor(nll)).as_dict()}
+    with torch.inference_mode():
+        q = model.posterior(prior[:n], z[:n], check=False)
+    exact = problem.exact_posterior(prior[:n].to(torch.float64), z[:n])
+    out["nll_model"] = estimate(-q.to(torch.float64).log_prob(theta[:n].double())).as_dict()
+    out["nll_exact"] = estimate(-exact.log_prob(theta[:n].double())).as_dict()
+    return {"peers": out, "peer_problems": n}
+
+
+def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+    """Run the benchmark and write ``out_dir/speed.{md,json}``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(SEED)
+    results = [evaluate(name, quick, generator) for name in MODELS]
+    command = "distformer bench speed" + (" --quick" if quick else "")
+    lines = [
+        "# speed: the shipped models against the exact update and NumPyro, in one run",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; throughput with {results[0]['threads']} threads, latency with 1.",
+        "",
+        "## Batch-1 latency, 20 observations, one thread (median ms)",
+        "",
+        "| model | posterior | check=False | exported TorchScript | exact update | posterior / exact |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lat = r["latency_ms"]
+        lines.append(f"| {r['model']} | {lat['model']:.3f} | {lat['model, check=False']:.3f} | "
+                     f"{lat['exported TorchScript']:.3f} | {lat['exact']:.3f} | {lat['model'] / lat['exact']:.2f} |")
+    lines += ["", "## Throughput (problems per second, 20 observations each)", "",
+              "| model | batch | model | exact |", "|---|---|---|---|"]
+    for r in results:
+        for size, t in r["throughput"].items():
+            lines.append(f"| {r['model']} | {size:,} | {t['model']:,.0f} | {t['exact']:,.0f} |")
+    lines += ["", "## Where one eager call spends its time (batch 1, one thread, median ms per part)", "",
+              "| part | " + " | ".join(r["model"] for r in results) + " |",
+              "|---|" + "---|" * len(results)]
+    for part in results[0]["parts_ms"]:
+        lines.append(f"| {part} | " + " | ".join(f"{r['parts_ms'][part]:.3f}" for r in results) + " |")
+    if "peers" in results[0]:
+        n, st = results[0]["peer_problems"], results[0]["peers"]["settings"]
+        lines += ["", f"## NumPyro on the same problems ({n} per model, 20 observations each)", "",
+                  f"NUTS: {st['nuts_warmup']:,} warm-up + {st['nuts_draws']:,} draws, one chain, scored through a "
+                  f"4-component EM fit to its draws. SVI: full-covariance Gaussian guide, Adam, {st['svi_steps']:,} "
+                  "steps. Times per problem after compilation "
+                  "(median); compile time apart. Ratios against the model's batch-1 latency with the check.", "",
+                  "| model | method | NLL of the true parameter | ms per problem | compile (s) | time / model |",
+                  "|---|---|---|---|---|---|"]
+        for r in results:
+            p, model_ms = r["peers"], r["latency_ms"]["model"]
+            lines.append(f"| {r['model']} | exact | {fmt_estimate(p['nll_exact'])} | {r['latency_ms']['exact']:.3f} "
+                         "| – | – |")
+            lines.append(f"| {r['model']} | model | {fmt_estimate(p['nll_model'])} | {model_ms:.3f} | – | 1 |")
+            for method in ("SVI", "NUTS"):
+                m = p[method]
+                lines.append(f"| {r['model']} | {method} | {fmt_estimate(m['nll'])} | {m['ms_per_problem']:,.1f} | "
+                             f"{m['compile_s']:.1f} | {m['ms_per_problem'] / model_ms:,.0f}× |")
+    else:
+        lines += ["", "NumPyro is not installed (`pip install -e .[baselines]`), so NUTS and SVI were not measured."]
+    md = out_dir / "speed.md"
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / "speed.json").write_text(json.dumps({"command": command, "machine": machine(), "models": results},
+                                                   indent=2, default=str) + "\n")
+    print("\n".join(lines))
+    return md
