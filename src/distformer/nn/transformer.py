@@ -142,7 +142,8 @@ class DistributionTransformer(nn.Module):
             check: run that out-of-family check at all (it warns once per kind of violation).
 
         Returns:
-            ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype.
+            ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype. A data set
+            with no present observation (all masked, or ``N = 0``) gets its prior back exactly.
         """
         if not isinstance(prior, GaussianMixture):
             raise TypeError(f"Expected prior to be a distformer.GaussianMixture, but got {type(prior).__name__}.")
