@@ -145,3 +145,12 @@ def test_non_finite_loss_is_an_error_not_a_silent_skip(monkeypatch):
     monkeypatch.setattr(trainer, "batch_loss", lambda *a, **k: (torch.tensor(float("nan")), torch.tensor(0.0)))
     with pytest.raises(FloatingPointError, match="finite training loss"):
         train("linear-gaussian", TINY, progress=False)
+
+
+def test_bench_time_to_accuracy_quick_writes_a_report(tmp_path):
+    from distformer.cli import main
+
+    assert main(["bench", "time-to-accuracy", "--quick", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "time-to-accuracy.json").read_text())
+    assert len(data["runs"]) == 4 and all(r["history"] for r in data["runs"])
+    assert (tmp_path / "time-to-accuracy.png").is_file()

@@ -1,0 +1,121 @@
+"""Benchmark ``time-to-accuracy``: wall-clock training time until the 2-D linear-Gaussian model reaches a mean KL.
+
+Each configuration trains ``configs/linear-gaussian-2d.yaml`` (its full 9,000-step warm-up + cosine schedule) with
+another model width and batch size (on one thread; two configurations run side by side on the two cores) and
+stops at the first validation whose ``val_kl`` (NLL gap to the exact posterior on a fixed validation set, an
+estimate of the mean KL) is at most ``TARGET``, at the end of the schedule, or at a safety time cap. A cap shorter
+than the schedule would leave the learning rate high, so the full run is not time-capped in practice. Writes ``benchmarks/time-to-accuracy.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from multiprocessing import get_context
+from pathlib import Path
+
+TARGET = 0.01
+GRID = [(32, 128), (64, 128), (32, 256), (64, 256)]  # (d_model, batch_size)
+CONFIG = Path(__file__).resolve().parents[3] / "configs" / "linear-gaussian-2d.yaml"
+
+
+class _Reached(Exception):
+    pass
+
+
+def train_until(args: tuple) -> dict:
+    """Train one configuration until ``val_kl <= TARGET`` or ``cap_s`` seconds; returns its validation history."""
+    d_model, batch_size, cap_s, validate_every, config_text = args
+    import torch
+
+    from ..problems import get
+    from ..training.config import TrainConfig
+    from ..training.trainer import build_model, train
+
+    torch.set_num_threads(1)
+    base = TrainConfig.from_yaml(config_text)
+    config = dataclasses.replace(
+        base, batch_size=batch_size, num_threads=1, validate_every=validate_every, validation_size=4096,
+        architecture=dataclasses.replace(base.architecture, d_model=d_model, ff_dim=4 * d_model))
+    history = []
+
+    def callback(step, metrics):
+        history.append({"step": step, "elapsed_s": metrics["elapsed_s"], "val_kl": metrics["val_kl"]})
+        if metrics["val_kl"] <= TARGET or metrics["elapsed_s"] >= cap_s:
+            raise _Reached
+
+    try:
+        train(get(config.problem.name, **dict(config.problem.options)), config, progress=False, callback=callback)
+    except _Reached:
+        pass
+    reached = [h for h in history if h["val_kl"] <= TARGET]
+    problem = get(config.problem.name, **dict(config.problem.options))
+    model_parameters = sum(p.numel() for p in build_model(problem, config).parameters())
+    return {"d_model": d_model, "batch_size": batch_size, "parameters": model_parameters, "history": history,
+            "time_to_target_s": reached[0]["elapsed_s"] if reached else None,
+            "steps_to_target": reached[0]["step"] if reached else None, "cap_s": cap_s}
+
+
+def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+    """Run the grid (two configurations at a time) and write ``out_dir/time-to-accuracy.{md,json,png}``."""
+    from .timing import machine
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cap_s, validate_every = (8.0, 5) if quick else (2400.0, 250)
+    if not CONFIG.is_file():
+        raise FileNotFoundError(f"Expected the training config {CONFIG} (run from a source checkout), but it is missing.")
+    text = CONFIG.read_text()
+    with get_context("spawn").Pool(2) as pool:
+        results = pool.map(train_until, [(d, b, cap_s, validate_every, text) for d, b in GRID])
+    command = "distformer bench time-to-accuracy" + (" --quick" if quick else "")
+    lines = [
+        f"# time-to-accuracy: training cost of linear-gaussian-2d to mean KL <= {TARGET}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; each run on 1 thread, two runs at a time.",
+        "",
+        f"`configs/linear-gaussian-2d.yaml` (lr 3e-3, warm-up + cosine schedule over 9,000 steps, 3 layers) with the "
+        f"width and batch below (ff = 4 × width); stopped at the first validation (every {validate_every} steps, "
+        f"4,096 fixed problems) with KL <= {TARGET}, at the end of the schedule, or after {cap_s:.0f} s. Time is "
+        "wall-clock on one thread; the shipped model (width 64, batch 256) used two threads and took the whole "
+        "schedule (see its model card).",
+        "",
+        "| width (d_model) | batch | parameters | steps to target | time to target (s) | last KL |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["time_to_target_s"] is not None:
+            steps, seconds = f"{r['steps_to_target']:,}", f"{r['time_to_target_s']:.0f}"
+        else:
+            end = r["history"][-1] if r["history"] else {"step": 0, "elapsed_s": 0.0}
+            steps, seconds = "–", f"not reached in {end['step']:,} steps ({end['elapsed_s']:.0f} s)"
+        last = f"{r['history'][-1]['val_kl']:.4f}" if r["history"] else "–"
+        lines.append(f"| {r['d_model']} | {r['batch_size']} | {r['parameters']:,} | {steps} | {seconds} | {last} |")
+    lines += ["", "![validation KL against training time](time-to-accuracy.png)"]
+    md = out_dir / "time-to-accuracy.md"
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / "time-to-accuracy.json").write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
+    _plot(results, out_dir / "time-to-accuracy.png")
+    print("\n".join(lines))
+    return md
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in results:
+        h = r["history"]
+        ax.plot([x["elapsed_s"] / 60 for x in h], [max(x["val_kl"], 1e-4) for x in h], "o-", ms=3,
+                label=f"width {r['d_model']}, batch {r['batch_size']}")
+    ax.axhline(TARGET, color="red", ls=":", label=f"target KL {TARGET}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training time (min, 1 thread)")
+    ax.set_ylabel("validation KL (NLL gap to exact)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
