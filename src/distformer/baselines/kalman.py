@@ -32,12 +32,19 @@ from ..filtering import unscented_points
 
 @dataclass(frozen=True)
 class GaussianStateSpace:
-    """``x_t = f(x_{t-1}) + N(0, Q)``, ``z = h(x_t) + N(0, R)``; ``f``, ``h`` act row-wise on ``(..., D)``."""
+    """``x_t = f(x_{t-1}) + N(0, Q)``, ``z = h(x_t) + N(0, R)``; ``f``, ``h`` act row-wise on ``(..., D)``.
+
+    ``R`` may be a callable ``x (*B, D) -> (*B, E, E)`` for state-dependent noise; the filters evaluate it at the
+    predicted mean (the usual linearisation, e.g. a sensor whose noise grows with range)."""
 
     f: Callable[[Tensor], Tensor]
     Q: Tensor
     h: Callable[[Tensor], Tensor]
-    R: Tensor
+    R: Tensor | Callable[[Tensor], Tensor]
+
+    def noise(self, mean: Tensor) -> Tensor:
+        """Observation-noise covariance at the belief mean ``(*B, D)``: ``(*B, E, E)`` or ``(E, E)``."""
+        return self.R(mean) if callable(self.R) else self.R
 
     @classmethod
     def linear(cls, A: Tensor, Q: Tensor, H: Tensor, R: Tensor, b: Tensor | None = None) -> "GaussianStateSpace":
@@ -82,7 +89,7 @@ class ExtendedKalmanFilter:
     def update(self, mean: Tensor, cov: Tensor, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         zbar, n = _observation_mean(z, mask)
         H = _jacobian(self.model.h, mean)
-        noise = self.model.R / n.clamp_min(1.0)[..., None, None]
+        noise = self.model.noise(mean) / n.clamp_min(1.0)[..., None, None]
         return _gain_update(mean, cov, self.model.h(mean), H @ cov @ H.transpose(-1, -2), cov @ H.transpose(-1, -2),
                             zbar, noise, n)
 
@@ -122,7 +129,7 @@ class UnscentedKalmanFilter(ExtendedKalmanFilter):
         dz, dx = images - z_hat, points - mean
         S = torch.einsum("j,j...e,j...f->...ef", w, dz, dz)
         C = torch.einsum("j,j...d,j...e->...de", w, dx, dz)
-        noise = self.model.R / n.clamp_min(1.0)[..., None, None]
+        noise = self.model.noise(mean) / n.clamp_min(1.0)[..., None, None]
         return _gain_update(mean, cov, z_hat, S, C, zbar, noise, n)
 
 

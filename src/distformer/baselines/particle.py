@@ -5,21 +5,23 @@ weighted by the likelihood, :math:`\log\omega_j = \log p(z_t\mid x^{(j)}_t)` (no
 step by systematic resampling: one uniform :math:`u\sim\mathcal U(0,1/J)` and the points :math:`u + (i-1)/J`
 select particles through the cumulative weights.
 
-The belief must be a density to score the true state, and a particle set is not one. This filter reports the
-weighted particles' **moment-matched Gaussian** :math:`\mathcal N(\sum_j\omega_jx^{(j)},\ \mathrm{Cov}_\omega)` per
-step (stated in every benchmark that uses it).
+The belief must be a density to score the true state, and a particle set is not one. :meth:`ParticleFilter.run`
+reports the weighted particles' **moment-matched Gaussian**
+:math:`\mathcal N(\sum_j\omega_jx^{(j)},\ \mathrm{Cov}_\omega)` per step; :meth:`ParticleFilter.log_density`
+scores states under a **Gaussian KDE** of the weighted particles instead (each benchmark states which it uses).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import cholesky, symmetrize
+from ..observations import Observations
 
 
 def systematic_resample(log_weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -37,7 +39,9 @@ class ParticleFilter:
 
     Args:
         transition: ``(x (*B, J, D), generator, t) -> x_next`` sampling the motion model.
-        log_likelihood: ``(x (*B, J, D), z (*B, N, E), mask (*B, N)) -> (*B, J)`` log-density of the step's data.
+        log_likelihood: ``(x (*B, J, D), z (*B, N, E), mask (*B, N)) -> (*B, J)`` log-density of the step's data;
+            when the data come as :class:`~distformer.observations.Observations` (several sources), it is called as
+            ``(x, observations_t)`` with the step's ``Observations`` (batch ``B``).
         num_particles: particles per series.
     """
 
@@ -46,36 +50,93 @@ class ParticleFilter:
             raise ValueError(f"Expected num_particles >= 2 as an int, but got {num_particles!r}.")
         self.transition, self.log_likelihood, self.num_particles = transition, log_likelihood, num_particles
 
-    def run(self, prior: GaussianMixture, z: Tensor, mask: Tensor,
-            generator: torch.Generator | None = None) -> GaussianMixture:
-        """Moment-matched filtered Gaussians (batch ``(T, *B)``) for data ``z`` ``(T, *B, N, E)``."""
+    def steps(self, prior: GaussianMixture, z, mask: Tensor | None = None,
+              generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield, per step, the particles ``(*B, J, D)`` and their normalised log-weights ``(*B, J)`` (before
+        resampling). ``z`` is a tensor ``(T, *B, N, E)`` with ``mask`` ``(T, *B, N)``, or ``Observations`` with batch
+        ``(T, *B)``."""
+        if isinstance(z, Observations):
+            T = z.batch_shape[0]
+            data = lambda t: (Observations({s: v[t] for s, v in z.values.items()},  # noqa: E731
+                                           {s: m[t] for s, m in z.masks.items()}),)
+        else:
+            if mask is None:
+                raise ValueError("Expected a mask (T, *B, N) with the observation tensor, but got None.")
+            T = z.shape[0]
+            data = lambda t: (z[t], mask[t])  # noqa: E731
         x = prior.sample((self.num_particles,), generator=generator).movedim(0, -2)  # (*B, J, D)
-        means, covs = [], []
-        for t in range(z.shape[0]):
+        for t in range(T):
             if t > 0:
                 x = self.transition(x, generator, t)
-            log_w = self.log_likelihood(x, z[t].to(x.dtype), mask[t])
+            step = [d.to(x.dtype) if isinstance(d, Tensor) and d.is_floating_point() else d for d in data(t)]
+            if isinstance(step[0], Observations):
+                step[0] = step[0].to(x.dtype)
+            log_w = self.log_likelihood(x, *step)
             log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
-            w = log_w.exp().unsqueeze(-1)
-            mean = (w * x).sum(-2)
-            diff = x - mean.unsqueeze(-2)
-            cov = symmetrize((w.unsqueeze(-1) * diff.unsqueeze(-1) * diff.unsqueeze(-2)).sum(-3))
-            means.append(mean)
-            covs.append(cov + 1e-9 * torch.eye(x.shape[-1], dtype=x.dtype))
+            yield x, log_w
             index = systematic_resample(log_w, generator)
             x = x.gather(-2, index.unsqueeze(-1).expand_as(x))
+
+    def run(self, prior: GaussianMixture, z, mask: Tensor | None = None,
+            generator: torch.Generator | None = None) -> GaussianMixture:
+        """Moment-matched filtered Gaussians (batch ``(T, *B)``) for the data (see :meth:`steps`)."""
+        means, covs = [], []
+        for x, log_w in self.steps(prior, z, mask, generator):
+            mean, cov = _weighted_moments(x, log_w)
+            means.append(mean)
+            covs.append(_jittered(cov))
         mean, cov = torch.stack(means), torch.stack(covs)
         zero = torch.zeros(*mean.shape[:-1], 1, dtype=mean.dtype)
         return GaussianMixture(logits=zero, loc=mean.unsqueeze(-2),
                                scale_tril=cholesky(cov, "a particle covariance").unsqueeze(-3), validate_args=False)
 
+    def log_density(self, prior: GaussianMixture, z, states: Tensor, mask: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
+        r"""Log-density ``(T, *B)`` of ``states`` ``(T, *B, D)`` under each step's weighted-particle **Gaussian KDE**:
+        :math:`\sum_j\omega_j\mathcal N(x; x^{(j)}, H)` with Scott's bandwidth matrix
+        :math:`H = J_{\text{eff}}^{-2/(D+4)}\,\mathrm{Cov}_\omega`, with :math:`J_{\text{eff}}` the effective sample
+        size."""
+        out = []
+        for t, (x, log_w) in enumerate(self.steps(prior, z, mask, generator)):
+            D = x.shape[-1]
+            _, cov = _weighted_moments(x, log_w)
+            ess = torch.exp(-torch.logsumexp(2 * log_w, -1))  # (*B)
+            H = _jittered(ess.pow(-2.0 / (D + 4))[..., None, None] * cov)
+            L = cholesky(H, "a kernel bandwidth")
+            diff = torch.linalg.solve_triangular(L.unsqueeze(-3), (states[t].unsqueeze(-2) - x).unsqueeze(-1),
+                                                 upper=False).squeeze(-1)  # (*B, J, D)
+            log_kernel = (-0.5 * diff.pow(2).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1).unsqueeze(-1)
+                          - 0.5 * D * math.log(2 * math.pi))
+            out.append(torch.logsumexp(log_w + log_kernel, -1))
+        return torch.stack(out)
+
+
+def _jittered(cov: Tensor) -> Tensor:
+    """``cov + eps I`` with ``eps`` = 1e-9 plus 100 machine epsilons of the largest variance: a particle cloud that
+    resampling collapsed (identical particles, or noise of lower rank) still gets a density."""
+    scale = cov.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(0.0)
+    eps = 1e-9 + 100 * torch.finfo(cov.dtype).eps * scale
+    return cov + eps[..., None, None] * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+
+
+def _weighted_moments(x: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted mean ``(*B, D)`` and covariance ``(*B, D, D)`` of particles ``(*B, J, D)``."""
+    w = log_w.exp().unsqueeze(-1)
+    mean = (w * x).sum(-2)
+    diff = x - mean.unsqueeze(-2)
+    return mean, symmetrize((w * diff).transpose(-1, -2) @ diff)
+
 
 def gaussian_transition(f: Callable[[Tensor], Tensor], Q: Tensor) -> Callable:
-    """Transition sampler ``x -> f(x) + N(0, Q)`` for :class:`ParticleFilter`."""
-    L = torch.linalg.cholesky(Q)
+    """Transition sampler ``x -> f(x) + N(0, Q)`` for :class:`ParticleFilter`; ``Q`` may be singular (PSD)."""
+    eigenvalues, vectors = torch.linalg.eigh(symmetrize(Q.to(torch.float64)))
+    if bool(eigenvalues.min() < -1e-10 * eigenvalues.abs().max().clamp_min(1.0)):
+        raise ValueError(f"Expected a positive semi-definite process-noise covariance Q, but its smallest eigenvalue "
+                         f"is {float(eigenvalues.min()):.3g}.")
+    factor = vectors * eigenvalues.clamp_min(0.0).sqrt().unsqueeze(-2)  # Q = factor factor^T
 
     def sample(x: Tensor, generator: torch.Generator | None, t: int) -> Tensor:
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) @ L.to(x.dtype).transpose(-1, -2)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype) @ factor.to(x.dtype).transpose(-1, -2)
         return f(x) + noise
 
     return sample

@@ -6,9 +6,11 @@ from pathlib import Path
 
 
 def _runners():
-    from . import linear_gaussian, lti, refine, speed
+    from . import linear_gaussian, lti, refine, sensor_fusion, speed, stochastic_volatility, time_to_accuracy
 
-    return {"linear-gaussian": linear_gaussian.run, "lti": lti.run, "refine": refine.run, "speed": speed.run}
+    return {"linear-gaussian": linear_gaussian.run, "lti": lti.run, "refine": refine.run,
+            "sensor-fusion": sensor_fusion.run, "speed": speed.run,
+            "stochastic-volatility": stochastic_volatility.run, "time-to-accuracy": time_to_accuracy.run}
 
 
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks", update_cards: bool = False) -> Path:

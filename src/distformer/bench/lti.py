@@ -7,7 +7,6 @@ filter runs on the same series in one process, so the times compare. Writes ``be
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -18,17 +17,12 @@ from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter,
 from ..diagnostics import estimate
 from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
+from .filter_runs import first_steps, timed
 from .report import fmt_estimate as _fmt
 from .timing import machine
 
 SEED = 31415
 MODEL = "linear-gaussian-2d"
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
@@ -63,13 +57,13 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         pf = ParticleFilter(gaussian_transition(space.f, lti.Q), gaussian_log_likelihood(space.h, lti.R), J)
         runs[f"particle filter, {J:,} particles"] = (
             lambda d, pf=pf: pf.run(d.prior, *_tensors(d), generator=torch.Generator().manual_seed(SEED + 1)))
-    warm = Series(data.prior[:2], data.states[:2, :2], _first_steps(data.observations, 2, 2))
+    warm = Series(data.prior[:2], data.states[:2, :2], first_steps(data.observations, 2, 2))
     rows = []
     with torch.inference_mode():
         exact_nll = None
         for name, fn in runs.items():
             fn(warm)  # first calls trace, compile and allocate: keep them off the clock
-            beliefs, seconds = _timed(lambda: fn(data))
+            beliefs, seconds = timed(lambda: fn(data))
             nll = -beliefs.to(torch.float64).log_prob(data.states)  # (T, n)
             exact_nll = nll if exact_nll is None else exact_nll
             rows.append({"filter": name, "nll": estimate(nll.mean(0)).as_dict(),
@@ -122,14 +116,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 def _tensors(series) -> tuple[torch.Tensor, torch.Tensor]:
     return series.observations.values["z"], series.observations.masks["z"]
-
-
-def _first_steps(observations, steps: int, series: int):
-    from ..observations import Observations
-
-    return Observations({s: v[:steps, :series] for s, v in observations.values.items()},
-                        {s: m[:steps, :series] for s, m in observations.masks.items()})
-
 
 
 def _plot(rows: list[dict], gap: torch.Tensor, path: Path) -> None:

@@ -76,3 +76,11 @@ class Problem(ABC):
     def describe(self) -> dict[str, Any]:
         """A JSON-able description of the meta-prior and simulator for model cards."""
         return {"name": self.name, "options": self.options()}
+
+
+def replicated_gaussian(mean: Tensor, covariance: Tensor, num_components: int, n: int) -> GaussianMixture:
+    """``N(mean, covariance)`` (``(D,)``, ``(D, D)``) written as ``num_components`` equal components with weights
+    proportional to ``1..K``, batch ``(n,)``: the paper's start of a filter, so the belief can split later."""
+    K, D = num_components, mean.shape[-1]
+    weights = torch.arange(1, K + 1, dtype=mean.dtype).expand(n, K) / (K * (K + 1) / 2)
+    return GaussianMixture(weights, mean.expand(n, K, D), covariance_matrix=covariance.expand(n, K, D, D))

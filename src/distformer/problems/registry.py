@@ -6,9 +6,13 @@ from typing import Callable
 
 from .base import Problem
 from .linear_gaussian import LinearGaussian
+from .sensor_fusion import SensorFusion
+from .stochastic_volatility import StochasticVolatility
 
 _REGISTRY: dict[str, Callable[..., Problem]] = {
     LinearGaussian.name: LinearGaussian,
+    SensorFusion.name: SensorFusion,
+    StochasticVolatility.name: StochasticVolatility,
 }
 
 

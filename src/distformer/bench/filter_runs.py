@@ -1,0 +1,119 @@
+"""What the filtering benchmarks share: timing a filter over a batch of series, scoring its beliefs by the NLL of
+the true states, particle filters scored under a Gaussian and a KDE, the smallest particle filter that matches the
+model, and the NLL-against-compute panel."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from ..baselines import ParticleFilter
+from ..diagnostics import estimate
+from ..observations import Observations
+from .report import fmt_estimate
+
+
+def timed(fn: Callable):
+    """``(fn(), seconds)``."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def first_steps(observations: Observations, steps: int, series: int) -> Observations:
+    """The first ``steps`` steps of the first ``series`` series (batch ``(T, n)``)."""
+    return Observations({s: v[:steps, :series] for s, v in observations.values.items()},
+                        {s: m[:steps, :series] for s, m in observations.masks.items()})
+
+
+def score_filter(name: str, run: Callable, prior, observations: Observations, states: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> tuple[dict, object, torch.Tensor]:
+    """Time ``run(prior, observations) -> beliefs`` (batch ``(T, n)``) after a warm-up call on 2 steps of 2 series,
+    and score it; with ``reference`` (the model's NLL ``(T, N)``, N >= n) the row also gets the paired gap to it on the
+    same series. Returns the report row, the beliefs and the NLL ``(T, n)``."""
+    run(prior[:2], first_steps(observations, 2, 2))  # first calls allocate and trace: keep them off the clock
+    beliefs, seconds = timed(lambda: run(prior, observations))
+    nll = -beliefs.to(torch.float64).log_prob(states)  # (T, n)
+    row = {"filter": name, "nll": estimate(nll.mean(0)).as_dict(), "nll_by_step": nll.mean(1).tolist(),
+           "ms_per_step": 1e3 * seconds / states.shape[0], "series": states.shape[1]}
+    if reference is not None:
+        row["gap_to_model"] = estimate((nll - reference[:, :nll.shape[1]]).mean(0)).as_dict()
+    return row, beliefs, nll
+
+
+def score_particle_filter(pf: ParticleFilter, prior, observations: Observations, states: torch.Tensor,
+                          seed: int, per_series: int, reference: torch.Tensor) -> tuple[dict, object, torch.Tensor]:
+    """Run ``pf`` (timed) and score the truth under the moment-matched Gaussian and under a Gaussian KDE of the same
+    particles (same seed); the row's ``nll`` is the better of the two, with its paired gap to ``reference`` (the
+    model's NLL). ``ms_per_step`` is scaled to a batch of ``per_series`` series (particle-filter cost is linear in the
+    number of series)."""
+    name = f"particle filter, {pf.num_particles:,} particles"
+    row, beliefs, _ = score_filter(name, lambda p, o: pf.run(p, o, generator=torch.Generator().manual_seed(seed)),
+                                prior, observations, states)
+    gaussian = -beliefs.to(torch.float64).log_prob(states)
+    kde = -pf.log_density(prior, observations, states.to(prior.dtype),
+                          generator=torch.Generator().manual_seed(seed)).double()
+    best = kde if bool(kde.mean() < gaussian.mean()) else gaussian
+    row |= {"particles": pf.num_particles, "nll": estimate(best.mean(0)).as_dict(),
+            "nll_gaussian": estimate(gaussian.mean(0)).as_dict(), "nll_kde": estimate(kde.mean(0)).as_dict(),
+            "nll_by_step": best.mean(1).tolist(),
+            "gap_to_model": estimate((best - reference[:, :best.shape[1]]).mean(0)).as_dict(),
+            "ms_per_step": row["ms_per_step"] * per_series / states.shape[1]}
+    return row, beliefs, best
+
+
+def smallest_match(rows: list[dict], model_row: dict) -> dict:
+    """The smallest particle filter whose NLL is at least as good as the model's on the same series (paired gap
+    <= 0), and its time over the model's; if none is, the largest one (``matched`` False)."""
+    pfs = sorted((r for r in rows if "particles" in r), key=lambda r: r["particles"])
+    matched = [r for r in pfs if r["gap_to_model"]["mean"] <= 0]
+    pick = matched[0] if matched else pfs[-1]
+    return {"particles": pick["particles"], "speedup": pick["ms_per_step"] / model_row["ms_per_step"],
+            "matched": bool(matched)}
+
+
+def describe_match(match: dict) -> str:
+    if match["matched"]:
+        return (f"The smallest particle filter with an NLL at least as good as the model's has {match['particles']:,} "
+                f"particles and takes {match['speedup']:,.0f}× the model's time per step.")
+    return (f"No particle filter up to {match['particles']:,} particles reached the model's NLL; the largest takes "
+            f"{match['speedup']:,.0f}× the model's time per step.")
+
+
+def row_cells(row: dict, model_row: dict) -> str:
+    """Markdown cells: NLL (Gaussian / KDE), paired gap to the model, ms per step and the time ratio to the model."""
+    both = f"{row['nll_gaussian']['mean']:.3f} / {row['nll_kde']['mean']:.3f}" if "particles" in row else "–"
+    gap = fmt_estimate(row.get("gap_to_model"), 3)
+    return f"{both} | {gap} | {row['ms_per_step']:.2f} | {row['ms_per_step'] / model_row['ms_per_step']:,.1f}×"
+
+
+def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0) -> None:
+    """NLL against time per step: particle filters as one curve, the other filters as points with 95% bars."""
+    pf = sorted((r for r in rows if "particles" in r), key=lambda r: r["particles"])
+    ax.plot([r["ms_per_step"] for r in pf], [r["nll"]["mean"] for r in pf], "o-", color="grey",
+            label="particle filter (" + ", ".join(f"{r['particles']:,}" for r in pf) + ")")
+    for r in rows:
+        if "particles" not in r and abs(r["nll"]["mean"]) < max_nll:
+            ax.errorbar(r["ms_per_step"], r["nll"]["mean"], yerr=1.96 * r["nll"]["stderr"], fmt="s", capsize=3,
+                        label=r["filter"])
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per step (batch of 100 series)")
+    ax.set_ylabel("NLL of the true state per step")
+    ax.legend(fontsize=7)
+
+
+def record_filter_metrics(model_name: str, command: str, rows: list[dict], match: dict, series: int,
+                          steps: int) -> None:
+    """Store the model filter's NLL, its time per step and the particle-filter match in the shipped model card."""
+    from ..zoo import record_metrics
+
+    model_row = rows[0]
+    record_metrics(model_name, {
+        "command": command, "series": series, "steps": steps, "filter_nll": model_row["nll"],
+        "ms_per_step_batch": model_row["ms_per_step"],
+        "particle_filters": {r["particles"]: {"nll": r["nll"], "gap_to_model": r["gap_to_model"],
+                                              "ms_per_step_batch": r["ms_per_step"]}
+                             for r in rows if "particles" in r},
+        "particle_filter_match": match})

@@ -1,0 +1,217 @@
+"""Sensor fusion and stochastic volatility: likelihoods normalise or match closed forms, simulators draw from them,
+and the particle and Kalman-family baselines built on them."""
+
+import math
+
+import pytest
+import torch
+
+from distformer.baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter, ParticleFilter,
+                                  gaussian_log_likelihood, gaussian_transition)
+from distformer.observations import Observations
+from distformer.problems import get
+from distformer.problems.sensor_fusion import (SensorFusion, bearing_log_likelihood, range_log_likelihood,
+                                               range_reading_moments, true_bearing, wrap_angle)
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("r", [0.0, 0.4, 3.0, 19.7])
+def test_range_likelihood_is_a_probability_on_the_clipped_readings(r):
+    # density on (0, R_max) by Simpson's rule on a grid much finer than the narrowest sd (0.1), plus the two atoms
+    R = 20.0
+    z = torch.linspace(0, R, 400_001, dtype=F64)
+    dens = range_log_likelihood(z.clamp(1e-12, R - 1e-12), torch.tensor(r, dtype=F64), R).exp()
+    h = float(z[1] - z[0])
+    inside = h / 3 * (dens[0] + dens[-1] + 4 * dens[1:-1:2].sum() + 2 * dens[2:-1:2].sum())
+    atoms = sum(range_log_likelihood(torch.tensor(v, dtype=F64), torch.tensor(r, dtype=F64), R).exp() for v in (0, R))
+    assert abs(float(inside + atoms) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("bearing", [0.0, 3.1, -3.1, math.pi])
+def test_bearing_likelihood_is_a_wrapped_normal_on_the_circle(bearing):
+    b = torch.linspace(-math.pi, math.pi, 200_001, dtype=F64)
+    dens = bearing_log_likelihood(b, torch.tensor(bearing, dtype=F64)).exp()
+    assert abs(float(torch.trapezoid(dens, b)) - 1.0) < 1e-9
+    # the same angle written two ways gets the same likelihood
+    beta = torch.tensor(0.7, dtype=F64)
+    torch.testing.assert_close(bearing_log_likelihood(beta, torch.tensor(bearing, dtype=F64)),
+                               bearing_log_likelihood(beta + 2 * math.pi, torch.tensor(bearing, dtype=F64)))
+    assert float(wrap_angle(torch.tensor(-math.pi, dtype=F64))) == pytest.approx(math.pi)
+
+
+def test_simulated_readings_follow_the_likelihood():
+    """Chi-square goodness of fit of 40,000 range readings at r = 2 in 25 bins plus the two atoms (false-alarm
+    rate 1e-3: the 0.999 quantile of chi2 with 26 dof is 54.1)."""
+    problem = SensorFusion()
+    n, R = 40_000, problem.max_range
+    x = torch.tensor([1.2, 0.0, 1.6, 0.0], dtype=F64).expand(n, 4)  # range 2, bearing atan2(1.2, 1.6)
+    reading, beta = problem.read_sensors(x, torch.Generator().manual_seed(0))
+    edges = torch.cat([torch.linspace(0, 4, 21, dtype=F64), torch.tensor([6, 9, 12, 16, R], dtype=F64)])
+    grid = torch.linspace(0, 1, 2001, dtype=F64)
+    r = torch.tensor(2.0, dtype=F64)
+    probs, counts = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        z = a + (b - a) * grid
+        probs.append(float(torch.trapezoid(range_log_likelihood(z.clamp(1e-12, R - 1e-12), r, R).exp(), z)))
+        counts.append(int(((reading > a) & (reading < b)).sum()))
+    for v in (0.0, R):
+        probs.append(float(range_log_likelihood(torch.tensor(v, dtype=F64), r, R).exp()))
+        counts.append(int((reading == v).sum()))
+    probs, counts = torch.tensor(probs, dtype=F64), torch.tensor(counts, dtype=F64)
+    keep = probs * n >= 5
+    chi2 = float(((counts[keep] - n * probs[keep]) ** 2 / (n * probs[keep])).sum())
+    assert abs(float(probs.sum()) - 1) < 1e-4 and chi2 < 54.1
+    # bearings: wrapped normal around the truth with sd 0.1 (mean and sd to 5 standard errors)
+    err = wrap_angle(beta - true_bearing(x))
+    assert abs(float(err.mean())) < 5 * 0.1 / math.sqrt(n) and abs(float(err.std()) - 0.1) < 5 * 0.1 / math.sqrt(2 * n)
+    # the moments the EKF linearises through agree with the simulated readings (clipping changes them by < 1e-3)
+    mean, var = range_reading_moments(r, R)
+    assert abs(float(reading.mean() - mean)) < 5 * math.sqrt(float(var) / n)
+
+
+def test_problem_batches_and_series():
+    problem = get("sensor-fusion")
+    g = torch.Generator().manual_seed(1)
+    batch = problem.sample_batch(2000, g)
+    present = batch.observations.masks["range"][:, 0] | batch.observations.masks["bearing"][:, 0]
+    assert bool(present.all()), "training data sets always hold at least one reading"
+    assert 0.05 < float((~batch.observations.masks["range"]).float().mean()) < 0.15
+    cs = batch.observations.values["bearing"][:, 0]
+    torch.testing.assert_close(cs.pow(2).sum(-1), torch.ones(2000))
+    ll = problem.log_likelihood(batch.theta.double(), batch.observations)
+    assert ll.shape == (2000,) and bool(torch.isfinite(ll).all())
+    series = problem.simulate_series(5, 30, g)
+    assert series.states.shape == (30, 5, 4) and series.observations.batch_shape == (30, 5)
+    prior = series.prior
+    torch.testing.assert_close(prior.mean, problem.initial_mean.expand(5, 4))
+    torch.testing.assert_close(prior.covariance_matrix, torch.eye(4, dtype=F64).expand(5, 4, 4))
+    # the motion noise is rank one per axis: position and velocity noise of an axis move together
+    steps = series.states[1:] - series.states[:-1] @ problem.A.T
+    noise = steps.reshape(-1, 4)
+    assert float((noise[:, 1] - 2 * noise[:, 0]).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="max_range > 0"):
+        SensorFusion(max_range=0.0)
+
+
+def test_particle_filter_takes_named_sources_and_scores_by_kde():
+    """Observations input gives the same run as the tensor input, and the KDE log-density is close to the exact
+    Kalman one on a linear-Gaussian model, at the posterior mean and one sd away. The KDE's covariance is (1 + h^2)
+    times the particles', h^2 = ESS^(-1/3) <= 0.1 for an ESS >= 1000 of 20k particles, which lowers the density at
+    the mode by <= 0.1 nats in 2-D; with the Monte-Carlo error the bound is 0.25."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.tensor([[0.9, 0.2], [-0.1, 0.8]], dtype=F64)
+    Q = torch.tensor([[0.3, 0.05], [0.05, 0.2]], dtype=F64)
+    H, R = torch.eye(2, dtype=F64), 0.5 * torch.eye(2, dtype=F64)
+    model = GaussianStateSpace.linear(A, Q, H, R)
+    T, n = 6, 4
+    z = torch.randn(T, n, 2, 2, generator=g, dtype=F64)
+    mask = torch.rand(T, n, 2, generator=g) < 0.7
+    prior = _gaussian_prior(n)
+    ll = gaussian_log_likelihood(model.h, R)
+    pf = ParticleFilter(gaussian_transition(model.f, Q), ll, 20_000)
+    a = pf.run(prior, z, mask, generator=torch.Generator().manual_seed(5))
+    named = ParticleFilter(gaussian_transition(model.f, Q), lambda x, obs: ll(x, obs.values["z"], obs.masks["z"]),
+                           20_000)
+    b = named.run(prior, Observations({"z": z}, {"z": mask}), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a.loc, b.loc, rtol=0, atol=0)
+    exact = KalmanFilter(model).run(prior, z, mask)
+    sd = exact.component_covariance_matrix[..., 0, :, :].diagonal(dim1=-2, dim2=-1).sqrt()
+    for states in (exact.loc[..., 0, :], exact.loc[..., 0, :] + sd * torch.tensor([1.0, 0.0], dtype=F64)):
+        kde = pf.log_density(prior, z, states, mask, generator=torch.Generator().manual_seed(5))
+        assert kde.shape == (T, n) and float((kde - exact.log_prob(states)).abs().max()) < 0.25
+    with pytest.raises(ValueError, match="mask"):
+        next(pf.steps(prior, z))
+
+
+def _gaussian_prior(n):
+    from distformer import GaussianMixture
+
+    return GaussianMixture(torch.ones(n, 1, dtype=F64), torch.zeros(n, 1, 2, dtype=F64),
+                           covariance_matrix=torch.eye(2, dtype=F64).expand(n, 1, 2, 2))
+
+
+def test_singular_process_noise_is_sampled_with_its_covariance():
+    """Sample covariance of 200k transitions matches the rank-2 Q of sensor fusion to 5 standard errors."""
+    problem = SensorFusion()
+    sample = gaussian_transition(lambda x: x, problem.Q)
+    x = sample(torch.zeros(200_000, 4, dtype=F64), torch.Generator().manual_seed(0), 1)
+    cov = x.T @ x / x.shape[0]
+    se = math.sqrt(2 / x.shape[0]) * 0.04  # sd of a sample variance with variance <= 0.04
+    assert float((cov - problem.Q).abs().max()) < 5 * se
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        gaussian_transition(lambda x: x, -torch.eye(2))
+
+
+def test_state_dependent_noise_callable_matches_the_constant():
+    A = torch.tensor([[0.9, 0.2], [-0.1, 0.8]], dtype=F64)
+    Q, R = 0.2 * torch.eye(2, dtype=F64), torch.tensor([[0.4]], dtype=F64)
+    h = lambda x: (x[..., :1] ** 2 + x[..., 1:])  # noqa: E731
+    const = GaussianStateSpace(lambda x: x @ A.T, Q, h, R)
+    varying = GaussianStateSpace(lambda x: x @ A.T, Q, h, lambda m: R.expand(*m.shape[:-1], 1, 1))
+    g = torch.Generator().manual_seed(0)
+    z, mask = torch.randn(5, 3, 2, 1, generator=g, dtype=F64), torch.ones(5, 3, 2, dtype=torch.bool)
+    prior = _gaussian_prior(3)
+    a, b = ExtendedKalmanFilter(const).run(prior, z, mask), ExtendedKalmanFilter(varying).run(prior, z, mask)
+    torch.testing.assert_close(a.loc, b.loc, rtol=0, atol=1e-12)
+
+
+def test_bench_sensor_fusion_quick_writes_a_report(tmp_path):
+    from distformer.cli import main
+
+    assert main(["bench", "sensor-fusion", "--quick", "--out-dir", str(tmp_path)]) == 0
+    report = (tmp_path / "sensor-fusion.md").read_text()
+    assert "distformer bench sensor-fusion --quick" in report and "particle filter, 1,000 particles" in report
+    assert (tmp_path / "sensor-fusion.png").exists()
+
+
+# ---- stochastic volatility (the other non-Gaussian filtering problem) ----
+
+def test_volatility_likelihood_equals_the_dense_gaussian_in_float64():
+    problem = get("stochastic-volatility")
+    g = torch.Generator().manual_seed(0)
+    x = 1.5 * torch.randn(7, 10, generator=g, dtype=F64)
+    r = problem.draw_returns(x, g)
+    cov = problem.F @ torch.diag_embed(x.exp()) @ problem.F.T + torch.eye(30, dtype=F64)
+    dense = torch.distributions.MultivariateNormal(torch.zeros(30, dtype=F64), cov).log_prob(r)
+    torch.testing.assert_close(problem.returns_log_likelihood(x, r), dense, rtol=0, atol=1e-9)
+    # (*S, *B) broadcasting through log_likelihood: 3 candidate states for each of 7 data sets
+    obs = problem.simulate(x, g)
+    ll = problem.log_likelihood(x.expand(3, 7, 10), obs)
+    assert ll.shape == (3, 7)
+    torch.testing.assert_close(ll[1], problem.returns_log_likelihood(x, obs.values["returns"][:, 0]))
+
+
+def test_volatility_returns_have_the_stated_covariance():
+    """Sample covariance of 100k return vectors at one state against F diag(e^x) F^T + I: each entry within 5
+    standard errors (se of a sample covariance entry: sqrt((S_ii S_jj + S_ij^2) / n))."""
+    problem = get("stochastic-volatility")
+    n = 100_000
+    x = torch.linspace(-1, 1, 10, dtype=F64)
+    r = problem.draw_returns(x.expand(n, 10), torch.Generator().manual_seed(1))
+    S = problem.F @ torch.diag(x.exp()) @ problem.F.T + torch.eye(30, dtype=F64)
+    se = ((S.diagonal().outer(S.diagonal()) + S**2) / n).sqrt()
+    assert float(((r.T @ r / n - S).abs() / se).max()) < 5
+
+
+def test_volatility_series_start_stationary_and_follow_the_ou_motion():
+    problem = get("stochastic-volatility")
+    series = problem.simulate_series(4000, 3, torch.Generator().manual_seed(2))
+    x = series.states  # (T, n, 10)
+    sd = math.sqrt(problem.stationary_variance)
+    # each step keeps the stationary variance (to 5 se of a sample variance of 40,000 values)
+    for t in range(3):
+        assert abs(float(x[t].var()) - sd**2) < 5 * sd**2 * math.sqrt(2 / x[t].numel())
+    residual = x[1:] - (problem.b + problem.persistence * x[:-1])
+    se = problem.volatility_sd / math.sqrt(2 * residual.numel())
+    assert abs(float(residual.std()) - problem.volatility_sd) < 5 * se
+    torch.testing.assert_close(series.prior.covariance_matrix[0], problem.stationary_variance * torch.eye(10, dtype=F64))
+
+
+def test_bench_stochastic_volatility_quick_writes_a_report(tmp_path):
+    from distformer.cli import main
+
+    assert main(["bench", "stochastic-volatility", "--quick", "--out-dir", str(tmp_path)]) == 0
+    report = (tmp_path / "stochastic-volatility.md").read_text()
+    assert "distformer bench stochastic-volatility --quick" in report and "predict only" in report
+    assert (tmp_path / "stochastic-volatility.png").exists()
