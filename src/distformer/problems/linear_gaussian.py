@@ -72,15 +72,8 @@ class LinearGaussian(Problem):
         }
 
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
-        K, D = self.num_components, self.dim
-        weights = _dirichlet_ones(n, K, generator)
-        loc = self.mean_scale * torch.randn(n, K, D, generator=generator)
-        lo, hi = math.log(self.min_std), math.log(self.max_std)
-        std = torch.exp(lo + (hi - lo) * torch.rand(n, K, D, generator=generator))
-        U = random_rotation(n * K, D, generator).reshape(n, K, D, D)
-        cov = U @ torch.diag_embed(std**2) @ U.transpose(-1, -2)
-        cov = 0.5 * (cov + cov.transpose(-1, -2))
-        return GaussianMixture(weights, loc, covariance_matrix=cov)
+        return random_gmm_priors(n, self.num_components, self.dim, self.mean_scale, self.min_std, self.max_std,
+                                 generator)
 
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
         n = theta.shape[0]
@@ -102,6 +95,20 @@ class LinearGaussian(Problem):
         obs = as_observations(observations, self.sources)
         eye = torch.eye(self.dim, dtype=prior.dtype)
         return prior.condition_linear_gaussian(eye, eye, obs.values["z"].to(prior.dtype), obs.masks["z"])
+
+
+def random_gmm_priors(n: int, K: int, D: int, mean_scale: float | Tensor, min_std: float, max_std: float,
+                      generator: torch.Generator | None = None, mean_offset: float = 0.0) -> GaussianMixture:
+    """``n`` random ``K``-component priors on R^D (batch ``(n,)``): weights ``Dirichlet(1)``, means
+    ``mean_offset + mean_scale * N(0, I)`` (``mean_scale`` a float or per-dimension ``(D,)``), covariances
+    ``U diag(s^2) U^T`` with ``U`` a random rotation and ``log s ~ U(log min_std, log max_std)``."""
+    weights = _dirichlet_ones(n, K, generator)
+    loc = mean_offset + mean_scale * torch.randn(n, K, D, generator=generator)
+    lo, hi = math.log(min_std), math.log(max_std)
+    std = torch.exp(lo + (hi - lo) * torch.rand(n, K, D, generator=generator))
+    U = random_rotation(n * K, D, generator).reshape(n, K, D, D)
+    cov = U @ torch.diag_embed(std**2) @ U.transpose(-1, -2)
+    return GaussianMixture(weights, loc, covariance_matrix=0.5 * (cov + cov.transpose(-1, -2)))
 
 
 def _dirichlet_ones(n: int, k: int, generator: torch.Generator | None) -> Tensor:

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..distributions.gmm import GaussianMixture
 from ..observations import Observations, as_observations
 from .base import Problem, replicated_gaussian
-from .linear_gaussian import _dirichlet_ones, random_rotation
+from .linear_gaussian import random_gmm_priors
 from .lti import Series
 
 RANGE_WEIGHTS = (0.7, 0.2, 0.1)  # Gaussian, early return, failure
@@ -135,15 +135,8 @@ class SensorFusion(Problem):
         }
 
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
-        K, D = self.num_components, self.dim
-        weights = _dirichlet_ones(n, K, generator)
         scale = torch.tensor([self.position_scale, self.velocity_scale] * 2)
-        loc = scale * torch.randn(n, K, D, generator=generator)
-        lo, hi = math.log(self.min_std), math.log(self.max_std)
-        std = torch.exp(lo + (hi - lo) * torch.rand(n, K, D, generator=generator))
-        U = random_rotation(n * K, D, generator).reshape(n, K, D, D)
-        cov = U @ torch.diag_embed(std**2) @ U.transpose(-1, -2)
-        return GaussianMixture(weights, loc, covariance_matrix=0.5 * (cov + cov.transpose(-1, -2)))
+        return random_gmm_priors(n, self.num_components, self.dim, scale, self.min_std, self.max_std, generator)
 
     def read_sensors(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One range reading ``(*B,)`` and one wrapped bearing ``(*B,)`` for states ``x`` ``(*B, 4)``."""

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..distributions.gmm import GaussianMixture
 from ..observations import Observations, as_observations
 from .base import Problem, replicated_gaussian
-from .linear_gaussian import _dirichlet_ones, random_rotation
+from .linear_gaussian import random_gmm_priors
 from .lti import Series
 
 
@@ -84,14 +84,8 @@ class StochasticVolatility(Problem):
         }
 
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
-        K, D = self.num_components, self.dim
-        weights = _dirichlet_ones(n, K, generator)
-        loc = self.level + self.mean_scale * torch.randn(n, K, D, generator=generator)
-        lo, hi = math.log(self.min_std), math.log(self.max_std)
-        std = torch.exp(lo + (hi - lo) * torch.rand(n, K, D, generator=generator))
-        U = random_rotation(n * K, D, generator).reshape(n, K, D, D)
-        cov = U @ torch.diag_embed(std**2) @ U.transpose(-1, -2)
-        return GaussianMixture(weights, loc, covariance_matrix=0.5 * (cov + cov.transpose(-1, -2)))
+        return random_gmm_priors(n, self.num_components, self.dim, self.mean_scale, self.min_std, self.max_std,
+                                 generator, mean_offset=self.level)
 
     def draw_returns(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One vector of returns ``(*B, R)`` for log-volatilities ``x`` ``(*B, D)``."""
