@@ -92,6 +92,8 @@ def test_problem_batches_and_series():
     assert float((noise[:, 1] - 2 * noise[:, 0]).abs().max()) < 1e-12
     with pytest.raises(ValueError, match="max_range > 0"):
         SensorFusion(max_range=0.0)
+    with pytest.raises(ValueError, match="one bearing per range reading"):
+        problem.observations(torch.ones(3), torch.ones(2))
 
 
 def test_particle_filter_takes_named_sources_and_scores_by_kde():
@@ -122,6 +124,8 @@ def test_particle_filter_takes_named_sources_and_scores_by_kde():
         assert kde.shape == (T, n) and float((kde - exact.log_prob(states)).abs().max()) < 0.25
     with pytest.raises(ValueError, match="mask"):
         next(pf.steps(prior, z))
+    with pytest.raises(ValueError, match="states of shape"):
+        pf.log_density(prior, z, states[:, :2], mask)
 
 
 def _gaussian_prior(n):

@@ -142,7 +142,13 @@ def _run(filt, prior: GaussianMixture, z: Tensor, mask: Tensor) -> GaussianMixtu
         mean, cov = filt.update(mean, cov, z[t].to(mean.dtype), mask[t])
         means.append(mean)
         covs.append(cov)
+    return gaussian_beliefs(means, covs)
+
+
+def gaussian_beliefs(means: list[Tensor], covs: list[Tensor], what: str = "a filtered covariance") -> GaussianMixture:
+    """Per-step Gaussian beliefs (``T`` means ``(*B, D)`` and covariances ``(*B, D, D)``) as one-component mixtures
+    with batch ``(T, *B)``."""
     mean, cov = torch.stack(means), torch.stack(covs)
-    ones = torch.zeros(*mean.shape[:-1], 1, dtype=mean.dtype)
-    return GaussianMixture(logits=ones, loc=mean.unsqueeze(-2), scale_tril=cholesky(cov, "a filtered covariance")
-                           .unsqueeze(-3), validate_args=False)
+    zero = torch.zeros(*mean.shape[:-1], 1, dtype=mean.dtype)
+    return GaussianMixture(logits=zero, loc=mean.unsqueeze(-2), scale_tril=cholesky(cov, what).unsqueeze(-3),
+                           validate_args=False)

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import cholesky, symmetrize
 from ..observations import Observations
+from .kalman import gaussian_beliefs
 
 
 def systematic_resample(log_weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -85,10 +86,7 @@ class ParticleFilter:
             mean, cov = _weighted_moments(x, log_w)
             means.append(mean)
             covs.append(_jittered(cov))
-        mean, cov = torch.stack(means), torch.stack(covs)
-        zero = torch.zeros(*mean.shape[:-1], 1, dtype=mean.dtype)
-        return GaussianMixture(logits=zero, loc=mean.unsqueeze(-2),
-                               scale_tril=cholesky(cov, "a particle covariance").unsqueeze(-3), validate_args=False)
+        return gaussian_beliefs(means, covs, "a particle covariance")
 
     def log_density(self, prior: GaussianMixture, z, states: Tensor, mask: Tensor | None = None,
                     generator: torch.Generator | None = None) -> Tensor:
@@ -96,6 +94,9 @@ class ParticleFilter:
         :math:`\sum_j\omega_j\mathcal N(x; x^{(j)}, H)` with Scott's bandwidth matrix
         :math:`H = J_{\text{eff}}^{-2/(D+4)}\,\mathrm{Cov}_\omega`, with :math:`J_{\text{eff}}` the effective sample
         size."""
+        expected = (z.batch_shape[0] if isinstance(z, Observations) else z.shape[0], *prior.batch_shape, prior.dim)
+        if tuple(states.shape) != expected:
+            raise ValueError(f"Expected states of shape (T, *B, D)={expected}, but got {tuple(states.shape)}.")
         out = []
         for t, (x, log_w) in enumerate(self.steps(prior, z, mask, generator)):
             D = x.shape[-1]
@@ -125,6 +126,16 @@ def _weighted_moments(x: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
     mean = (w * x).sum(-2)
     diff = x - mean.unsqueeze(-2)
     return mean, symmetrize((w * diff).transpose(-1, -2) @ diff)
+
+
+def problem_log_likelihood(problem) -> Callable:
+    """``problem.log_likelihood`` (states ``(*S, *B, D)``) in the particle layout ``(x (*B, J, D), observations_t)
+    -> (*B, J)``, for data given as ``Observations`` with several sources."""
+
+    def log_likelihood(x: Tensor, observations: Observations) -> Tensor:
+        return problem.log_likelihood(x.movedim(-2, 0), observations).movedim(0, -1)
+
+    return log_likelihood
 
 
 def gaussian_transition(f: Callable[[Tensor], Tensor], Q: Tensor) -> Callable:

@@ -4,7 +4,10 @@ model, and the NLL-against-compute panel."""
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -117,3 +120,26 @@ def record_filter_metrics(model_name: str, command: str, rows: list[dict], match
                                               "ms_per_step_batch": r["ms_per_step"]}
                              for r in rows if "particles" in r},
         "particle_filter_match": match})
+
+
+def out_of_family_messages(run: Callable[[], object]) -> list[str]:
+    """The distinct out-of-family (and other) warnings raised by ``run()``, sorted."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return sorted({str(w.message) for w in caught})
+
+
+def out_of_family_line(messages: list[str]) -> str:
+    return "Out-of-family check during a checked run: " + (
+        "; ".join(m.rstrip(".") for m in messages) if messages else "silent") + "."
+
+
+def write_report(out_dir: Path, name: str, lines: list[str], payload: dict) -> Path:
+    """Write ``out_dir/NAME.md`` (the lines) and ``out_dir/NAME.json`` (the payload), print the report; returns the
+    markdown path."""
+    md = out_dir / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print("\n".join(lines))
+    return md

@@ -7,7 +7,6 @@ filter runs on the same series in one process, so the times compare. Writes ``be
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter,
 from ..diagnostics import estimate
 from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
-from .filter_runs import first_steps, timed
+from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, timed
 from .report import fmt_estimate as _fmt
 from .timing import machine
 
@@ -42,10 +41,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     space = GaussianStateSpace.linear(lti.A, lti.Q, lti.H, lti.R)
     exact_filter = Filter(LinearGaussianUpdate(lti.H, lti.R), motion64)
     model_filter = Filter(model, motion32, check=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Filter(model, motion32, check=True).run(data.prior.to(torch.float32), data.observations)
-    out_of_family = sorted({str(w.message) for w in caught})
+    out_of_family = out_of_family_messages(
+        lambda: Filter(model, motion32, check=True).run(data.prior.to(torch.float32), data.observations))
     runs = {
         "exact (Gaussian-sum Kalman)": lambda d: exact_filter.run(d.prior, d.observations).beliefs,
         f"model ({MODEL})": lambda d: model_filter.run(d.prior.to(torch.float32), d.observations).beliefs,
@@ -100,8 +97,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "|---|---|",
         *[f"| {b['steps']} | {_fmt(b['gap'])} |" for b in by_depth],
         "",
-        "Out-of-family check during a checked run: "
-        + ("; ".join(m.rstrip(".") for m in out_of_family) if out_of_family else "silent") + ".",
+        out_of_family_line(out_of_family),
         "",
         "![NLL against time per step, and the gap by depth](lti.png)",
     ]

@@ -7,23 +7,21 @@ Writes ``benchmarks/sensor-fusion.{md,json,png}``.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from pathlib import Path
 
 import torch
 
-from ..baselines import ExtendedKalmanFilter, GaussianStateSpace, ParticleFilter, UnscentedKalmanFilter, \
-    gaussian_transition
+from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, ParticleFilter, UnscentedKalmanFilter,
+                         gaussian_beliefs, gaussian_transition, problem_log_likelihood)
 from ..distributions.gmm import GaussianMixture
-from ..distributions.linalg import cholesky
 from ..filtering import Filter, LinearGaussianMotion
 from ..observations import Observations
 from ..problems.sensor_fusion import (BEARING_SD, SensorFusion, range_reading_moments, true_bearing, true_range,
                                       wrap_angle)
-from .filter_runs import (describe_match, plot_compute_curve, record_filter_metrics, row_cells, score_filter,
-                          score_particle_filter, smallest_match)
+from .filter_runs import (describe_match, out_of_family_line, out_of_family_messages, plot_compute_curve,
+                          record_filter_metrics, row_cells, score_filter, score_particle_filter, smallest_match,
+                          write_report)
 from .report import fmt_estimate as _fmt
 from .timing import machine
 
@@ -63,20 +61,14 @@ class TwoSensorGaussianFilter:
             mean, cov = self.bearing.update(mean, cov, unwrapped[..., None, None], observations.masks["bearing"][t])
             means.append(mean)
             covs.append(cov)
-        mean, cov = torch.stack(means), torch.stack(covs)
-        return GaussianMixture(logits=torch.zeros(*mean.shape[:-1], 1, dtype=mean.dtype), loc=mean.unsqueeze(-2),
-                               scale_tril=cholesky(cov, "a filtered covariance").unsqueeze(-3), validate_args=False)
+        return gaussian_beliefs(means, covs)
 
 
 def particle_filter(problem: SensorFusion, num_particles: int) -> ParticleFilter:
     """Bootstrap filter on the true motion and the exact (mixture, wrapped-normal) sensor likelihoods."""
     A = problem.A
-
-    def log_likelihood(x, observations):  # x (*B, J, 4) -> (*B, J)
-        return problem.log_likelihood(x.movedim(-2, 0), observations).movedim(0, -1)
-
-    return ParticleFilter(gaussian_transition(lambda x: x @ A.to(x.dtype).T, problem.Q), log_likelihood,
-                          num_particles)
+    return ParticleFilter(gaussian_transition(lambda x: x @ A.to(x.dtype).T, problem.Q),
+                          problem_log_likelihood(problem), num_particles)
 
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
@@ -94,10 +86,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     motion = LinearGaussianMotion(problem.A.float(), None, problem.Q.float())
     model_filter = Filter(model, motion, check=False)
     prior32, obs32 = data.prior.to(torch.float32), data.observations.to(torch.float32)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Filter(model, motion, check=True).run(prior32, obs32)
-    out_of_family = sorted({str(w.message) for w in caught})
+    out_of_family = out_of_family_messages(lambda: Filter(model, motion, check=True).run(prior32, obs32))
     rows, beliefs_of = [], {}
     with torch.inference_mode():
         runs = {f"model ({MODEL})": (lambda p, o: model_filter.run(p, o).beliefs, prior32, obs32),
@@ -137,20 +126,16 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         describe_match(match) + " The paper (Table 3, on a laptop GPU): model -0.197 ± 0.040 at 17 ms, particle "
         "filter -0.244 ± 0.047 at 818 ms, EKF 95.9.",
         "",
-        "Out-of-family check during a checked run: "
-        + ("; ".join(m.rstrip(".") for m in out_of_family) if out_of_family else "silent") + ".",
+        out_of_family_line(out_of_family),
         "",
         "![NLL against time per step; NLL by step; one tracked series](sensor-fusion.png)",
     ]
     if update_cards and not quick:
         record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"])
-    md = out_dir / "sensor-fusion.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "sensor-fusion.json").write_text(json.dumps(
-        {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family}, indent=2) + "\n")
+    md = write_report(out_dir, "sensor-fusion", lines,
+                      {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family})
     _plot(rows, beliefs_of[f"model ({MODEL})"], beliefs_of[size["particles"][-1]], states,
           out_dir / "sensor-fusion.png")
-    print("\n".join(lines))
     return md
 
 

@@ -8,17 +8,16 @@ Writes ``benchmarks/stochastic-volatility.{md,json,png}``.
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
 import torch
 
-from ..baselines import ParticleFilter, gaussian_transition
+from ..baselines import ParticleFilter, gaussian_transition, problem_log_likelihood
 from ..filtering import Filter, LinearGaussianMotion
 from ..problems.stochastic_volatility import StochasticVolatility
-from .filter_runs import (describe_match, first_steps, plot_compute_curve, record_filter_metrics, row_cells,
-                          score_filter, score_particle_filter, smallest_match)
+from .filter_runs import (describe_match, first_steps, out_of_family_line, out_of_family_messages,
+                          plot_compute_curve, record_filter_metrics, row_cells, score_filter, score_particle_filter,
+                          smallest_match, write_report)
 from .report import fmt_estimate as _fmt
 from .timing import machine
 
@@ -29,12 +28,8 @@ MODEL = "stochastic-volatility"
 def particle_filter(problem: StochasticVolatility, num_particles: int) -> ParticleFilter:
     """Bootstrap filter on the OU motion and the exact Gaussian likelihood of the returns."""
     A, b = problem.A, problem.b
-
-    def log_likelihood(x, observations):  # x (*B, J, D) -> (*B, J)
-        return problem.log_likelihood(x.movedim(-2, 0), observations).movedim(0, -1)
-
     return ParticleFilter(gaussian_transition(lambda x: x @ A.to(x.dtype).T + b.to(x.dtype), problem.Q),
-                          log_likelihood, num_particles)
+                          problem_log_likelihood(problem), num_particles)
 
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
@@ -53,10 +48,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     motion = LinearGaussianMotion(problem.A.float(), problem.b.float(), problem.Q.float())
     model_filter = Filter(model, motion, check=False)
     prior32, obs32 = data.prior.to(torch.float32), data.observations.to(torch.float32)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Filter(model, motion, check=True).run(prior32, obs32)
-    out_of_family = sorted({str(w.message) for w in caught})
+    out_of_family = out_of_family_messages(lambda: Filter(model, motion, check=True).run(prior32, obs32))
     predict_only = Filter(lambda belief, observations: belief, motion)
     rows = []
     with torch.inference_mode():
@@ -95,19 +87,15 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         describe_match(match) + " The paper (Figure 7): the model's NLL is matched only by particle filters with "
         "about 1000× its compute per step.",
         "",
-        "Out-of-family check during a checked run: "
-        + ("; ".join(m.rstrip(".") for m in out_of_family) if out_of_family else "silent") + ".",
+        out_of_family_line(out_of_family),
         "",
         "![NLL against time per step; NLL by step](stochastic-volatility.png)",
     ]
     if update_cards and not quick:
         record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"])
-    md = out_dir / "stochastic-volatility.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "stochastic-volatility.json").write_text(json.dumps(
-        {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family}, indent=2) + "\n")
+    md = write_report(out_dir, "stochastic-volatility", lines,
+                      {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family})
     _plot(rows, out_dir / "stochastic-volatility.png")
-    print("\n".join(lines))
     return md
 
 

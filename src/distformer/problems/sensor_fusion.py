@@ -163,6 +163,9 @@ class SensorFusion(Problem):
         """Model input from range readings ``(*B,)`` and bearings ``(*B,)`` in radians, with optional masks
         ``(*B,)`` (``True`` where the sensor read)."""
         shape = reading.shape
+        if beta.shape != shape:
+            raise ValueError(f"Expected one bearing per range reading (shape {tuple(shape)}), but got bearings of shape "
+                             f"{tuple(beta.shape)}.")
         ones = torch.ones(shape, dtype=torch.bool)
         masks = {"range": (ones if range_present is None else range_present).unsqueeze(-1),
                  "bearing": (ones if bearing_present is None else bearing_present).unsqueeze(-1)}
