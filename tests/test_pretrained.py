@@ -84,6 +84,15 @@ def test_bench_speed_quick_writes_a_report(tmp_path):
         assert all(v > 0 for v in r["latency_ms"].values())
 
 
+def test_bench_components_quick_covers_every_k(tmp_path):
+    assert main(["bench", "components", "--quick", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "components.json").read_text())
+    assert [r["K"] for r in data["rows"]] == [1, 2, 4, 5, 10, 20]
+    trained = next(r for r in data["rows"] if r["K"] == 4)
+    assert trained["kl"]["mean"] < 0.05  # the shipped model's own K; the full run measures about 0.008
+    assert (tmp_path / "components.png").is_file()
+
+
 def test_train_command_writes_a_loadable_model(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(

@@ -5,7 +5,7 @@ observations to a Gaussian-mixture posterior, which can be fed back as the next 
 """
 
 from . import problems
-from .distributions import GaussianMixture
+from .distributions import GaussianMixture, Warp, WarpedGaussianMixture
 from .nn import DistributionTransformer, ModelConfig
 from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
 from .observations import Observations
@@ -30,6 +30,6 @@ def pretrained_names() -> list[str]:
     return names()
 
 
-__all__ = ["GaussianMixture", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
+__all__ = ["GaussianMixture", "WarpedGaussianMixture", "Warp", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
            "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement",
            "Filter", "LinearGaussianMotion", "NonlinearMotion"]

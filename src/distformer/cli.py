@@ -77,15 +77,29 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                          f"'observations' (a list of points), but got keys {got}.")
     model = load_named_or_path(args.model)
     p = request["prior"]
-    prior = GaussianMixture(torch.tensor(p["weights"], dtype=torch.float64), torch.tensor(p["loc"], dtype=torch.float64),
-                            covariance_matrix=torch.tensor(p["covariance_matrix"], dtype=torch.float64))
+    if model.is_parametric:  # a parametric prior: {"alpha": 2.0, "beta": 1.5}, in the model's parameter order
+        names = list(model.config.prior_parameters)
+        if not isinstance(p, dict) or set(p) != set(names):
+            raise SystemExit(f"Expected 'prior' to give this model's prior parameters {names}, but got {p!r}.")
+        prior = torch.tensor([float(p[k]) for k in names], dtype=torch.float64)
+    else:
+        prior = GaussianMixture(torch.tensor(p["weights"], dtype=torch.float64),
+                                torch.tensor(p["loc"], dtype=torch.float64),
+                                covariance_matrix=torch.tensor(p["covariance_matrix"], dtype=torch.float64))
     z = torch.tensor(request["observations"], dtype=torch.float64)
     if z.dim() == 1:  # a flat list of numbers: scalar observations
         z = z.unsqueeze(-1)
     post = model.posterior(prior, z)
-    print(json.dumps({"weights": post.weights.tolist(), "loc": post.loc.tolist(),
-                      "covariance_matrix": post.component_covariance_matrix.tolist(),
-                      "mean": post.mean.tolist(), "mixture_covariance": post.covariance_matrix.tolist()}))
+    reply = {}
+    if model.warp is not None:  # the mixture lives on the warped space; say which, and give moments by sampling
+        reply["warp"] = list(model.warp.kinds)
+        draws = post.sample((20000,), generator=torch.Generator().manual_seed(0))
+        reply["mean_original_space"] = draws.mean(0).tolist()
+        post = post.base
+    reply |= {"weights": post.weights.tolist(), "loc": post.loc.tolist(),
+              "covariance_matrix": post.component_covariance_matrix.tolist(),
+              "mean": post.mean.tolist(), "mixture_covariance": post.covariance_matrix.tolist()}
+    print(json.dumps(reply))
     return 0
 
 

@@ -191,13 +191,22 @@ def chart_coordinate_names(dim: int) -> tuple[str, ...]:
 
 
 def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
-                     generator: torch.Generator | None = None) -> TrainingSupport:
-    """Ranges of the training meta-prior (see the module docstring) from ``num_problems`` draws."""
-    from .nn.tokens import gmm_to_chart
+                     generator: torch.Generator | None = None, model=None) -> TrainingSupport:
+    """Ranges of the training meta-prior (see the module docstring) from ``num_problems`` draws. For a
+    parametric-prior problem the chart is that of ``model``'s prior approximation (``model.encode_prior``)."""
+    from .nn.tokens import chart_to_gmm, gmm_to_chart
 
     generator = generator or torch.Generator().manual_seed(7)
     batch = problem.sample_batch(num_problems, generator=generator)
-    chart = gmm_to_chart(batch.prior).double()
+    if torch.is_tensor(batch.prior):
+        if model is None:
+            raise ValueError(f"Expected the model whose prior encoder charts the parametric priors of problem "
+                             f"{problem.name!r}, but got none.")
+        with torch.no_grad():  # through the decoded mixture, as ``posterior`` sees it (normalised weights)
+            encoded = model.encode_prior(batch.prior.to(model.prior_encoder.last.weight.dtype))
+            chart = gmm_to_chart(chart_to_gmm(encoded.double(), problem.dim))
+    else:
+        chart = gmm_to_chart(batch.prior).double()
     chart = chart.reshape(-1, chart.shape[-1])
 
     def widen(lo: Tensor, hi: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -46,7 +46,8 @@ def describe(name: str) -> str:
     meta = json.loads((_folder() / f"{name}.json").read_text())
     card, config = meta["card"], meta["config"]
     metrics = card.get("metrics", {})
-    kl = metrics.get("kl_exact_to_model", {}).get("mean")
+    kl = metrics.get("kl_exact_to_model", {})
+    kl = kl.get("mean", kl.get("wide", {}).get("mean"))  # per meta-prior where a model was measured on several
     parts = [f"{name:24s}", f"D={config['dim']}", f"K={config['num_components']}",
              f"{card.get('num_parameters', 0) / 1e3:.0f}k params",
              f"trained {card.get('training', {}).get('time_s', float('nan')) / 60:.1f} min"]

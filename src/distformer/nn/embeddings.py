@@ -34,18 +34,32 @@ class MLP(nn.Module):
         return x
 
 
+SOURCE_TRANSFORMS = ("identity", "asinh")
+
+
 class SourceEmbedding(nn.Module):
     """Observation and count tokens for one source: values ``(B, N, E)`` -> ``(B, 1 + N, d_model)``."""
 
-    def __init__(self, obs_dim: int, d_model: int, hidden: int) -> None:
+    def __init__(self, obs_dim: int, d_model: int, hidden: int, transform: str = "identity") -> None:
         super().__init__()
         self.values = MLP([obs_dim, hidden, hidden, d_model])
         self.count = MLP([2, hidden, d_model])
+        self.asinh = transform == "asinh"
 
     def forward(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Returns tokens ``(B, 1 + N, d)`` and their key mask ``(B, 1 + N)`` (``True`` = attend)."""
         n = mask.sum(-1, keepdim=True).to(values.dtype)
         count_token = self.count(torch.cat([torch.log1p(n), 1.0 / (1.0 + n)], -1)).unsqueeze(-2)
-        tokens = torch.cat([count_token, self.values(values)], dim=-2)
+        tokens = torch.cat([count_token, self.values(torch.asinh(values) if self.asinh else values)], dim=-2)
         key_mask = torch.cat([torch.ones_like(mask[..., :1]), mask], dim=-1)
         return tokens, key_mask
+
+
+def observation_tokens(sources: nn.ModuleDict, observations) -> tuple[Tensor, Tensor]:
+    """All sources' tokens ``(B, M, d)`` side by side, with their key mask ``(B, M)`` (``True`` = attend)."""
+    tokens, masks = [], []
+    for name, embed in sources.items():
+        t, m = embed(observations.values[name], observations.masks[name])
+        tokens.append(t)
+        masks.append(m)
+    return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)

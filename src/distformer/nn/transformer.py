@@ -12,6 +12,14 @@ This differs from the paper, which decodes the posterior chart from the token al
 the exact chart, so the decoded prior *is* the prior and posteriors can be fed back as priors without a lossy
 re-encoding. The output is equivariant to permuting components and invariant to permuting observations; ``K``
 at inference may differ from the ``K`` used in training.
+
+Parametric priors (the paper's prior embedding): a prior that is not a GMM, given by its parameters
+:math:`\phi\in\mathbb R^P`, is first mapped to ``K`` chart vectors,
+:math:`[c_1,\dots,c_K] = \mathrm{MLP}_{\phi}(g(\phi))` with :math:`g` the parameters' warp (log for positive ones),
+and then goes through the same decoder. The decoded chart is the model's GMM fit to the prior
+(``prior_approximation``), trained by the prior loss. Latents with a warp :math:`f` (log, logit;
+``distributions/transforms.py``) are modelled as a GMM on :math:`f(x)`, and ``posterior`` returns a
+:class:`~distformer.distributions.transforms.WarpedGaussianMixture` on the original space.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from torch import Tensor, nn
 
 from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
+from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
-from .embeddings import MLP, SourceEmbedding
+from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
 from .layers import DecoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import chart_size, chart_to_gmm, gmm_to_chart
@@ -33,7 +42,7 @@ from .tokens import chart_size, chart_to_gmm, gmm_to_chart
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of a :class:`DistributionTransformer`.
+    r"""Sizes of a :class:`DistributionTransformer`.
 
     Attributes:
         dim: latent dimension ``D``.
@@ -41,6 +50,11 @@ class ModelConfig:
         num_components: ``K`` used in training (any ``K`` works at inference).
         d_model, num_heads, num_layers, ff_dim: decoder sizes.
         hidden: hidden width of the embedding MLPs.
+        warp: per latent coordinate ``"identity"``, ``"log"`` or ``"logit"``; empty means no warp.
+        prior_parameters: for parametric priors, parameter name -> warp of that parameter (the prior encoder's
+            input is the warped parameter vector); empty means the model takes GMM priors.
+        source_transforms: source name -> ``"asinh"`` for sources whose values span many orders of magnitude
+            (the embedding reads :math:`\operatorname{asinh}(z)`); other sources are read as given.
     """
 
     dim: int
@@ -51,6 +65,9 @@ class ModelConfig:
     num_layers: int = 3
     ff_dim: int = 256
     hidden: int = 64
+    warp: tuple[str, ...] = ()
+    prior_parameters: Mapping[str, str] = field(default_factory=dict)
+    source_transforms: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_components < 1 or self.num_layers < 0:
@@ -58,9 +75,24 @@ class ModelConfig:
         if not self.sources:
             raise ValueError("Expected at least one observation source, but got none.")
         object.__setattr__(self, "sources", {str(k): int(v) for k, v in dict(self.sources).items()})
+        object.__setattr__(self, "warp", tuple(str(k) for k in self.warp))
+        object.__setattr__(self, "prior_parameters", {str(k): str(v) for k, v in dict(self.prior_parameters).items()})
+        if self.warp:
+            Warp(self.warp)  # validates the kinds
+            if len(self.warp) != self.dim:
+                raise ValueError(f"Expected one warp per latent coordinate (D={self.dim}), but got {list(self.warp)}.")
+        if self.prior_parameters:
+            Warp(list(self.prior_parameters.values()))
+        object.__setattr__(self, "source_transforms", {str(k): str(v) for k, v in dict(self.source_transforms).items()})
+        bad = {k: v for k, v in self.source_transforms.items() if k not in self.sources or v not in SOURCE_TRANSFORMS}
+        if bad:
+            raise ValueError(f"Expected source_transforms to map sources {sorted(self.sources)} to one of "
+                             f"{SOURCE_TRANSFORMS}, but got {bad}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"sources": dict(self.sources)}
+        return asdict(self) | {"sources": dict(self.sources), "warp": list(self.warp),
+                               "prior_parameters": dict(self.prior_parameters),
+                               "source_transforms": dict(self.source_transforms)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
@@ -83,7 +115,8 @@ class DistributionTransformer(nn.Module):
         c = chart_size(config.dim)
         self.prior_embedding = MLP([c, config.hidden, config.d_model])
         self.sources = nn.ModuleDict({
-            name: SourceEmbedding(e, config.d_model, config.hidden) for name, e in config.sources.items()
+            name: SourceEmbedding(e, config.d_model, config.hidden, config.source_transforms.get(name, "identity"))
+            for name, e in config.sources.items()
         })
         self.memory_norm = nn.LayerNorm(config.d_model)
         self.blocks = nn.ModuleList([
@@ -93,23 +126,67 @@ class DistributionTransformer(nn.Module):
         self.head = MLP([config.d_model, config.hidden, head_size(config.dim)])
         nn.init.zeros_(self.head.last.weight)
         nn.init.zeros_(self.head.last.bias)
+        if config.prior_parameters:
+            p = len(config.prior_parameters)
+            self.prior_encoder = MLP([p, config.hidden, config.hidden, config.num_components * c])
 
     @property
     def dim(self) -> int:
         return self.config.dim
+
+    @property
+    def warp(self) -> Warp | None:
+        """The latent warp, or ``None`` when the model works on the original space."""
+        return Warp(self.config.warp) if self.config.warp and not Warp(self.config.warp).is_identity else None
+
+    @property
+    def is_parametric(self) -> bool:
+        """Whether priors are given by parameters (``config.prior_parameters``) instead of as a GMM."""
+        return bool(self.config.prior_parameters)
+
+    def encode_prior(self, parameters: Tensor) -> Tensor:
+        """Chart ``(B, K, C)`` of the GMM fit to parametric priors ``(B, P)`` (module docstring)."""
+        features = Warp(list(self.config.prior_parameters.values())).forward(parameters)
+        chart = self.prior_encoder(features)
+        return chart.unflatten(-1, (self.config.num_components, chart_size(self.dim)))
+
+    def _wrap(self, mixture: GaussianMixture):
+        warp = self.warp
+        return mixture if warp is None else WarpedGaussianMixture(mixture, warp)
+
+    def _parameters_tensor(self, prior) -> Tensor:
+        names = list(self.config.prior_parameters)
+        if not torch.is_tensor(prior) or prior.shape[-1:] != (len(names),):
+            shape = tuple(prior.shape) if torch.is_tensor(prior) else type(prior).__name__
+            raise ValueError(f"Expected prior parameters {names} as a tensor of shape (*B, {len(names)}), but got "
+                             f"{shape}.")
+        if not bool(torch.isfinite(prior).all()):
+            raise ValueError("Expected finite prior parameters, but got NaN or inf.")
+        warp = Warp(list(self.config.prior_parameters.values()))
+        if not bool(warp.in_support(prior).all()):
+            raise ValueError(f"Expected prior parameters {names} inside their domains ({list(warp.kinds)}: log means "
+                             "positive, logit means in (0, 1)), but some are outside.")
+        return prior
+
+    def prior_approximation(self, prior: Tensor, *, grad: bool = False):
+        """The model's GMM fit to parametric priors ``(*B, P)``: a mixture with batch ``B`` (warped where the
+        model has a warp). For GMM-prior models the prior needs no approximation and is returned as given."""
+        if not self.is_parametric:
+            return prior
+        params = self._parameters_tensor(prior)
+        weight = self.prior_encoder.last.weight
+        with torch.enable_grad() if grad else torch.inference_mode():
+            chart = self.encode_prior(params.reshape(-1, params.shape[-1]).to(dtype=weight.dtype, device=weight.device))
+            chart = chart.reshape(*params.shape[:-1], *chart.shape[-2:])
+            return self._wrap(chart_to_gmm(chart.to(params.dtype), self.dim))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, chart: Tensor, observations: Observations) -> Tensor:
         """Posterior chart ``(B, K, C)`` from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
-        tokens, masks = [], []
-        for name, embed in self.sources.items():
-            t, m = embed(observations.values[name], observations.masks[name])
-            tokens.append(t)
-            masks.append(m)
-        memory = layer_norm(self.memory_norm, torch.cat(tokens, dim=1))
-        key_mask = torch.cat(masks, dim=1)
+        tokens, key_mask = observation_tokens(self.sources, observations)
+        memory = layer_norm(self.memory_norm, tokens)
         h = self.prior_embedding(chart)
         for block in self.blocks:
             h = block(h, memory, key_mask)
@@ -127,12 +204,14 @@ class DistributionTransformer(nn.Module):
             self.__dict__["_support"] = cached
         return cached[1]
 
-    def posterior(self, prior: GaussianMixture, observations, mask=None, *, grad: bool = False,
-                  strict: bool = False, check: bool = True) -> GaussianMixture:
+    def posterior(self, prior, observations, mask=None, *, grad: bool = False,
+                  strict: bool = False, check: bool = True):
         """Approximate posterior ``p(x | observations)`` under ``prior``.
 
         Args:
-            prior: ``GaussianMixture`` with ``event_shape == (D,)`` and any batch shape ``B`` and ``K``.
+            prior: ``GaussianMixture`` with ``event_shape == (D,)`` and any batch shape ``B`` and ``K`` (on the
+                warped space for a model with a warp, or a ``WarpedGaussianMixture`` with the model's warp); for
+                a parametric-prior model also the prior's parameters ``(*B, P)`` (``config.prior_parameters``).
             observations: tensor ``(*B, N, E)`` for single-source models, a dict ``source -> (*B, N_s, E_s)``,
                 or :class:`~distformer.Observations`; ``B`` broadcasts against the prior's batch shape.
             mask: optional booleans ``(*B, N)`` (or a dict of them), ``True`` where an observation is present.
@@ -142,11 +221,20 @@ class DistributionTransformer(nn.Module):
             check: run that out-of-family check at all (it warns once per kind of violation).
 
         Returns:
-            ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype. A data set
-            with no present observation (all masked, or ``N = 0``) gets its prior back exactly.
+            ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype, or for a
+            model with a warp the ``WarpedGaussianMixture`` on the original space. A data set with no present
+            observation (all masked, or ``N = 0``) gets its prior (or its prior approximation) back exactly.
         """
+        if self.is_parametric and torch.is_tensor(prior):
+            prior = self.prior_approximation(prior, grad=grad)
+        if isinstance(prior, WarpedGaussianMixture):
+            if self.warp is None or prior.warp != self.warp:
+                raise ValueError(f"Expected a prior with this model's warp {self.warp!r}, but got {prior.warp!r}.")
+            prior = prior.base
         if not isinstance(prior, GaussianMixture):
-            raise TypeError(f"Expected prior to be a distformer.GaussianMixture, but got {type(prior).__name__}.")
+            kind = " or its prior parameters as a tensor" if self.is_parametric else ""
+            raise TypeError(f"Expected prior to be a distformer.GaussianMixture{kind}, but got "
+                            f"{type(prior).__name__}.")
         if prior.dim != self.dim:
             raise ValueError(f"Expected a prior over D={self.dim} dimensions for this model, but got D={prior.dim}.")
         obs = as_observations(observations, self.config.sources, mask)
@@ -179,15 +267,15 @@ class DistributionTransformer(nn.Module):
             out = out.reshape(*batch, K, C)
             posterior = chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), self.dim)
             if present is None:
-                return posterior
+                return self._wrap(posterior)
             # a data set without any observation keeps its prior exactly: p(x | {}) = p(x)
             keep = present.reshape(batch).to(posterior.device)
             prior = prior.expand(batch)
-            return GaussianMixture(
+            return self._wrap(GaussianMixture(
                 logits=torch.where(keep[..., None], posterior.log_weights, prior.log_weights),
                 loc=torch.where(keep[..., None, None], posterior.loc, prior.loc),
                 scale_tril=torch.where(keep[..., None, None, None], posterior.scale_tril, prior.scale_tril),
-                validate_args=False)
+                validate_args=False))
 
     def _decode(self, chart: Tensor, obs: Observations, grad: bool, strict: bool, check: bool) -> Tensor:
         """The network's posterior chart ``(n, K, C)`` for charts ``(n, K, C)`` and a flat batch of data sets."""

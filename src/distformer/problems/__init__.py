@@ -1,7 +1,10 @@
-"""Problems: meta-prior, simulator and exact posterior for each experiment."""
+"""Problems: meta-prior, simulator and exact (or reference) posterior for each experiment."""
 
 from .base import Batch, Problem
+from .inverse_gamma import InverseGammaVariance
 from .linear_gaussian import LinearGaussian
+from .quantum import TwoLevelSystem
 from .registry import get, names, register
 
-__all__ = ["Batch", "Problem", "LinearGaussian", "get", "names", "register"]
+__all__ = ["Batch", "Problem", "LinearGaussian", "InverseGammaVariance", "TwoLevelSystem", "get", "names",
+           "register"]

@@ -19,9 +19,10 @@ from ..observations import Observations
 
 @dataclass(frozen=True)
 class Batch:
-    """One simulated batch: prior (batch ``(n,)``), true parameters ``(n, D)``, observations (batch ``(n,)``)."""
+    """One simulated batch: prior (batch ``(n,)``; a ``GaussianMixture``, or parameters ``(n, P)`` for a
+    parametric-prior problem), true parameters ``(n, D)`` on the original space, observations (batch ``(n,)``)."""
 
-    prior: GaussianMixture
+    prior: GaussianMixture | Tensor
     theta: Tensor
     observations: Observations
 
@@ -30,17 +31,24 @@ class Problem(ABC):
     """A Bayesian inference problem the model is trained on.
 
     Subclasses set ``name``, ``dim`` (latent dimension) and ``sources`` (observation source -> dimension), and
-    implement the meta-prior and the simulator.
+    implement the meta-prior and the simulator. A problem whose latents live on a constrained space sets ``warp``
+    (one of ``"identity"``, ``"log"``, ``"logit"`` per coordinate; the model works on the warped space). A problem
+    whose priors are parametric (not GMMs) sets ``prior_parameters`` (name -> warp of that parameter); its
+    ``sample_meta_prior`` returns parameters ``(n, P)`` and its ``sample_parameters`` takes them.
     """
 
     name: str
     dim: int
     sources: Mapping[str, int]
     num_components: int
+    warp: tuple[str, ...] = ()
+    prior_parameters: Mapping[str, str] = {}
+    source_transforms: Mapping[str, str] = {}
 
     @abstractmethod
-    def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
-        """``n`` priors drawn from the meta-prior: a ``GaussianMixture`` with batch shape ``(n,)``."""
+    def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture | Tensor:
+        """``n`` priors drawn from the meta-prior: a ``GaussianMixture`` with batch shape ``(n,)`` (parameters
+        ``(n, P)`` for a parametric-prior problem)."""
 
     def sample_parameters(self, prior: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:
         """One true parameter per prior: ``prior.batch_shape + (D,)``."""

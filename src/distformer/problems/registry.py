@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import Problem
+from .gp_hyperprior import GPHyperprior
+from .inverse_gamma import InverseGammaVariance
 from .linear_gaussian import LinearGaussian
+from .quantum import TwoLevelSystem
 from .sensor_fusion import SensorFusion
 from .stochastic_volatility import StochasticVolatility
 
 _REGISTRY: dict[str, Callable[..., Problem]] = {
+    GPHyperprior.name: GPHyperprior,
+    InverseGammaVariance.name: InverseGammaVariance,
     LinearGaussian.name: LinearGaussian,
+    TwoLevelSystem.name: TwoLevelSystem,
     SensorFusion.name: SensorFusion,
     StochasticVolatility.name: StochasticVolatility,
 }

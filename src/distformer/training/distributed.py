@@ -55,9 +55,12 @@ def concat_batches(batches: list):
 
     if len(batches) == 1:
         return batches[0]
-    prior = GaussianMixture(logits=torch.cat([b.prior.log_weights for b in batches]),
-                            loc=torch.cat([b.prior.loc for b in batches]),
-                            scale_tril=torch.cat([b.prior.scale_tril for b in batches]), validate_args=False)
+    if torch.is_tensor(batches[0].prior):  # parametric priors: parameters (n_i, P)
+        prior = torch.cat([b.prior for b in batches])
+    else:
+        prior = GaussianMixture(logits=torch.cat([b.prior.log_weights for b in batches]),
+                                loc=torch.cat([b.prior.loc for b in batches]),
+                                scale_tril=torch.cat([b.prior.scale_tril for b in batches]), validate_args=False)
     names = list(batches[0].observations.values)
     observations = Observations({s: torch.cat([b.observations.values[s] for b in batches]) for s in names},
                                 {s: torch.cat([b.observations.masks[s] for b in batches]) for s in names})

@@ -51,7 +51,9 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
     a = config.architecture
     model_config = ModelConfig(dim=problem.dim, sources=dict(problem.sources), num_components=problem.num_components,
                                d_model=a.d_model, num_heads=a.num_heads, num_layers=a.num_layers, ff_dim=a.ff_dim,
-                               hidden=a.hidden)
+                               hidden=a.hidden, warp=tuple(problem.warp),
+                               prior_parameters=dict(problem.prior_parameters),
+                               source_transforms=dict(problem.source_transforms))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return DistributionTransformer(model_config)
@@ -59,16 +61,25 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
 
 def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
                forward=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean NLL of the true parameter under the posterior (plus the prior loss); returns (loss, posterior NLL).
+    r"""Mean NLL of the true parameter under the posterior (plus the prior loss); returns (loss, posterior NLL).
 
-    ``forward`` runs the network (default ``model``; a ``DistributedDataParallel`` wrapper under DDP)."""
-    chart = gmm_to_chart(batch.prior).float()
+    The NLL is on the original space: for a model with a warp :math:`f` it is
+    :math:`-\log q(f(x)) - \log|f'(x)|`, whose gradient is that of the warped-space NLL. Parametric priors go
+    through the model's prior encoder. ``forward`` runs the network (default ``model``; a
+    ``DistributedDataParallel`` wrapper under DDP)."""
+    if torch.is_tensor(batch.prior):
+        chart = model.encode_prior(batch.prior.float())
+    else:
+        chart = gmm_to_chart(batch.prior).float()
     theta = batch.theta.float()
+    warp = model.warp
+    target = theta if warp is None else warp.forward(theta)
+    jacobian = 0.0 if warp is None else warp.log_abs_det_jacobian(theta)
     posterior = chart_to_gmm((forward or model)(chart, batch.observations), model.dim)
-    nll = -posterior.log_prob(theta).mean()
+    nll = -(posterior.log_prob(target) + jacobian).mean()
     loss = nll
     if prior_loss:
-        loss = loss - chart_to_gmm(chart, model.dim).log_prob(theta).mean()
+        loss = loss - chart_to_gmm(chart, model.dim).log_prob(target).mean()
     return loss, nll
 
 
@@ -188,7 +199,8 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         "problem": problem.describe(),
         "num_components": problem.num_components,
         "num_parameters": model.num_parameters(),
-        "support": estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3)).to_dict(),
+        "support": estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3),
+                                    model=model).to_dict(),
         "training": {
             "config": config.to_dict(),
             "time_s": round(elapsed, 1),

@@ -1,0 +1,197 @@
+r"""Benchmark ``gp-hyperprior`` (the paper's Table 2 and Figure 4): the joint posterior of :math:`f(x_\star)` and the
+RBF lengthscale, for the 5-D and the 1-D input variants.
+
+On fresh problems from each variant's meta-prior (seed 7171), every method is scored by the expected NLL of the
+true :math:`f(x_\star)` (the "PPD" column) and of the true lengthscale :math:`\ell` (density on :math:`\ell`, the
+"hyperposterior" column), mean ± 95% interval over problems, and by its time per 1000 problems in this run.
+
+Methods: the reference (1-D quadrature over :math:`\log\ell` of the exact conditionals, ``problems/gp_hyperprior.py``);
+the shipped model ``gp-hyperprior-{5d,1d}`` (its two marginals); SVI on the hyperposterior only (a Gaussian on
+:math:`\log\ell` fitted to the exact GP marginal likelihood with NumPyro, the paper's setting: Adam lr 0.03, 2000 steps
+here, 10 draws, vmapped); PFNs with 30 buckets trained in this run, one for :math:`f(x_\star)` and one for
+:math:`\log\ell`, as in the paper. A variant whose model is not shipped is skipped, and the report says so.
+
+Command: ``distformer bench gp-hyperprior`` (``--quick`` for a small run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..baselines.pfn import PFNConfig, train_pfn
+from ..diagnostics import estimate
+from ..problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
+from .report import fmt_estimate
+from .timing import interleaved_median_seconds, machine, threads
+
+SEED = 7171
+PAPER = {"VI": (None, 0.39), "MCMC": (None, 2.27), "PFN": (0.90, 1.53), "model": (0.81, 0.31)}  # 5-D, Table 2
+
+
+def gp_marginal_model(mean, scale, a, b, x, y, mask):
+    """NumPyro: ``l ~ InvGamma(a, b)``, ``y ~ N(mean, K_l + noise I)`` (absent points decoupled and zeroed)."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    ell = numpyro.sample("x", dist.InverseGamma(a, b))
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    both = mask[:, None] & mask[None, :]
+    eye = jnp.eye(x.shape[0])
+    K = jnp.where(both, scale**2 * jnp.exp(-0.5 * sq / ell**2), 0.0) + eye * jnp.where(mask, NOISE_VARIANCE, 1.0)
+    r = jnp.where(mask, y - mean, 0.0)
+    numpyro.sample("y", dist.MultivariateNormal(jnp.zeros_like(r), covariance_matrix=K), obs=r)
+
+
+def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
+    import distformer
+
+    from ..baselines.numpyro_linear_gaussian import available
+
+    name = f"gp-hyperprior-{variant}"
+    model = distformer.pretrained(name)
+    problem = GPHyperprior(variant, num_components=model.config.num_components)
+    n = size["problems"]
+    batch = problem.sample_batch(n, generator=generator)
+    theta = batch.theta.double()
+    nll_f, nll_l, times = {}, {}, {}
+
+    start = time.perf_counter()
+    ref = problem.reference_log_prob(batch.prior, batch.observations, batch.theta)
+    times["reference (quadrature)"] = time.perf_counter() - start
+    nll_f["reference (quadrature)"], nll_l["reference (quadrature)"] = -ref["f"], -ref["lengthscale"]
+
+    with threads(torch.get_num_threads()):
+        post = model.posterior(batch.prior, batch.observations)
+        times["model"] = interleaved_median_seconds(
+            {"model": lambda: model.posterior(batch.prior, batch.observations)}, size["repeats"], 2)["model"]
+    post = post.to(torch.float64)
+    nll_f["model"] = -post.marginal([0]).log_prob(theta[:, :1])
+    nll_l["model"] = -post.marginal([1]).log_prob(theta[:, 1:])
+
+    if available():
+        from ..baselines.svi import BatchedSVI
+
+        p = batch.prior.double()
+        data = batch.observations.values["data"].double()
+        args = (p[:, 0].numpy(), p[:, 1].numpy(), p[:, 2].numpy(), p[:, 3].numpy(), data[..., :-1].numpy(),
+                data[..., -1].numpy(), batch.observations.masks["data"].numpy())
+        svi = BatchedSVI(gp_marginal_model, ("log",), num_steps=size["svi_steps"], lr=0.03)
+        svi.posterior(*args)  # compile outside the clock
+        start = time.perf_counter()
+        q = svi.posterior(*args)
+        times["SVI (hyperposterior)"] = time.perf_counter() - start
+        nll_l["SVI (hyperposterior)"] = -q.log_prob(theta[:, 1:])
+
+    pfn_time = 0.0
+    for coordinate, target in ((0, nll_f), (1, nll_l)):
+        pfn = train_pfn(problem, PFNConfig(num_buckets=30, coordinate=coordinate, steps=size["pfn_steps"], seed=SEED),
+                        progress=False)
+        with threads(torch.get_num_threads()):
+            pfn_time += interleaved_median_seconds({"pfn": lambda: pfn.posterior(batch.observations)},
+                                                   size["repeats"], 2)["pfn"]
+        target["PFN-30"] = -pfn.log_prob(theta[:, coordinate], batch.observations).double()
+    times["PFN-30"] = pfn_time  # the two PFNs together give both columns
+
+    per_1000 = {k: 1000 * v / n for k, v in times.items()}
+    return {"variant": variant, "model": name, "problems": n,
+            "nll_f": {k: estimate(v).as_dict() for k, v in nll_f.items()},
+            "nll_lengthscale": {k: estimate(v).as_dict() for k, v in nll_l.items()},
+            "time_per_1000_s": per_1000,
+            "time_vs_model": {k: v / per_1000["model"] for k, v in per_1000.items()}}
+
+
+def figure_data(model, problem: GPHyperprior, generator: torch.Generator, num_queries: int = 200) -> dict:
+    """One 1-D data set: the model's and the reference's predictive mean and sd of f over a grid of queries."""
+    batch = problem.sample_batch(1, generator=generator)
+    xq = torch.linspace(0, problem.settings["input_high"], num_queries).view(-1, 1, 1)
+    data = batch.observations.values["data"].expand(num_queries, -1, -1)
+    prior = batch.prior.expand(num_queries, -1)
+    obs = {"data": data, "query": xq}
+    post = model.posterior(prior, obs).to(torch.float64).base.marginal([0])
+    ref_mean, ref_sd = problem.reference_f_moments(prior, obs)
+    return {"x": xq[:, 0, 0].tolist(), "data_x": data[0, :, 0].tolist(), "data_y": data[0, :, 1].tolist(),
+            "model_mean": post.mean[:, 0].tolist(), "model_sd": post.variance[:, 0].sqrt().tolist(),
+            "reference_mean": ref_mean.tolist(), "reference_sd": ref_sd.tolist(),
+            "prior": batch.prior[0].tolist()}
+
+
+def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+    """Run the benchmark and write ``out_dir/gp-hyperprior.{md,json,png}``."""
+    import distformer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(SEED)
+    size = dict(problems=30, svi_steps=50, pfn_steps=30, repeats=3) if quick else \
+        dict(problems=1000, svi_steps=2000, pfn_steps=3000, repeats=9)
+    shipped = set(distformer.pretrained_names())
+    results, missing = [], []
+    for variant in ("5d", "1d"):
+        if f"gp-hyperprior-{variant}" in shipped:
+            results.append(evaluate(variant, size, generator))
+        else:
+            missing.append(f"gp-hyperprior-{variant}")
+    command = "distformer bench gp-hyperprior" + (" --quick" if quick else "")
+    lines = ["# gp-hyperprior: f(x*) and the lengthscale (the paper's Table 2 and Figure 4)", "",
+             f"Command: `{command}`  ", f"Machine: {machine()}  ",
+             f"Problems: {size['problems']} fresh draws per variant (seed {SEED}). NLL of the true f(x*) (PPD) and of "
+             "the true lengthscale (hyperposterior, density on l); intervals are 95% over problems. Time per 1000 "
+             "problems in this run.", ""]
+    for r in results:
+        lines += [f"## {r['variant']} inputs (`{r['model']}`)", "",
+                  "| method | PPD NLL | hyperposterior NLL | time / 1000 problems (s) | time vs model |", "|---|---|---|---|---|"]
+        for m in r["time_per_1000_s"]:
+            f = fmt_estimate(r["nll_f"].get(m), 3)
+            ell = fmt_estimate(r["nll_lengthscale"].get(m), 3)
+            lines.append(f"| {m} | {f} | {ell} | {r['time_per_1000_s'][m]:.4g} | {r['time_vs_model'][m]:.3g}× |")
+        lines.append("")
+    if missing:
+        lines += [f"Not measured: {', '.join(missing)} (not shipped in this checkout).", ""]
+    lines += ["The paper's 5-D Table 2 (DT 0.81 / 0.31, PFN 0.90 / 1.53, VI – / 0.39, MCMC – / 2.27) is on its own "
+              "draws and hardware.", ""]
+    figure = None
+    if "gp-hyperprior-1d" in shipped:
+        model = distformer.pretrained("gp-hyperprior-1d")
+        figure = figure_data(model, GPHyperprior("1d", model.config.num_components), generator)
+        lines += ["![1-D predictive bands](gp-hyperprior.png)"]
+    md = out_dir / "gp-hyperprior.md"
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / "gp-hyperprior.json").write_text(json.dumps({"command": command, "results": results,
+                                                            "missing": missing}, indent=2) + "\n")
+    if figure is not None:
+        _plot(figure, out_dir / "gp-hyperprior.png")
+    if update_cards and not quick:
+        from ..zoo import record_metrics
+
+        for r in results:
+            record_metrics(r["model"], {"command": command, "nll_f": r["nll_f"]["model"],
+                                        "nll_lengthscale": r["nll_lengthscale"]["model"],
+                                        "time_per_1000_s": r["time_per_1000_s"]["model"]})
+    print("\n".join(lines))
+    return md
+
+
+def _plot(fig_data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.array(fig_data["x"])
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for key, colour, label in (("reference", "k", "reference (quadrature over l)"), ("model", "C0", "model")):
+        m, s = np.array(fig_data[f"{key}_mean"]), np.array(fig_data[f"{key}_sd"])
+        ax.plot(x, m, color=colour, label=label)
+        ax.fill_between(x, m - 2 * s, m + 2 * s, color=colour, alpha=0.15)
+    ax.scatter(fig_data["data_x"], fig_data["data_y"], color="C3", zorder=3, label="data")
+    ax.set_xlabel("x")
+    ax.set_ylabel("f(x): mean ± 2 sd")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

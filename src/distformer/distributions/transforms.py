@@ -1,0 +1,147 @@
+r"""Sample-space warps and the warped Gaussian mixture: a GMM on :math:`y = f(x)`, a distribution on :math:`x`.
+
+A warp acts coordinate-wise, each coordinate by one of
+
+.. math::
+    f_{\text{identity}}(x) = x,\qquad f_{\log}(x) = \log x\ \ (x>0),\qquad
+    f_{\operatorname{logit}}(x) = \log\frac{x}{1-x}\ \ (0<x<1),
+
+with log-Jacobians :math:`\log|f'(x)| = 0,\ -\log x,\ -\log x - \log(1-x)`. For :math:`y = f(x)` distributed as a
+mixture :math:`q(y)`, the density on the original space is the change of variables
+
+.. math::
+    p(x) = q(f(x))\,\prod_d |f_d'(x_d)|,\qquad \log p(x) = \log q(f(x)) + \sum_d \log|f_d'(x_d)|,
+
+and :math:`-\infty` outside the support (e.g. :math:`x\le 0` for a log coordinate). Because the Jacobian does not
+depend on the model, the expected NLL on the original space and on the warped space differ by a constant, and
+so do KL divergences: :math:`\mathrm{KL}(p\,\|\,q)` is the same on either space.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .gmm import GaussianMixture
+
+WARPS = ("identity", "log", "logit")
+
+
+class Warp:
+    """A coordinate-wise warp ``f``: ``kinds[d]`` in ``("identity", "log", "logit")`` for each coordinate ``d``."""
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        kinds = tuple(str(k) for k in kinds)
+        bad = [k for k in kinds if k not in WARPS]
+        if not kinds or bad:
+            raise ValueError(f"Expected one warp per coordinate among {WARPS}, but got {list(kinds)}.")
+        self.kinds = kinds
+        self._log = torch.tensor([k == "log" for k in kinds])
+        self._logit = torch.tensor([k == "logit" for k in kinds])
+
+    @property
+    def dim(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def is_identity(self) -> bool:
+        return all(k == "identity" for k in self.kinds)
+
+    def __repr__(self) -> str:
+        return f"Warp({list(self.kinds)})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Warp) and other.kinds == self.kinds
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"Expected values with last dimension {self.dim} for {self!r}, but got shape "
+                             f"{tuple(x.shape)}.")
+
+    def in_support(self, x: Tensor) -> Tensor:
+        """``(...)`` booleans: whether each point ``(..., D)`` lies where every coordinate's warp is defined."""
+        self._check(x)
+        log, logit = self._log.to(x.device), self._logit.to(x.device)
+        ok = torch.where(log, x > 0, True) & torch.where(logit, (x > 0) & (x < 1), True)
+        return ok.all(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``y = f(x)`` ``(..., D)``; points outside the support map to NaN."""
+        self._check(x)
+        log, logit = self._log.to(x.device), self._logit.to(x.device)
+        y = torch.where(log, torch.log(x), x)
+        return torch.where(logit, torch.log(x) - torch.log1p(-x), y)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``x = f^{-1}(y)`` ``(..., D)``."""
+        self._check(y)
+        log, logit = self._log.to(y.device), self._logit.to(y.device)
+        x = torch.where(log, torch.exp(y), y)
+        return torch.where(logit, torch.sigmoid(y), x)
+
+    def log_abs_det_jacobian(self, x: Tensor) -> Tensor:
+        """``sum_d log|f_d'(x_d)|`` ``(...)`` for points ``(..., D)`` inside the support."""
+        self._check(x)
+        log, logit = self._log.to(x.device), self._logit.to(x.device)
+        j = torch.where(log | logit, -torch.log(x), torch.zeros_like(x))
+        return torch.where(logit, j - torch.log1p(-x), j).sum(-1)
+
+
+class WarpedGaussianMixture(Distribution):
+    """The distribution of ``x = f^{-1}(y)`` for ``y ~ base`` (a :class:`GaussianMixture` on the warped space).
+
+    ``log_prob`` includes the Jacobian (module docstring) and is ``-inf`` outside the support; ``sample`` draws on
+    the original space; ``base`` is the mixture on the warped space (feed it back as a prior, or inspect it).
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, base: GaussianMixture, warp: Warp | Sequence[str]) -> None:
+        if not isinstance(base, GaussianMixture):
+            raise TypeError(f"Expected base to be a distformer.GaussianMixture, but got {type(base).__name__}.")
+        warp = warp if isinstance(warp, Warp) else Warp(warp)
+        if warp.dim != base.dim:
+            raise ValueError(f"Expected a warp over D={base.dim} coordinates for this mixture, but got {warp!r}.")
+        self.base, self.warp = base, warp
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def num_components(self) -> int:
+        return self.base.num_components
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log p(x)`` ``(*S, *B)`` for points ``(*S, *B, D)``; ``-inf`` outside the support."""
+        inside = self.warp.in_support(x)
+        safe = torch.where(inside[..., None], x, self.warp.inverse(torch.zeros_like(x)))
+        value = self.base.log_prob(self.warp.forward(safe)) + self.warp.log_abs_det_jacobian(safe)
+        return torch.where(inside, value, torch.full_like(value, -torch.inf))
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """Draws ``sample_shape + batch_shape + (D,)`` on the original space."""
+        return self.warp.inverse(self.base.sample(sample_shape, generator=generator))
+
+    def marginal(self, dims: Sequence[int]) -> "WarpedGaussianMixture":
+        """The marginal over coordinates ``dims`` (the warp acts coordinate-wise, so it marginalises exactly)."""
+        dims = [int(d) % self.dim for d in dims]
+        return WarpedGaussianMixture(self.base.marginal(dims), [self.warp.kinds[d] for d in dims])
+
+    def __getitem__(self, index) -> "WarpedGaussianMixture":
+        return WarpedGaussianMixture(self.base[index], self.warp)
+
+    def expand(self, batch_shape, _instance=None) -> "WarpedGaussianMixture":
+        return WarpedGaussianMixture(self.base.expand(batch_shape), self.warp)
+
+    def to(self, *args, **kwargs) -> "WarpedGaussianMixture":
+        return WarpedGaussianMixture(self.base.to(*args, **kwargs), self.warp)
+
+    def __repr__(self) -> str:
+        return (f"WarpedGaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, "
+                f"D={self.dim}, warp={list(self.warp.kinds)})")
