@@ -37,3 +37,52 @@ def test_svi_gaussian_matches_the_exact_gaussian():
     sd = exact.covariance_matrix.diagonal().sqrt()
     assert bool(((q.mean - exact.mean).abs() < sd / 5).all())
     assert bool(((q.covariance_matrix.diagonal().sqrt() / sd - 1).abs() < 0.2).all())
+
+
+@pytest.mark.parametrize("name", ["inverse-gamma", "quantum"])
+def test_numpyro_models_have_the_problems_log_joint(name):
+    """The NumPyro model's log joint equals the problem's prior log density plus ``log_likelihood`` in float64, with
+    some readings masked out: a mask applied after the readings are summed would count them all N times."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from numpyro.infer.util import log_density
+    from torch.distributions import Beta, InverseGamma
+
+    from distformer.baselines.numpyro_models import inverse_gamma_model, quantum_model
+    from distformer.observations import as_observations
+    from distformer.problems.quantum import TIME_SD, TwoLevelSystem
+
+    jax.config.update("jax_enable_x64", True)
+    g = torch.Generator().manual_seed(3)
+    if name == "quantum":
+        problem = TwoLevelSystem()
+        batch = problem.sample_batch(4, generator=g)
+        prior = batch.prior.double()
+        tokens = batch.observations.values["shots"].double()
+        mask = torch.rand(4, tokens.shape[1], generator=g) < 0.7
+        obs = as_observations({"shots": tokens}, problem.sources, mask={"shots": mask})
+        points = torch.tensor([0.1, 0.45, 0.9], dtype=torch.float64)
+
+        def args(i):
+            return (prior[i, 0].item(), prior[i, 1].item(), tokens[i, :, 1:].numpy(), problem._moments.numpy(),
+                    tokens[i, :, 0].numpy(), mask[i].numpy(), TIME_SD)
+        model, log_prior = quantum_model, Beta(prior[:, 0], prior[:, 1])
+    else:
+        problem = problems.get("inverse-gamma", num_observations=5)
+        batch = problem.sample_batch(4, generator=g)
+        prior = batch.prior.double()
+        z = batch.observations.values["z"].double()
+        mask = torch.rand(4, z.shape[1], generator=g) < 0.7
+        obs = as_observations({"z": z}, problem.sources, mask={"z": mask})
+        points = torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64)
+
+        def args(i):
+            return prior[i, 0].item(), prior[i, 1].item(), z[i, :, 0].numpy(), mask[i].numpy()
+        model, log_prior = inverse_gamma_model, InverseGamma(prior[:, 0], prior[:, 1])
+    assert not bool(mask.all()) and bool(mask.any())
+    theta = points.view(-1, 1, 1).expand(-1, 4, 1)  # (3, 4, 1)
+    expected = log_prior.log_prob(theta[..., 0]) + problem.log_likelihood(theta, obs)  # (3, 4)
+    got = np.array([[float(log_density(model, args(i), {}, {"x": jnp.array(float(x))})[0]) for i in range(4)]
+                    for x in points])
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-9, atol=1e-9)

@@ -19,8 +19,8 @@ def inverse_gamma_model(alpha, beta, z, mask):
     import numpyro.distributions as dist
 
     var = numpyro.sample("x", dist.InverseGamma(alpha, beta))
-    with numpyro.handlers.mask(mask=mask):
-        numpyro.sample("z", dist.Normal(0.0, jnp.sqrt(var)).expand(z.shape).to_event(1), obs=z)
+    # the mask applies per reading (batch shape (N,)) before the readings are summed into one event
+    numpyro.sample("z", dist.Normal(0.0, jnp.sqrt(var)).expand(z.shape).mask(mask).to_event(1), obs=z)
 
 
 def quantum_model(a, b, settings, moments, y, mask, time_sd):
@@ -35,5 +35,4 @@ def quantum_model(a, b, settings, moments, y, mask, time_sd):
     cos2 = 0.5 * (1 + jnp.cos(2 * omega * settings[:, 2]) * jnp.exp(-2 * omega**2 * time_sd**2))
     pp, pq, qq = moments[:, 0], moments[:, 1], moments[:, 2]
     prob = jnp.clip(cos2 * qq + (1 - cos2) * (nx**2 * pp - 2 * nx * nz * pq + nz**2 * qq), 1e-12, 1 - 1e-12)
-    with numpyro.handlers.mask(mask=mask):
-        numpyro.sample("y", dist.Bernoulli(probs=prob).to_event(1), obs=y)
+    numpyro.sample("y", dist.Bernoulli(probs=prob).mask(mask).to_event(1), obs=y)

@@ -25,7 +25,7 @@ import torch
 from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
-from .report import fmt_estimate
+from .report import fmt_estimate, stage
 from .timing import interleaved_median_seconds, machine, threads
 
 SEED = 7171
@@ -60,6 +60,7 @@ def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
     theta = batch.theta.double()
     nll_f, nll_l, times = {}, {}, {}
 
+    stage("gp-hyperprior", f"{variant}: quadrature reference and model on {n} problems")
     start = time.perf_counter()
     ref = problem.reference_log_prob(batch.prior, batch.observations, batch.theta)
     times["reference (quadrature)"] = time.perf_counter() - start
@@ -80,6 +81,7 @@ def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
         data = batch.observations.values["data"].double()
         args = (p[:, 0].numpy(), p[:, 1].numpy(), p[:, 2].numpy(), p[:, 3].numpy(), data[..., :-1].numpy(),
                 data[..., -1].numpy(), batch.observations.masks["data"].numpy())
+        stage("gp-hyperprior", f"{variant}: SVI, {size['svi_steps']} steps, vmapped over {n} problems")
         svi = BatchedSVI(gp_marginal_model, ("log",), num_steps=size["svi_steps"], lr=0.03)
         svi.posterior(*args)  # compile outside the clock
         start = time.perf_counter()
@@ -89,6 +91,7 @@ def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
 
     pfn_time = 0.0
     for coordinate, target in ((0, nll_f), (1, nll_l)):
+        stage("gp-hyperprior", f"{variant}: training PFN-30 for coordinate {coordinate} ({size['pfn_steps']} steps)")
         pfn = train_pfn(problem, PFNConfig(num_buckets=30, coordinate=coordinate, steps=size["pfn_steps"], seed=SEED),
                         progress=False)
         with threads(torch.get_num_threads()):

@@ -31,7 +31,7 @@ from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.inverse_gamma import InverseGammaVariance
 from ..problems.sampling import inverse_gamma
-from .report import fmt_estimate
+from .report import fmt_estimate, stage
 from .timing import interleaved_median_seconds, machine, threads
 
 MODEL = "inverse-gamma"
@@ -67,11 +67,12 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     problem = InverseGammaVariance(meta_prior=meta_prior, num_components=model.config.num_components)
     batch = problem.sample_batch(size["problems"], generator=generator)
     prior, obs = batch.prior.double(), batch.observations
-    exact = problem.exact_posterior(prior, obs).base_dist
-    a_post, b_post = exact.concentration[..., 0], exact.rate[..., 0]
+    exact = problem.exact_posterior(prior, obs)
+    a_post, b_post = exact.concentration, exact.rate
     n = size["problems"]
     rows, times = {}, {}
 
+    stage("inverse-gamma", f"{meta_prior}: model and exact update on {n} problems")
     with threads(torch.get_num_threads()):
         post = model.posterior(batch.prior, obs)
         approx = model.prior_approximation(batch.prior)
@@ -84,6 +85,7 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     prior_kl = _kl(prior[:, 0], prior[:, 1], approx64.log_prob, size["kl_samples"], generator)
 
     if svi_module_available():
+        stage("inverse-gamma", f"{meta_prior}: SVI, {size['svi_steps']} steps, vmapped over {n} problems")
         svi = svi_module.BatchedSVI(inverse_gamma_model, problem.warp, num_steps=size["svi_steps"])
         args = (prior[:, 0].numpy(), prior[:, 1].numpy(), obs.values["z"][..., 0].double().numpy(),
                 obs.masks["z"].numpy())
@@ -96,6 +98,7 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     pfn_cards = {}
     for buckets in (15, 5000):
         name = f"PFN-{buckets}"
+        stage("inverse-gamma", f"{meta_prior}: training {name} ({size['pfn_steps']} steps)")
         pfn = train_pfn(problem, PFNConfig(num_buckets=buckets, steps=size["pfn_steps"], seed=SEED), progress=False)
         pfn_cards[name] = pfn.card
         with threads(torch.get_num_threads()):
@@ -131,13 +134,13 @@ def _examples(batch, post, exact, pfn, svi_q, count: int = 3) -> list[dict]:
 
     out = []
     for i in range(count):
-        a, b = float(exact.concentration[i, 0]), float(exact.rate[i, 0])
+        a, b = float(exact.concentration[i]), float(exact.rate[i])
         mode = b / (a + 1)
         grid = torch.linspace(mode / 30, mode * 8, 400, dtype=torch.float64)
         x = grid.view(-1, 1, 1)
         row = {"alpha": float(batch.prior[i, 0]), "beta": float(batch.prior[i, 1]),
                "z": float(batch.observations.values["z"][i, 0, 0]), "grid": grid.tolist(),
-               "exact": InverseGamma(exact.concentration[i, 0], exact.rate[i, 0]).log_prob(grid).exp().tolist(),
+               "exact": InverseGamma(exact.concentration[i], exact.rate[i]).log_prob(grid).exp().tolist(),
                "model": post[i:i + 1].to(torch.float64).log_prob(x).exp()[:, 0].tolist()}
         obs_i = batch.observations.index(torch.tensor([i]))
         row["PFN-5000"] = pfn.log_prob(x[..., 0], obs_i).exp()[:, 0].tolist()

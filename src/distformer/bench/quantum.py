@@ -29,7 +29,7 @@ import torch
 from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.quantum import TIME_SD, TwoLevelSystem
-from .report import fmt_estimate
+from .report import fmt_estimate, stage
 from .timing import interleaved_median_seconds, machine, threads
 
 MODEL = "quantum"
@@ -57,6 +57,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     prior, obs, theta = batch.prior.double(), batch.observations, batch.theta.double()
     times, nll, kl, densities = {}, {}, {}, {}
 
+    stage("quantum", f"grid reference and model on {n} problems")
     start = time.perf_counter()
     grid, log_ref = problem.reference_posterior(prior, obs)
     times["reference (grid)"] = time.perf_counter() - start
@@ -85,6 +86,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
         moments = problem._moments.expand(n, -1, -1)
         args = (prior[:, 0].numpy(), prior[:, 1].numpy(), settings.numpy(), moments.numpy(),
                 tokens[..., 0].numpy(), obs.masks["shots"].numpy(), np.full(n, TIME_SD))
+        stage("quantum", f"SVI, {size['svi_steps']} steps, vmapped over {n} problems")
         svi = BatchedSVI(quantum_model, problem.warp, num_steps=size["svi_steps"])
         svi.posterior(*args)  # compile for this batch shape, outside the clock
         start = time.perf_counter()
@@ -94,6 +96,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
         nll["SVI"] = -q.log_prob(theta)
 
         m = size["nuts_problems"]
+        stage("quantum", f"NUTS on {m} problems, one at a time")
         nuts = SequentialNUTS(quantum_model, problem.warp)
         nuts.draws(*[a[0] for a in args])  # compile outside the clock
         start = time.perf_counter()
@@ -105,6 +108,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
 
     for buckets in (15, 100):
         name = f"PFN-{buckets}"
+        stage("quantum", f"training {name} ({size['pfn_steps']} steps)")
         pfn = train_pfn(problem, PFNConfig(num_buckets=buckets, steps=size["pfn_steps"], seed=SEED), progress=False)
         with threads(torch.get_num_threads()):
             times[name] = interleaved_median_seconds({name: lambda: pfn.posterior(obs)}, size["repeats"], 2)[name]

@@ -23,13 +23,48 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Independent, InverseGamma
+from torch.distributions import Distribution, InverseGamma
 
 from ..observations import Observations, as_observations
 from .base import Problem
 from .sampling import inverse_gamma
 
 META_PRIORS = {"wide": (4.0, 6.0), "narrow": (10000.0, 20000.0)}
+
+
+class InverseGammaPosterior(Distribution):
+    """``InvGamma(concentration, rate)`` over a 1-vector (event shape ``(1,)``), batch ``concentration.shape``;
+    ``sample`` takes an explicit generator, and ``to`` changes dtype, like the library's mixtures."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, concentration: Tensor, rate: Tensor) -> None:
+        self.concentration, self.rate = torch.broadcast_tensors(concentration, rate)
+        super().__init__(self.concentration.shape, torch.Size([1]), validate_args=False)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``(*S, *B)`` for values ``(*S, *B, 1)``; ``-inf`` at non-positive values."""
+        v = x[..., 0]
+        safe = torch.where(v > 0, v, torch.ones_like(v))
+        lp = InverseGamma(self.concentration, self.rate, validate_args=False).log_prob(safe)
+        return torch.where(v > 0, lp, torch.full_like(lp, -torch.inf))
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        return inverse_gamma(self.concentration.expand(shape), self.rate.expand(shape), generator).unsqueeze(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        """``rate / (concentration - 1)`` (``inf`` where ``concentration <= 1``), shape ``(*B, 1)``."""
+        m = self.rate / (self.concentration - 1)
+        return torch.where(self.concentration > 1, m, torch.full_like(m, torch.inf)).unsqueeze(-1)
+
+    def to(self, *args, **kwargs) -> "InverseGammaPosterior":
+        return InverseGammaPosterior(self.concentration.to(*args, **kwargs), self.rate.to(*args, **kwargs))
+
+    def __getitem__(self, index) -> "InverseGammaPosterior":
+        return InverseGammaPosterior(self.concentration[index], self.rate[index])
 
 
 class InverseGammaVariance(Problem):
@@ -90,7 +125,7 @@ class InverseGammaVariance(Problem):
         per_obs = -0.5 * (z**2 / var + torch.log(var) + math.log(2 * math.pi))
         return torch.where(mask, per_obs, torch.zeros((), dtype=theta.dtype)).sum(-1)
 
-    def exact_posterior(self, prior: Tensor, observations) -> Independent:
+    def exact_posterior(self, prior: Tensor, observations) -> InverseGammaPosterior:
         """``InvGamma(alpha + N/2, beta + sum z^2/2)`` with event shape ``(1,)`` and the prior's batch shape."""
         if not torch.is_tensor(prior) or prior.shape[-1:] != (2,):
             raise ValueError(f"Expected prior parameters (alpha, beta) of shape (*B, 2), but got "
@@ -100,4 +135,4 @@ class InverseGammaVariance(Problem):
         n = mask.sum(-1).to(prior.dtype)
         ss = torch.where(mask, z**2, torch.zeros((), dtype=prior.dtype)).sum(-1)
         alpha, beta = prior[..., 0] + 0.5 * n, prior[..., 1] + 0.5 * ss
-        return Independent(InverseGamma(alpha.unsqueeze(-1), beta.unsqueeze(-1)), 1)
+        return InverseGammaPosterior(alpha, beta)
