@@ -121,8 +121,7 @@ class PFN(nn.Module):
         return bar.log_prob(y.to(bar.log_p.dtype)).to(x.dtype) + jacobian
 
 
-def _warped_coordinate(problem, theta: Tensor, coordinate: int) -> Tensor:
-    warp = Warp(problem.warp) if problem.warp else None
+def _warped_coordinate(warp: Warp | None, theta: Tensor, coordinate: int) -> Tensor:
     y = theta if warp is None else warp.forward(theta)
     return y[..., coordinate]
 
@@ -131,14 +130,15 @@ def train_pfn(problem, config: PFNConfig = PFNConfig(), progress: bool = True) -
     """Train a PFN on ``problem``'s simulator (prior marginalised over the meta-prior); returns it in eval mode
     with ``pfn.training_time_s`` set."""
     generator = torch.Generator().manual_seed(config.seed)
+    warp = Warp(problem.warp) if problem.warp else None
     edge_batch = problem.sample_batch(config.edge_samples, generator=generator)
-    y = _warped_coordinate(problem, edge_batch.theta.double(), config.coordinate)
+    y = _warped_coordinate(warp, edge_batch.theta.double(), config.coordinate)
     edges = torch.quantile(y[torch.isfinite(y)][:1_000_000].float(),
                            torch.linspace(0, 1, config.num_buckets + 1)).double()
     edges = torch.cummax(edges, 0).values + torch.arange(config.num_buckets + 1, dtype=torch.float64) * 1e-6
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        pfn = PFN(dict(problem.sources), edges, Warp(problem.warp) if problem.warp else None, config,
+        pfn = PFN(dict(problem.sources), edges, warp, config,
                   dict(problem.source_transforms))
     optimizer = torch.optim.AdamW(pfn.parameters(), lr=config.lr)
     bar = None
@@ -153,7 +153,7 @@ def train_pfn(problem, config: PFNConfig = PFNConfig(), progress: bool = True) -
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = problem.sample_batch(config.batch_size, generator=generator)
-        target = _warped_coordinate(problem, batch.theta.float(), config.coordinate)
+        target = _warped_coordinate(warp, batch.theta.float(), config.coordinate)
         loss = -BarDistribution(pfn.edges, pfn(batch.observations)).log_prob(target).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -129,6 +129,9 @@ class DistributionTransformer(nn.Module):
         if config.prior_parameters:
             p = len(config.prior_parameters)
             self.prior_encoder = MLP([p, config.hidden, config.hidden, config.num_components * c])
+        latent = Warp(config.warp) if config.warp else None
+        self._latent_warp = None if latent is None or latent.is_identity else latent
+        self._parameter_warp = Warp(list(config.prior_parameters.values())) if config.prior_parameters else None
 
     @property
     def dim(self) -> int:
@@ -137,7 +140,7 @@ class DistributionTransformer(nn.Module):
     @property
     def warp(self) -> Warp | None:
         """The latent warp, or ``None`` when the model works on the original space."""
-        return Warp(self.config.warp) if self.config.warp and not Warp(self.config.warp).is_identity else None
+        return self._latent_warp
 
     @property
     def is_parametric(self) -> bool:
@@ -146,7 +149,7 @@ class DistributionTransformer(nn.Module):
 
     def encode_prior(self, parameters: Tensor) -> Tensor:
         """Chart ``(B, K, C)`` of the GMM fit to parametric priors ``(B, P)`` (module docstring)."""
-        features = Warp(list(self.config.prior_parameters.values())).forward(parameters)
+        features = self._parameter_warp.forward(parameters)
         chart = self.prior_encoder(features)
         return chart.unflatten(-1, (self.config.num_components, chart_size(self.dim)))
 
@@ -162,7 +165,7 @@ class DistributionTransformer(nn.Module):
                              f"{shape}.")
         if not bool(torch.isfinite(prior).all()):
             raise ValueError("Expected finite prior parameters, but got NaN or inf.")
-        warp = Warp(list(self.config.prior_parameters.values()))
+        warp = self._parameter_warp
         if not bool(warp.in_support(prior).all()):
             raise ValueError(f"Expected prior parameters {names} inside their domains ({list(warp.kinds)}: log means "
                              "positive, logit means in (0, 1)), but some are outside.")
