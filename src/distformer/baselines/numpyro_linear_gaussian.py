@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..distributions.gmm import GaussianMixture
+from .nuts import SequentialNUTS
 
 
 def available() -> bool:
@@ -51,28 +52,19 @@ def _arrays(prior: GaussianMixture, z: torch.Tensor, mask: torch.Tensor, i: int)
             jnp.asarray(mask[i].numpy()))
 
 
-class NUTSBaseline:
-    """NUTS posterior draws per problem, scored through an EM mixture fit."""
+class NUTSBaseline(SequentialNUTS):
+    """NUTS posterior draws per problem of a linear-Gaussian batch, scored through an EM mixture fit."""
 
     def __init__(self, num_warmup: int = 500, num_samples: int = 1000, fit_components: int = 4, seed: int = 0):
-        import jax
-        from numpyro.infer import MCMC, NUTS
-
-        jax.config.update("jax_enable_x64", True)
-        self.mcmc = MCMC(NUTS(_model), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False,
-                         jit_model_args=True)
-        self.fit_components, self.key = fit_components, jax.random.PRNGKey(seed)
+        super().__init__(_model, None, num_warmup, num_samples, fit_components, seed)
 
     def draws(self, prior: GaussianMixture, z: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
         """Posterior draws ``(S, D)`` for problem ``i`` of a batch."""
-        import jax
-
-        self.key, sub = jax.random.split(self.key)
-        self.mcmc.run(sub, *_arrays(prior, z, mask, i))
-        return torch.from_numpy(np.array(self.mcmc.get_samples()["x"]))
+        return super().draws(*_arrays(prior, z, mask, i))
 
     def posterior(self, draws: torch.Tensor, generator: torch.Generator) -> GaussianMixture:
-        return GaussianMixture.fit(draws.unsqueeze(1), self.fit_components, generator=generator)[0]
+        """The EM mixture fitted to one problem's draws ``(S, D)``."""
+        return super().posterior(draws.unsqueeze(1), generator)[0]
 
 
 class SVIBaseline:

@@ -18,15 +18,15 @@ from ..distributions.transforms import Warp, WarpedGaussianMixture
 
 
 class SequentialNUTS:
-    """NUTS draws per problem for ``model(*args)`` whose latent site is ``x``."""
+    """NUTS draws per problem for ``model(*args)`` whose latent site is ``x`` (``warp`` ``None``: unconstrained)."""
 
-    def __init__(self, model: Callable, warp: Sequence[str], num_warmup: int = 500, num_samples: int = 1000,
+    def __init__(self, model: Callable, warp: Sequence[str] | None, num_warmup: int = 500, num_samples: int = 1000,
                  fit_components: int = 3, seed: int = 0) -> None:
         import jax
         from numpyro.infer import MCMC, NUTS
 
         jax.config.update("jax_enable_x64", True)
-        self.warp = Warp(warp)
+        self.warp = Warp(warp) if warp is not None else None
         self.mcmc = MCMC(NUTS(model), num_warmup=num_warmup, num_samples=num_samples, progress_bar=False,
                          jit_model_args=True)
         self.fit_components, self.key = fit_components, jax.random.PRNGKey(seed)
@@ -41,8 +41,10 @@ class SequentialNUTS:
         x = torch.from_numpy(np.array(self.mcmc.get_samples()["x"])).double()
         return x.reshape(x.shape[0], -1)
 
-    def posterior(self, draws: torch.Tensor, generator: torch.Generator) -> WarpedGaussianMixture:
+    def posterior(self, draws: torch.Tensor, generator: torch.Generator) -> WarpedGaussianMixture | GaussianMixture:
         """EM fit of ``fit_components`` Gaussians to warped draws ``(S, *B, D)``, per problem, as a distribution on
-        the original space with batch ``B``."""
+        the original space with batch ``B`` (a plain ``GaussianMixture`` without a warp)."""
+        if self.warp is None:
+            return GaussianMixture.fit(draws, self.fit_components, generator=generator)
         base = GaussianMixture.fit(self.warp.forward(draws), self.fit_components, generator=generator)
         return WarpedGaussianMixture(base, self.warp)
