@@ -41,6 +41,10 @@ class InverseGammaPosterior(Distribution):
 
     def __init__(self, concentration: Tensor, rate: Tensor) -> None:
         self.concentration, self.rate = torch.broadcast_tensors(concentration, rate)
+        for name, value in (("concentration", self.concentration), ("rate", self.rate)):
+            if not bool((torch.isfinite(value) & (value > 0)).all()):
+                raise ValueError(f"Expected a finite, positive inverse-gamma {name}, but got "
+                                 f"{value[~(torch.isfinite(value) & (value > 0))].flatten()[:3].tolist()} among its values.")
         super().__init__(self.concentration.shape, torch.Size([1]), validate_args=False)
 
     def log_prob(self, x: Tensor) -> Tensor:
