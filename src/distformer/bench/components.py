@@ -58,7 +58,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         f"Machine: {machine()}  ",
         f"Problems: {n} per K from the training meta-prior with K components (seed {SEED}); KL by Monte Carlo with "
         f"{samples} exact-posterior draws per problem; intervals are 95%. Time: per 1000 problems, batched, "
-        f"{torch.get_num_threads()} threads, median of {repeats} interleaved calls.",
+        f"{torch.get_num_threads()} thread(s), median of {repeats} interleaved calls.",
         "",
         "| K | KL(exact ‖ model) | model, s / 1000 problems | exact, s / 1000 problems |",
         "|---|---|---|---|",
