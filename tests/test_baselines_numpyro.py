@@ -39,6 +39,24 @@ def test_svi_gaussian_matches_the_exact_gaussian():
     assert bool(((q.covariance_matrix.diagonal().sqrt() / sd - 1).abs() < 0.2).all())
 
 
+def test_batched_svi_gaussian_matches_the_exact_gaussian_per_problem():
+    """The vmapped SVI fits each problem of a batch to its own data (three data sets under one Gaussian prior)."""
+    from distformer.baselines.numpyro_linear_gaussian import batched_svi, svi_arguments
+
+    prior, _, _, _, g = _gaussian_problem()
+    prior = prior.expand((3,))
+    z = torch.tensor([[0.5, 0.0], [-2.0, 1.0], [3.0, 3.0]], dtype=torch.float64).unsqueeze(1) \
+        + torch.randn(3, 6, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 3:] = False  # the third problem sees three readings only
+    eye = torch.eye(2, dtype=torch.float64)
+    exact = prior.condition_linear_gaussian(eye, eye, z, mask)
+    q = batched_svi(2, num_steps=2000, seed=4).posterior(*svi_arguments(prior, z, mask)).base
+    sd = exact.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert bool(((q.mean - exact.mean).abs() < sd / 5).all())
+    assert bool(((q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt() / sd - 1).abs() < 0.2).all())
+
+
 @pytest.mark.parametrize("name", ["inverse-gamma", "quantum"])
 def test_numpyro_models_have_the_problems_log_joint(name):
     """The NumPyro model's log joint equals the problem's prior log density plus ``log_likelihood`` in float64, with

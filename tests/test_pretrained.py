@@ -93,6 +93,16 @@ def test_bench_components_quick_covers_every_k(tmp_path):
     assert (tmp_path / "components.png").is_file()
 
 
+def test_bench_dimensions_quick_trains_and_scores_each_dimension(tmp_path):
+    assert main(["bench", "dimensions", "--quick", "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "dimensions.json").read_text())
+    assert [r["D"] for r in data["rows"]] == [1, 4]
+    for r in data["rows"]:
+        assert r["training_steps"] == 40 and all(e["mean"] == e["mean"] for e in r["kl"].values())
+    assert "distformer bench dimensions --quick" in (tmp_path / "dimensions.md").read_text()
+    assert (tmp_path / "dimensions.png").is_file()
+
+
 def test_train_command_writes_a_loadable_model(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(
