@@ -79,11 +79,13 @@ class PFN(nn.Module):
     """Observations -> bar distribution over one warped latent coordinate (module docstring)."""
 
     def __init__(self, sources: dict[str, int], edges: Tensor, warp: Warp | None, config: PFNConfig,
-                 source_transforms: dict[str, str] | None = None) -> None:
+                 source_transforms: dict[str, str] | None = None,
+                 relative_sources: dict[str, str] | None = None) -> None:
         super().__init__()
         self.config, self.warp = config, warp
         self.register_buffer("edges", edges.float())
         transforms = source_transforms or {}
+        self.relative_sources = dict(relative_sources or {})
         self.sources = nn.ModuleDict({n: SourceEmbedding(e, config.d_model, config.hidden,
                                                          transforms.get(n, "identity")) for n, e in sources.items()})
         self.query = nn.Parameter(torch.randn(1, 1, config.d_model) * 0.02)
@@ -95,7 +97,7 @@ class PFN(nn.Module):
 
     def forward(self, observations: Observations) -> Tensor:
         """Bucket logits ``(n, B)`` for observations with batch ``(n,)``."""
-        tokens, key_mask = observation_tokens(self.sources, observations)
+        tokens, key_mask = observation_tokens(self.sources, observations, self.relative_sources)
         memory = layer_norm(self.memory_norm, tokens)
         h = self.query.expand(memory.shape[0], 1, -1)
         for block in self.blocks:
@@ -139,7 +141,7 @@ def train_pfn(problem, config: PFNConfig = PFNConfig(), progress: bool = True) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         pfn = PFN(dict(problem.sources), edges, warp, config,
-                  dict(problem.source_transforms))
+                  dict(problem.source_transforms), dict(problem.relative_sources))
     optimizer = torch.optim.AdamW(pfn.parameters(), lr=config.lr)
     bar = None
     if progress:

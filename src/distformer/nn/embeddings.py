@@ -55,11 +55,28 @@ class SourceEmbedding(nn.Module):
         return tokens, key_mask
 
 
-def observation_tokens(sources: nn.ModuleDict, observations) -> tuple[Tensor, Tensor]:
-    """All sources' tokens ``(B, M, d)`` side by side, with their key mask ``(B, M)`` (``True`` = attend)."""
+def relative_values(values: Tensor, anchor: Tensor) -> Tensor:
+    """``values`` ``(B, N, E)`` with their first ``W`` coordinates taken relative to the anchor source's first
+    token ``anchor`` ``(B, M, W)``, ``W <= E``: :math:`v_{i,:W} - a_{1}` (for a translation-invariant likelihood,
+    such as a stationary kernel's inputs against its query point)."""
+    w = anchor.shape[-1]
+    return torch.cat([values[..., :w] - anchor[..., :1, :], values[..., w:]], dim=-1)
+
+
+def observation_tokens(sources: nn.ModuleDict, observations,
+                       relative_sources: dict[str, str] | None = None) -> tuple[Tensor, Tensor]:
+    """All sources' tokens ``(B, M, d)`` side by side, with their key mask ``(B, M)`` (``True`` = attend).
+    ``relative_sources`` maps a source to the anchor source its leading coordinates are read relative to
+    (:func:`relative_values`); the anchor itself is read relative to its own first token, so that moving both
+    together changes no token."""
     tokens, masks = [], []
+    relative = dict(relative_sources or {})
+    relative |= {anchor: anchor for anchor in relative.values()}
     for name, embed in sources.items():
-        t, m = embed(observations.values[name], observations.masks[name])
+        values = observations.values[name]
+        if name in relative:
+            values = relative_values(values, observations.values[relative[name]])
+        t, m = embed(values, observations.masks[name])
         tokens.append(t)
         masks.append(m)
     return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)

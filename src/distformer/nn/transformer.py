@@ -55,6 +55,9 @@ class ModelConfig:
             input is the warped parameter vector); empty means the model takes GMM priors.
         source_transforms: source name -> ``"asinh"`` for sources whose values span many orders of magnitude
             (the embedding reads :math:`\operatorname{asinh}(z)`); other sources are read as given.
+        relative_sources: source name -> anchor source: the source's leading coordinates are read relative to the
+            anchor's first observation (``embeddings.relative_values``), and the anchor relative to itself; the
+            anchor's first observation must be present.
     """
 
     dim: int
@@ -68,6 +71,7 @@ class ModelConfig:
     warp: tuple[str, ...] = ()
     prior_parameters: Mapping[str, str] = field(default_factory=dict)
     source_transforms: Mapping[str, str] = field(default_factory=dict)
+    relative_sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.num_components < 1 or self.num_layers < 0:
@@ -88,11 +92,18 @@ class ModelConfig:
         if bad:
             raise ValueError(f"Expected source_transforms to map sources {sorted(self.sources)} to one of "
                              f"{SOURCE_TRANSFORMS}, but got {bad}.")
+        object.__setattr__(self, "relative_sources", {str(k): str(v) for k, v in dict(self.relative_sources).items()})
+        bad = {k: v for k, v in self.relative_sources.items()
+               if k not in self.sources or v not in self.sources or k == v or self.sources[v] > self.sources[k]}
+        if bad:
+            raise ValueError(f"Expected relative_sources to map a source to another, no wider one among "
+                             f"{dict(self.sources)}, but got {bad}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"sources": dict(self.sources), "warp": list(self.warp),
                                "prior_parameters": dict(self.prior_parameters),
-                               "source_transforms": dict(self.source_transforms)}
+                               "source_transforms": dict(self.source_transforms),
+                               "relative_sources": dict(self.relative_sources)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
@@ -188,7 +199,7 @@ class DistributionTransformer(nn.Module):
 
     def forward(self, chart: Tensor, observations: Observations) -> Tensor:
         """Posterior chart ``(B, K, C)`` from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
-        tokens, key_mask = observation_tokens(self.sources, observations)
+        tokens, key_mask = observation_tokens(self.sources, observations, self.config.relative_sources)
         memory = layer_norm(self.memory_norm, tokens)
         h = self.prior_embedding(chart)
         for block in self.blocks:

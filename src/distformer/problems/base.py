@@ -44,6 +44,7 @@ class Problem(ABC):
     warp: tuple[str, ...] = ()
     prior_parameters: Mapping[str, str] = {}
     source_transforms: Mapping[str, str] = {}
+    relative_sources: Mapping[str, str] = {}  # source -> anchor source (ModelConfig.relative_sources)
 
     @abstractmethod
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture | Tensor:

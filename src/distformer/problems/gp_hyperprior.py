@@ -23,7 +23,8 @@ quadrature error. Variants: ``5d`` (the paper's Table 2: :math:`d = 5`, :math:`h
 :math:`N = 5`, :math:`a, b\sim\mathcal U(1, 2)`, the same :math:`m, s`). :math:`\sigma_n^2 = 10^{-3}` in both.
 
 Observations: source ``data`` with one token :math:`[x_i, y_i]` per point, and source ``query`` with the one
-token :math:`x_\star`.
+token :math:`x_\star`. The kernel depends on :math:`x_i - x_\star` alone, so models trained here embed the data
+tokens as :math:`[x_i - x_\star, y_i]` (``relative_sources``); the observations themselves stay absolute.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class GPHyperprior(Problem):
     dim = 2
     warp = ("identity", "log")
     prior_parameters = {"mean": "identity", "scale": "log", "alpha": "log", "beta": "log"}
+    relative_sources = {"data": "query"}  # the RBF kernel is translation invariant: models read x_i - x*
 
     def __init__(self, variant: str = "5d", num_components: int = 10) -> None:
         if variant not in VARIANTS:

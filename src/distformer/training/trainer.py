@@ -53,7 +53,8 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                d_model=a.d_model, num_heads=a.num_heads, num_layers=a.num_layers, ff_dim=a.ff_dim,
                                hidden=a.hidden, warp=tuple(problem.warp),
                                prior_parameters=dict(problem.prior_parameters),
-                               source_transforms=dict(problem.source_transforms))
+                               source_transforms=dict(problem.source_transforms),
+                               relative_sources=dict(problem.relative_sources))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return DistributionTransformer(model_config)
