@@ -109,6 +109,14 @@ def test_resume_refuses_a_different_config(tmp_path):
         train("linear-gaussian", other, checkpoint=tmp_path / "c.ckpt", resume=True, progress=False)
 
 
+def test_a_config_saved_before_a_field_existed_reads_as_that_field_at_its_default():
+    """Checkpoints and model cards written before ``architecture.encoder_layers`` existed still resume and match."""
+    old = TINY.to_dict()
+    del old["architecture"]["encoder_layers"]
+    assert TrainConfig.from_dict(old).to_dict() == TINY.to_dict()
+    assert TrainConfig.from_dict(old).architecture.encoder_layers == 0
+
+
 def test_a_crash_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     atomic_write(path, b"old contents")

@@ -10,11 +10,11 @@ from distformer.nn.tokens import chart_size, chart_to_gmm, gmm_to_chart
 from helpers import random_mixture
 
 
-def _perturbed_model(dim=2, sources=None, seed=0):
+def _perturbed_model(dim=2, sources=None, seed=0, encoder_layers=0):
     """A model whose zero-initialised branches are filled with noise, so the output depends on every input."""
     torch.manual_seed(seed)
     model = DistributionTransformer(ModelConfig(dim=dim, sources=sources or {"z": dim}, d_model=32, num_heads=4,
-                                                num_layers=2, ff_dim=64, hidden=32))
+                                                num_layers=2, ff_dim=64, hidden=32, encoder_layers=encoder_layers))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -58,8 +58,9 @@ def test_untrained_model_multiplies_each_component_by_a_unit_site_at_the_origin(
     torch.testing.assert_close(post.weights, prior.weights, rtol=0, atol=1e-12)
 
 
-def test_traced_inference_matches_eager_forward(rng):
-    model = _perturbed_model()
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_traced_inference_matches_eager_forward(encoder_layers, rng):
+    model = _perturbed_model(encoder_layers=encoder_layers)
     for batch, k, n in [((1,), 4, 20), ((5,), 3, 1), ((2, 3), 6, 9)]:
         prior = random_mixture(batch, k, 2, rng, dtype=torch.float32)
         z = torch.randn(*batch, n, 2, generator=rng)
@@ -92,8 +93,9 @@ def test_permuting_prior_components_permutes_the_posterior(rng):
     torch.testing.assert_close(b.weights, a.weights[:, perm], rtol=0, atol=1e-6)
 
 
-def test_permuting_observations_leaves_the_posterior_unchanged(rng):
-    model = _perturbed_model()
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_permuting_observations_leaves_the_posterior_unchanged(encoder_layers, rng):
+    model = _perturbed_model(encoder_layers=encoder_layers)
     prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
     z = torch.randn(2, 9, 2, generator=rng)
     a = model.posterior(prior, z)
@@ -102,8 +104,9 @@ def test_permuting_observations_leaves_the_posterior_unchanged(rng):
     torch.testing.assert_close(b.weights, a.weights, rtol=0, atol=1e-6)
 
 
-def test_masked_observations_equal_dropped_ones(rng):
-    model = _perturbed_model()
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_masked_observations_equal_dropped_ones(encoder_layers, rng):
+    model = _perturbed_model(encoder_layers=encoder_layers)
     prior = random_mixture((), 4, 2, rng, dtype=torch.float32).expand((1,))
     z = torch.randn(1, 8, 2, generator=rng)
     mask = torch.tensor([[True, False, True, True, False, False, True, False]])
@@ -112,6 +115,36 @@ def test_masked_observations_equal_dropped_ones(rng):
     b = model.posterior(prior, z[:, mask[0]])
     torch.testing.assert_close(a.loc, b.loc, rtol=0, atol=1e-5)
     torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=1e-6)
+
+
+def test_the_observation_encoder_starts_as_the_identity_and_mixes_observations_once_trained(rng):
+    """With zero-initialised branches an encoder leaves the tokens as they are, so the untrained model equals one
+    without it; with its branches perturbed, a token's output depends on the other observations (the encoder's
+    point: pairwise features), which the base model's per-token embedding cannot do."""
+    from distformer.nn.layers import EncoderBlock
+
+    torch.manual_seed(1)
+    base = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}, d_model=32, hidden=32))
+    torch.manual_seed(1)
+    with_encoder = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}, d_model=32, hidden=32, encoder_layers=1))
+    with_encoder.load_state_dict(base.state_dict(), strict=False)
+    prior = random_mixture((3,), 4, 2, rng, dtype=torch.float32)
+    z = torch.randn(3, 6, 2, generator=rng)
+    torch.testing.assert_close(with_encoder.posterior(prior, z).loc, base.posterior(prior, z).loc, rtol=0, atol=0)
+    block = EncoderBlock(32, 4, 64)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    tokens, mask = torch.randn(1, 5, 32, generator=rng), torch.ones(1, 5, dtype=torch.bool)
+    moved = tokens.clone()
+    moved[0, 4] += torch.randn(32, generator=rng)  # not a constant shift, which the layer norm removes
+    out, out_moved = block(tokens, mask), block(moved, mask)
+    assert (out_moved[0, 0] - out[0, 0]).abs().max() > 1e-3
+    hidden = mask.clone()
+    hidden[0, 4] = False  # an absent token changes no present one
+    torch.testing.assert_close(block(moved, hidden)[0, :4], block(tokens, hidden)[0, :4], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="encoder_layers >= 0"):
+        ModelConfig(dim=2, encoder_layers=-1)
 
 
 def test_batch_broadcasting_and_dtype(rng):

@@ -81,7 +81,7 @@ def _models(dims: tuple[int, ...], quick: bool, folder: Path) -> dict[int, objec
         wanted = TrainConfig.from_yaml(path.read_text()).to_dict()
         if not quick and out.with_suffix(".json").is_file():
             kept = load_model(out)
-            if kept.card["training"]["config"] == wanted:
+            if TrainConfig.from_dict(kept.card["training"]["config"]).to_dict() == wanted:  # newer fields at defaults
                 models[dim] = kept
                 continue
         todo.append((dim, (path.read_text(), str(out), 40 if quick else None)))

@@ -1,4 +1,5 @@
-r"""Pre-norm transformer decoder block over component tokens.
+r"""Pre-norm transformer blocks: the decoder block over component tokens, and an optional encoder block over
+observation tokens.
 
 .. math::
     h \leftarrow h + \mathrm{SelfAttn}(\mathrm{LN}(h)),\quad
@@ -8,6 +9,12 @@ r"""Pre-norm transformer decoder block over component tokens.
 with :math:`\mathrm{Attn}(q, m) = \mathrm{softmax}(QK^\top/\sqrt{d_h} + \text{mask})V` per head. The self-attention
 output projection and the last feed-forward layer start at zero (as in the paper), so each block starts as the
 identity. Self-attention has no mask and no positions, so the block is equivariant to permuting components.
+
+The encoder block (off by default, as in the paper's base model) lets observation tokens attend to each other
+before the decoder reads them, :math:`m \leftarrow m + \mathrm{SelfAttn}(\mathrm{LN}(m))` with absent tokens
+masked as keys, then :math:`m \leftarrow m + \mathrm{FF}(\mathrm{LN}(m))`: it can form pairwise features such
+as the distance between two GP inputs, which per-token embeddings read by cross-attention cannot. It is
+equivariant to permuting observations, so the posterior stays invariant to their order.
 
 At batch size 1 the cost is dominated by per-operator dispatch, not arithmetic, so the forward passes call
 ``torch.nn.functional`` on the submodules' parameters (one fused QKV projection for self-attention) rather than
@@ -74,3 +81,32 @@ class DecoderBlock(nn.Module):
         h = h + linear(self.cross_out, _merge(y))
         f = F.gelu(linear(self.ff_in, layer_norm(self.norm_ff, h)), approximate="tanh")
         return h + linear(self.ff_out, f)
+
+
+class EncoderBlock(nn.Module):
+    """Masked self-attention among observation tokens, then feed-forward; both residual, both starting at zero."""
+
+    def __init__(self, d_model: int, num_heads: int, ff_dim: int) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"Expected d_model divisible by num_heads, but got {d_model} and {num_heads}.")
+        self.num_heads = num_heads
+        self.norm_self = nn.LayerNorm(d_model)
+        self.self_qkv = nn.Linear(d_model, 3 * d_model)
+        self.self_out = nn.Linear(d_model, d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff_in = nn.Linear(d_model, ff_dim)
+        self.ff_out = nn.Linear(ff_dim, d_model)
+        for layer in (self.self_out, self.ff_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, m: Tensor, key_mask: Tensor) -> Tensor:
+        """``m`` ``(B, M, d)`` with ``key_mask`` ``(B, M)`` (``True`` = present; every row has one) -> ``(B, M, d)``."""
+        nh = self.num_heads
+        q, k, v = linear(self.self_qkv, layer_norm(self.norm_self, m)).chunk(3, dim=-1)
+        y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh),
+                                           attn_mask=key_mask[:, None, None, :])
+        m = m + linear(self.self_out, _merge(y))
+        f = F.gelu(linear(self.ff_in, layer_norm(self.norm_ff, m)), approximate="tanh")
+        return m + linear(self.ff_out, f)

@@ -6,8 +6,10 @@ Forward pass for a prior with chart vectors :math:`c_{1..K}` (``tokens.py``) and
     h^{(0)}_k = \mathrm{MLP}_{\text{prior}}(c_k),\qquad h^{(\ell)} = \mathrm{Block}_\ell(h^{(\ell-1)}, m),\qquad
     c'_k = \mathrm{Site}\big(c_k, \mathrm{Head}(\mathrm{LN}(h^{(L)}_k))\big),
 
-and the posterior is the mixture decoded from :math:`c'`. ``Site`` (``site.py``) multiplies each prior component
-by a Gaussian site emitted by its token (an additive update of natural parameters) and adds a chart residual.
+and the posterior is the mixture decoded from :math:`c'`. With ``encoder_layers > 0`` the observation tokens first
+go through that many ``layers.EncoderBlock`` (self-attention among observations) before they form :math:`m`.
+``Site`` (``site.py``) multiplies each prior component by a Gaussian site emitted by its token (an additive
+update of natural parameters) and adds a chart residual.
 This differs from the paper, which decodes the posterior chart from the token alone: the prior is carried by
 the exact chart, so the decoded prior *is* the prior and posteriors can be fed back as priors without a lossy
 re-encoding. The output is equivariant to permuting components and invariant to permuting observations; ``K``
@@ -35,7 +37,7 @@ from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
-from .layers import DecoderBlock, layer_norm
+from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import chart_size, chart_to_gmm, gmm_to_chart
 
@@ -49,6 +51,8 @@ class ModelConfig:
         sources: observation sources, name -> dimension ``E_s`` of one observation.
         num_components: ``K`` used in training (any ``K`` works at inference).
         d_model, num_heads, num_layers, ff_dim: decoder sizes.
+        encoder_layers: encoder blocks over the observation tokens before the decoder reads them
+            (``layers.EncoderBlock``); 0, the paper's base model, reads the embedded tokens directly.
         hidden: hidden width of the embedding MLPs.
         warp: per latent coordinate ``"identity"``, ``"log"`` or ``"logit"``; empty means no warp.
         prior_parameters: for parametric priors, parameter name -> warp of that parameter (the prior encoder's
@@ -68,14 +72,15 @@ class ModelConfig:
     num_layers: int = 3
     ff_dim: int = 256
     hidden: int = 64
+    encoder_layers: int = 0
     warp: tuple[str, ...] = ()
     prior_parameters: Mapping[str, str] = field(default_factory=dict)
     source_transforms: Mapping[str, str] = field(default_factory=dict)
     relative_sources: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.num_components < 1 or self.num_layers < 0:
-            raise ValueError(f"Expected dim >= 1, num_components >= 1 and num_layers >= 0, but got {self}.")
+        if self.dim < 1 or self.num_components < 1 or self.num_layers < 0 or self.encoder_layers < 0:
+            raise ValueError(f"Expected dim >= 1, num_components >= 1, num_layers >= 0 and encoder_layers >= 0, but got {self}.")
         if not self.sources:
             raise ValueError("Expected at least one observation source, but got none.")
         object.__setattr__(self, "sources", {str(k): int(v) for k, v in dict(self.sources).items()})
@@ -129,6 +134,9 @@ class DistributionTransformer(nn.Module):
             name: SourceEmbedding(e, config.d_model, config.hidden, config.source_transforms.get(name, "identity"))
             for name, e in config.sources.items()
         })
+        self.encoder = nn.ModuleList([
+            EncoderBlock(config.d_model, config.num_heads, config.ff_dim) for _ in range(config.encoder_layers)
+        ])
         self.memory_norm = nn.LayerNorm(config.d_model)
         self.blocks = nn.ModuleList([
             DecoderBlock(config.d_model, config.num_heads, config.ff_dim) for _ in range(config.num_layers)
@@ -200,6 +208,8 @@ class DistributionTransformer(nn.Module):
     def forward(self, chart: Tensor, observations: Observations) -> Tensor:
         """Posterior chart ``(B, K, C)`` from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
         tokens, key_mask = observation_tokens(self.sources, observations, self.config.relative_sources)
+        for block in self.encoder:
+            tokens = block(tokens, key_mask)
         memory = layer_norm(self.memory_norm, tokens)
         h = self.prior_embedding(chart)
         for block in self.blocks:

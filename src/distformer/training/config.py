@@ -36,6 +36,7 @@ class ArchitectureConfig:
     num_layers: int = 3
     ff_dim: int = 256
     hidden: int = 64
+    encoder_layers: int = 0  # self-attention blocks over the observation tokens (ModelConfig.encoder_layers)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
     a = config.architecture
     model_config = ModelConfig(dim=problem.dim, sources=dict(problem.sources), num_components=problem.num_components,
                                d_model=a.d_model, num_heads=a.num_heads, num_layers=a.num_layers, ff_dim=a.ff_dim,
-                               hidden=a.hidden, warp=tuple(problem.warp),
+                               hidden=a.hidden, encoder_layers=a.encoder_layers, warp=tuple(problem.warp),
                                prior_parameters=dict(problem.prior_parameters),
                                source_transforms=dict(problem.source_transforms),
                                relative_sources=dict(problem.relative_sources))
@@ -142,7 +142,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             raise FileNotFoundError(f"Expected a checkpoint to resume from, but {checkpoint} does not exist.")
         tensors, metadata = load_checkpoint(checkpoint)
         meta = json.loads(metadata["meta"])
-        if meta["config"] != config.to_dict():
+        if TrainConfig.from_dict(meta["config"]).to_dict() != config.to_dict():  # defaults of newer fields filled in
             raise ValueError("Expected the same TrainConfig as the checkpoint to resume exactly, but they differ.")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, metadata)
