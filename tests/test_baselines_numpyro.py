@@ -55,6 +55,11 @@ def test_batched_svi_gaussian_matches_the_exact_gaussian_per_problem():
     sd = exact.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
     assert bool(((q.mean - exact.mean).abs() < sd / 5).all())
     assert bool(((q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt() / sd - 1).abs() < 0.2).all())
+    chunked = batched_svi(2, num_steps=2000, seed=4)
+    chunked.chunk_size = 2  # problems 0-1, then 2: each keeps its own key, so the fit is the same
+    qc = chunked.posterior(*svi_arguments(prior, z, mask)).base
+    torch.testing.assert_close(qc.loc, q.loc, rtol=0, atol=1e-9)
+    torch.testing.assert_close(qc.scale_tril, q.scale_tril, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["inverse-gamma", "quantum"])
