@@ -47,40 +47,61 @@ def _merge(y: Tensor) -> Tensor:
     return y.transpose(1, 2).reshape(B, T, h * dh)
 
 
+def _build(block: nn.Module, d_model: int, num_heads: int, ff_dim: int, cross: bool) -> None:
+    """Give ``block`` its layers: self-attention, cross-attention if ``cross``, feed-forward (created in this order,
+    so a seed gives the same initial weights as before the encoder existed); the self-attention output and the
+    last feed-forward layer start at zero."""
+    if d_model % num_heads:
+        raise ValueError(f"Expected d_model divisible by num_heads, but got {d_model} and {num_heads}.")
+    block.num_heads = num_heads
+    block.norm_self = nn.LayerNorm(d_model)
+    block.self_qkv = nn.Linear(d_model, 3 * d_model)
+    block.self_out = nn.Linear(d_model, d_model)
+    if cross:
+        block.norm_cross = nn.LayerNorm(d_model)
+        block.cross_q = nn.Linear(d_model, d_model)
+        block.cross_kv = nn.Linear(d_model, 2 * d_model)
+        block.cross_out = nn.Linear(d_model, d_model)
+    block.norm_ff = nn.LayerNorm(d_model)
+    block.ff_in = nn.Linear(d_model, ff_dim)
+    block.ff_out = nn.Linear(ff_dim, d_model)
+    for layer in (block.self_out, block.ff_out):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def _self_attention(block: nn.Module, h: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Residual pre-norm self-attention of ``block`` (``norm_self``, ``self_qkv``, ``self_out``) over ``h``
+    ``(B, T, d)``; ``key_mask`` ``(B, T)`` (``True`` = attend) or ``None`` for all tokens."""
+    nh = block.num_heads
+    q, k, v = linear(block.self_qkv, layer_norm(block.norm_self, h)).chunk(3, dim=-1)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh), attn_mask=mask)
+    return h + linear(block.self_out, _merge(y))
+
+
+def _feed_forward(block: nn.Module, h: Tensor) -> Tensor:
+    """Residual pre-norm feed-forward of ``block`` (``norm_ff``, ``ff_in``, ``ff_out``) on ``h`` ``(B, T, d)``."""
+    f = F.gelu(linear(block.ff_in, layer_norm(block.norm_ff, h)), approximate="tanh")
+    return h + linear(block.ff_out, f)
+
+
 class DecoderBlock(nn.Module):
     """Self-attention among components, cross-attention to observations, feed-forward; all residual."""
 
     def __init__(self, d_model: int, num_heads: int, ff_dim: int) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"Expected d_model divisible by num_heads, but got {d_model} and {num_heads}.")
-        self.num_heads = num_heads
-        self.norm_self = nn.LayerNorm(d_model)
-        self.self_qkv = nn.Linear(d_model, 3 * d_model)
-        self.self_out = nn.Linear(d_model, d_model)
-        self.norm_cross = nn.LayerNorm(d_model)
-        self.cross_q = nn.Linear(d_model, d_model)
-        self.cross_kv = nn.Linear(d_model, 2 * d_model)
-        self.cross_out = nn.Linear(d_model, d_model)
-        self.norm_ff = nn.LayerNorm(d_model)
-        self.ff_in = nn.Linear(d_model, ff_dim)
-        self.ff_out = nn.Linear(ff_dim, d_model)
-        for layer in (self.self_out, self.ff_out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        _build(self, d_model, num_heads, ff_dim, cross=True)
 
     def forward(self, h: Tensor, memory: Tensor, key_mask: Tensor) -> Tensor:
         """``h`` ``(B, K, d)``, ``memory`` ``(B, M, d)``, ``key_mask`` ``(B, M)`` (``True`` = attend) -> ``(B, K, d)``."""
         nh = self.num_heads
-        q, k, v = linear(self.self_qkv, layer_norm(self.norm_self, h)).chunk(3, dim=-1)
-        y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh))
-        h = h + linear(self.self_out, _merge(y))
+        h = _self_attention(self, h)
         q = _heads(linear(self.cross_q, layer_norm(self.norm_cross, h)), nh)
         k, v = linear(self.cross_kv, memory).chunk(2, dim=-1)
         y = F.scaled_dot_product_attention(q, _heads(k, nh), _heads(v, nh), attn_mask=key_mask[:, None, None, :])
         h = h + linear(self.cross_out, _merge(y))
-        f = F.gelu(linear(self.ff_in, layer_norm(self.norm_ff, h)), approximate="tanh")
-        return h + linear(self.ff_out, f)
+        return _feed_forward(self, h)
 
 
 class EncoderBlock(nn.Module):
@@ -88,25 +109,8 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, ff_dim: int) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"Expected d_model divisible by num_heads, but got {d_model} and {num_heads}.")
-        self.num_heads = num_heads
-        self.norm_self = nn.LayerNorm(d_model)
-        self.self_qkv = nn.Linear(d_model, 3 * d_model)
-        self.self_out = nn.Linear(d_model, d_model)
-        self.norm_ff = nn.LayerNorm(d_model)
-        self.ff_in = nn.Linear(d_model, ff_dim)
-        self.ff_out = nn.Linear(ff_dim, d_model)
-        for layer in (self.self_out, self.ff_out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        _build(self, d_model, num_heads, ff_dim, cross=False)
 
     def forward(self, m: Tensor, key_mask: Tensor) -> Tensor:
         """``m`` ``(B, M, d)`` with ``key_mask`` ``(B, M)`` (``True`` = present; every row has one) -> ``(B, M, d)``."""
-        nh = self.num_heads
-        q, k, v = linear(self.self_qkv, layer_norm(self.norm_self, m)).chunk(3, dim=-1)
-        y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh),
-                                           attn_mask=key_mask[:, None, None, :])
-        m = m + linear(self.self_out, _merge(y))
-        f = F.gelu(linear(self.ff_in, layer_norm(self.norm_ff, m)), approximate="tanh")
-        return m + linear(self.ff_out, f)
+        return _feed_forward(self, _self_attention(self, m, key_mask))
