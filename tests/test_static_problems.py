@@ -381,6 +381,9 @@ def test_gp_models_read_inputs_relative_to_the_query():
     assert (alone.loc - base.loc).abs().max() > 1e-4
     with pytest.raises(ValueError, match="relative_sources"):
         ModelConfig(dim=2, sources={"data": 6, "query": 5}, relative_sources={"query": "data"})  # wider anchor
+    no_query = {"data": batch.observations.masks["data"], "query": torch.zeros(6, 1, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="first 'query' observation to be present"):
+        model.posterior(prior, {"data": data, "query": query}, no_query, check=False)
 
 
 def test_gp_bench_quick_runs(tmp_path):

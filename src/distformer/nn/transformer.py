@@ -262,6 +262,11 @@ class DistributionTransformer(nn.Module):
         if prior.dim != self.dim:
             raise ValueError(f"Expected a prior over D={self.dim} dimensions for this model, but got D={prior.dim}.")
         obs = as_observations(observations, self.config.sources, mask)
+        for source, anchor in self.config.relative_sources.items():
+            present = obs.masks[anchor][..., :1]
+            if present.shape[-1] == 0 or not bool(present.all()):
+                raise ValueError(f"Expected the first {anchor!r} observation to be present in every data set (this "
+                                 f"model reads {source!r} relative to it), but it is missing or masked in some.")
         try:
             batch = broadcast_shapes(prior.batch_shape, obs.batch_shape)
         except RuntimeError:
