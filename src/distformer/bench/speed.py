@@ -1,9 +1,12 @@
 """Benchmark ``speed``: latency, throughput and NumPyro NUTS/SVI per problem, for each shipped model, in one run.
 
 * Latency: median of interleaved batch-1 calls (20 observations, one thread) of ``model.posterior``, the same
-  with ``check=False``, the exported TorchScript update, and the exact update.
+  with ``check=False``, the exported TorchScript update, the update compiled in-process (``model.compiled_update``,
+  its compile time apart), and the exact update.
 * Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
-* Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``) and exact.
+* Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: folded
+  attention, chunks side by side, ``nn/chunks.py``), the path before it (the traced forward over chunks of 1,024
+  in turn, every operator split over all threads) and exact.
 * NUTS and SVI (NumPyro, extra ``baselines``): compile time once, then median time per problem, and the expected
   NLL of the true parameter on the same problems as the model's.
 
@@ -77,6 +80,15 @@ def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
         return {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
 
 
+def _previous_path(model, prior, z):
+    """The batched path before folded attention and side-by-side chunks: the traced forward over chunks of 1,024
+    problems in turn, each operator split over all threads (kept as the same-run reference)."""
+    chart, obs = gmm_to_chart(prior), as_observations(z, model.config.sources)
+    forward = model._inference_forward()
+    out = torch.cat([forward(chart[i:i + 1024], obs.slice(i, i + 1024)) for i in range(0, chart.shape[0], 1024)])
+    return chart_to_gmm(out, model.dim)
+
+
 def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
     import distformer
 
@@ -89,11 +101,17 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
         warnings.simplefilter("ignore", DeprecationWarning)
         exported = torch.jit.load(str(model.export(Path(tmp) / "u.pt", max_observations=20)))
     mask = torch.ones(1, 20, dtype=torch.bool)
-    with threads(1), torch.inference_mode():
+    compiled = model.compiled_update()
+    with threads(1), torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.compile's notices
+        start = time.perf_counter()
+        compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
+        compile_s = time.perf_counter() - start
         latency = interleaved_median_seconds({
             "model": lambda: model.posterior(prior, z),
             "model, check=False": lambda: model.posterior(prior, z, check=False),
             "exported TorchScript": lambda: exported(prior.log_weights, prior.loc, prior.scale_tril, z, mask),
+            "compiled update": lambda: compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask),
             "exact": lambda: prior.condition_linear_gaussian(eye, eye, z),
         }, repeats)
         parts = parts_ms(model, prior, z, repeats)
@@ -103,11 +121,12 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
         with torch.inference_mode():
             t = interleaved_median_seconds({
                 "model": lambda: model.posterior(big_prior, big_z, check=False),
+                "before": lambda: _previous_path(model, big_prior, big_z),
                 "exact": lambda: big_prior.condition_linear_gaussian(eye, eye, big_z),
-            }, 3, warmup=1)
+            }, 3 if quick else 5, warmup=1)
         throughput[size] = {k: size / v for k, v in t.items()}
-    result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "parts_ms": parts,
-              "throughput": throughput, "threads": torch.get_num_threads()}
+    result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "compile_s": compile_s,
+              "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads()}
     from ..baselines import numpyro_linear_gaussian as npl
 
     if npl.available():
@@ -158,18 +177,25 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "## Batch-1 latency, 20 observations, one thread (median ms)",
         "",
-        "| model | posterior | check=False | exported TorchScript | exact update | posterior / exact |",
-        "|---|---|---|---|---|---|",
+        "| model | posterior | check=False | exported TorchScript | compiled update (compile s) | exact update | "
+        "posterior / exact | compiled / exact |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r["latency_ms"]
         lines.append(f"| {r['model']} | {lat['model']:.3f} | {lat['model, check=False']:.3f} | "
-                     f"{lat['exported TorchScript']:.3f} | {lat['exact']:.3f} | {lat['model'] / lat['exact']:.2f} |")
+                     f"{lat['exported TorchScript']:.3f} | {lat['compiled update']:.3f} ({r['compile_s']:.0f}) | "
+                     f"{lat['exact']:.3f} | {lat['model'] / lat['exact']:.2f} | "
+                     f"{lat['compiled update'] / lat['exact']:.2f} |")
     lines += ["", "## Throughput (problems per second, 20 observations each)", "",
-              "| model | batch | model | exact |", "|---|---|---|---|"]
+              "`model`: `posterior(check=False)`, folded attention over chunks of 256 run side by side, one per "
+              "thread. `before`: the traced forward over chunks of 1,024 in turn, each operator split over all "
+              "threads (the path before; same run).", "",
+              "| model | batch | model | before | model / before | exact |", "|---|---|---|---|---|---|"]
     for r in results:
         for size, t in r["throughput"].items():
-            lines.append(f"| {r['model']} | {size:,} | {t['model']:,.0f} | {t['exact']:,.0f} |")
+            lines.append(f"| {r['model']} | {size:,} | {t['model']:,.0f} | {t['before']:,.0f} | "
+                         f"{t['model'] / t['before']:.2f} | {t['exact']:,.0f} |")
     lines += ["", "## Where one eager call spends its time (batch 1, one thread, median ms per part)", "",
               "| part | " + " | ".join(r["model"] for r in results) + " |",
               "|---|" + "---|" * len(results)]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from .kernels import dense, gelu_tanh
 
 class MLP(nn.Module):
     """``Linear -> GELU(tanh) -> ... -> Linear`` through ``sizes``; ``(..., sizes[0])`` -> ``(..., sizes[-1])``."""
@@ -29,8 +29,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
             if i:
-                x = F.gelu(x, approximate="tanh")
-            x = F.linear(x, layer.weight, layer.bias)
+                x = gelu_tanh(x)
+            x = dense(x, layer.weight, layer.bias)
         return x
 
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .kernels import dense, gelu_tanh
+
 
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+    return dense(x, layer.weight, layer.bias)
 
 
 def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
@@ -80,10 +82,9 @@ def _self_attention(block: nn.Module, h: Tensor, key_mask: Tensor | None = None)
     return h + linear(block.self_out, _merge(y))
 
 
-def _feed_forward(block: nn.Module, h: Tensor) -> Tensor:
+def feed_forward(block: nn.Module, h: Tensor) -> Tensor:
     """Residual pre-norm feed-forward of ``block`` (``norm_ff``, ``ff_in``, ``ff_out``) on ``h`` ``(B, T, d)``."""
-    f = F.gelu(linear(block.ff_in, layer_norm(block.norm_ff, h)), approximate="tanh")
-    return h + linear(block.ff_out, f)
+    return h + linear(block.ff_out, gelu_tanh(linear(block.ff_in, layer_norm(block.norm_ff, h))))
 
 
 class DecoderBlock(nn.Module):
@@ -101,7 +102,7 @@ class DecoderBlock(nn.Module):
         k, v = linear(self.cross_kv, memory).chunk(2, dim=-1)
         y = F.scaled_dot_product_attention(q, _heads(k, nh), _heads(v, nh), attn_mask=key_mask[:, None, None, :])
         h = h + linear(self.cross_out, _merge(y))
-        return _feed_forward(self, h)
+        return feed_forward(self, h)
 
 
 class EncoderBlock(nn.Module):
@@ -113,4 +114,4 @@ class EncoderBlock(nn.Module):
 
     def forward(self, m: Tensor, key_mask: Tensor) -> Tensor:
         """``m`` ``(B, M, d)`` with ``key_mask`` ``(B, M)`` (``True`` = present; every row has one) -> ``(B, M, d)``."""
-        return _feed_forward(self, _self_attention(self, m, key_mask))
+        return feed_forward(self, _self_attention(self, m, key_mask))

@@ -20,9 +20,10 @@ slower, because Adam moves the log-precision by about one learning rate per step
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from ..distributions.linalg import symmetrize
+from ..distributions.small_linalg import cholesky_factor, inverse_from_factor
 from .tokens import chart_from_parts, chart_size, tril_from_parts
 
 SITE_LOG_DIAG_INIT = 0.0
@@ -42,11 +43,9 @@ def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     m_log_diag = (head[..., 1 + dim:1 + 2 * dim] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0)
     M = tril_from_parts(m_log_diag.exp(), head[..., 1 + 2 * dim:1 + dim + n_tril])
     residual = head[..., 1 + dim + n_tril:]
-    precision = torch.cholesky_inverse(L) + M @ M.transpose(-1, -2)  # SPD by construction
-    precision_tril = torch.linalg.cholesky_ex(0.5 * (precision + precision.transpose(-1, -2)))[0]
-    cov = torch.cholesky_inverse(precision_tril)
-    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    precision = symmetrize(inverse_from_factor(L) + M @ M.transpose(-1, -2))  # SPD by construction
+    cov = symmetrize(inverse_from_factor(cholesky_factor(precision)))
     site_force = M @ (M.transpose(-1, -2) @ (site_mean - loc).unsqueeze(-1))
     new_loc = loc + (cov @ site_force).squeeze(-1)
-    new_L = torch.linalg.cholesky_ex(cov)[0]
+    new_L = cholesky_factor(cov)
     return chart_from_parts(log_w + d_log_w, new_loc, new_L) + residual

@@ -13,8 +13,6 @@ so every chart vector decodes to a valid mixture (positive-definite covariances,
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from torch import Tensor
 
@@ -29,13 +27,18 @@ def chart_size(dim: int) -> int:
     return 1 + dim + dim * (dim + 1) // 2
 
 
-@lru_cache(maxsize=None)
+_TRIL_INDEX: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}  # a plain dict, which torch.compile reads as is
+
+
 def _tril_index(dim: int, device: str) -> tuple[Tensor, Tensor]:
     """Flat positions in a ``D x D`` matrix of the diagonal, then the strictly-lower entries (row-major)."""
-    with torch.inference_mode(False):  # cached: must stay usable outside inference mode too
-        rows, cols = torch.tril_indices(dim, dim, offset=-1)
-        diag = torch.arange(dim) * (dim + 1)
-        return torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device)
+    key = (dim, device)
+    if key not in _TRIL_INDEX:
+        with torch.inference_mode(False):  # cached: must stay usable outside inference mode too
+            rows, cols = torch.tril_indices(dim, dim, offset=-1)
+            diag = torch.arange(dim) * (dim + 1)
+            _TRIL_INDEX[key] = (torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device))
+    return _TRIL_INDEX[key]
 
 
 def tril_from_parts(diag: Tensor, off: Tensor) -> Tensor:

@@ -36,7 +36,9 @@ from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
+from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
+from .folded import folded_forward
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import chart_size, chart_to_gmm, gmm_to_chart
@@ -122,7 +124,8 @@ class ModelConfig:
 class DistributionTransformer(nn.Module):
     """Maps (GMM prior, observations) to a GMM posterior; see the module docstring for the equations."""
 
-    chunk_size: int = 1024  # problems per forward pass in ``posterior`` for large batches
+    chunk_size: int = 256  # problems per forward pass in ``posterior`` for large batches (``chunks.py``)
+    traced_batch_size: int = 32  # up to this many problems, ``posterior`` runs the traced forward (``_trace``)
 
     def __init__(self, config: ModelConfig, card: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -311,13 +314,13 @@ class DistributionTransformer(nn.Module):
         support = self.support if check else None
         if support is not None:
             support.check(chart, obs, strict, self.__dict__.setdefault("_warned", set()))
-        forward = self.forward if grad else self._inference_forward()
         size = chart.shape[0]
-        if size <= self.chunk_size:
-            out = forward(chart, obs)
-        else:  # chunks keep the activations in cache: faster for large batches, same result
-            out = torch.cat([forward(chart[i:i + self.chunk_size], obs.slice(i, i + self.chunk_size))
-                             for i in range(0, size, self.chunk_size)])
+        if grad:
+            out = self.forward(chart, obs)
+        elif size <= self.traced_batch_size:
+            out = self._inference_forward()(chart, obs)
+        else:  # chunks keep the activations in cache; with several threads, chunks run side by side
+            out = map_chunks(lambda c, o: folded_forward(self, c, o), chart, obs, self.chunk_size)
         if not bool(torch.isfinite(out).all()):
             raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
                                      "inf; the prior or the data are probably far outside its training family "
@@ -382,6 +385,14 @@ class DistributionTransformer(nn.Module):
 
         return export_update(self, path, format=format, num_components=num_components,
                              max_observations=max_observations)
+
+    def compiled_update(self, cpp_wrapper: bool = True):
+        """The exported update's function (raw ``(log_weights, loc, scale_tril, *values, *masks)`` in and out, no
+        validation) compiled in-process with ``torch.compile`` for the lowest batch-1 latency; the first call for
+        each input shape compiles (tens of seconds). See ``export.py``."""
+        from .export import compile_update
+
+        return compile_update(self, cpp_wrapper=cpp_wrapper)
 
     # serialisation lives in training/checkpoint.py; these are the public entry points
     def save(self, path) -> None:

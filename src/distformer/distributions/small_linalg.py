@@ -1,0 +1,78 @@
+r"""Cholesky factors and inverses of many small matrices, written out entry by entry.
+
+For :math:`A = LL^\top` (``D x D``, lower :math:`L`), column by column,
+
+.. math::
+    L_{jj} = \Big(A_{jj} - \sum_{k<j} L_{jk}^2\Big)^{1/2},\qquad
+    L_{ij} = \Big(A_{ij} - \sum_{k<j} L_{ik}L_{jk}\Big) / L_{jj}\quad (i > j),
+
+and :math:`X = L^{-1}` by forward substitution,
+:math:`X_{ii} = 1/L_{ii}`, :math:`X_{ij} = -\big(\sum_{j\le k<i} L_{ik}X_{kj}\big)/L_{ii}` for :math:`i > j`;
+then :math:`(LL^\top)^{-1} = X^\top X`.
+
+LAPACK (``torch.linalg.cholesky_ex``, ``torch.cholesky_inverse``) factors a batch one matrix at a time, which for
+thousands of 2 x 2 or 3 x 3 matrices costs far more than the arithmetic. Written out, each entry is one operation
+over the whole batch: :math:`O(D^3)` operations, each vectorised. They are used for ``D <= 4`` and at least 512
+matrices, outside tracing (a trace keeps the branch it saw); otherwise the LAPACK calls. A matrix that is not
+positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor: either way the
+caller's finiteness check is what reports it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MAX_UNROLLED_DIM = 4
+MIN_UNROLLED_BATCH = 512
+
+
+def _unrolled(matrix: Tensor) -> bool:
+    d = matrix.shape[-1]
+    return (d <= MAX_UNROLLED_DIM and matrix.numel() >= MIN_UNROLLED_BATCH * d * d
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+
+
+def _assemble(entries: list[list[Tensor | None]], like: Tensor) -> Tensor:
+    """Lower-triangular ``(..., D, D)`` from ``entries[i][j]`` ``(...)`` for ``j <= i``."""
+    d = len(entries)
+    zero = torch.zeros_like(like[..., 0, 0])
+    return torch.stack([torch.stack([entries[i][j] if j <= i else zero for j in range(d)], -1)
+                        for i in range(d)], -2)
+
+
+def cholesky_factor(matrix: Tensor) -> Tensor:
+    """Lower Cholesky factor of symmetric positive-definite ``matrix`` ``(..., D, D)``, without an error for a
+    matrix that is not (see the module docstring)."""
+    if not _unrolled(matrix):
+        return torch.linalg.cholesky_ex(matrix)[0]
+    d = matrix.shape[-1]
+    L: list[list[Tensor | None]] = [[None] * d for _ in range(d)]
+    for j in range(d):
+        s = matrix[..., j, j]
+        for k in range(j):
+            s = s - L[j][k] * L[j][k]
+        L[j][j] = s.sqrt()
+        for i in range(j + 1, d):
+            s = matrix[..., i, j]
+            for k in range(j):
+                s = s - L[i][k] * L[j][k]
+            L[i][j] = s / L[j][j]
+    return _assemble(L, matrix)
+
+
+def inverse_from_factor(factor: Tensor) -> Tensor:
+    """:math:`(LL^\\top)^{-1}` ``(..., D, D)`` from the lower factor ``L`` ``(..., D, D)``."""
+    if not _unrolled(factor):
+        return torch.cholesky_inverse(factor)
+    d = factor.shape[-1]
+    X: list[list[Tensor | None]] = [[None] * d for _ in range(d)]
+    for i in range(d):
+        X[i][i] = 1.0 / factor[..., i, i]
+        for j in range(i):
+            s = factor[..., i, j] * X[j][j]
+            for k in range(j + 1, i):
+                s = s + factor[..., i, k] * X[k][j]
+            X[i][j] = -s * X[i][i]
+    inverse = _assemble(X, factor)
+    return inverse.transpose(-1, -2) @ inverse

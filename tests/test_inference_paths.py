@@ -1,0 +1,177 @@
+"""The inference-only forward paths give the training forward's function: folded attention, fast GELU, chunks run
+side by side, and the compiled update."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from distformer import DistributionTransformer, ModelConfig
+from distformer.nn.chunks import map_chunks
+from distformer.nn.kernels import dense, gelu_tanh
+from distformer.nn.folded import fold_attention, folded_forward
+from distformer.nn.tokens import gmm_to_chart
+from distformer.observations import Observations, as_observations
+from helpers import random_mixture
+
+
+def _perturbed(dtype=torch.float64, encoder_layers=0, seed=0, sources=None):
+    """A model whose zero-initialised branches are filled with noise, so that every weight matters."""
+    torch.manual_seed(seed)
+    model = DistributionTransformer(ModelConfig(dim=2, sources=sources or {"z": 2}, d_model=32, num_heads=4,
+                                                num_layers=2, ff_dim=64, hidden=32, encoder_layers=encoder_layers))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+def _masked_problems(n, rng, dtype=torch.float64, N=9):
+    prior = random_mixture((n,), 4, 2, rng, dtype=dtype)
+    z = torch.randn(n, N, 2, generator=rng, dtype=dtype)
+    mask = torch.rand(n, N, generator=rng) < 0.7
+    mask[:, 0] = True
+    return prior, z, mask
+
+
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_folded_attention_is_the_same_function_in_float64(encoder_layers, rng):
+    """The softmax drops score terms constant over keys and the averaged values pass through W_O W_V exactly,
+    so in float64 the folded forward equals the training forward to rounding (1e-10), masks included."""
+    model = _perturbed(encoder_layers=encoder_layers)
+    prior, z, mask = _masked_problems(40, rng)
+    obs = as_observations(z, model.config.sources, mask)
+    chart = gmm_to_chart(prior)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded_forward(model, chart, obs), model(chart, obs), rtol=0, atol=1e-10)
+
+
+def test_fold_attention_matches_multi_head_attention_with_biases(rng):
+    """One attention against torch.nn.MultiheadAttention with random in/out biases (float64)."""
+    torch.manual_seed(3)
+    d, heads = 16, 4
+    mha = torch.nn.MultiheadAttention(d, heads, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+        mha.out_proj.bias.normal_()
+    x = torch.randn(5, 3, d, generator=rng, dtype=torch.float64)
+    m = torch.randn(5, 7, d, generator=rng, dtype=torch.float64)
+    absent = torch.zeros(5, 7, dtype=torch.bool)
+    absent[:, 4:] = True
+    w = mha.in_proj_weight.chunk(3)
+    b = mha.in_proj_bias.chunk(3)
+    folded = fold_attention(w[0], b[0], w[1], w[2], b[2], mha.out_proj, heads)
+    bias = torch.zeros(5, 7, 1, dtype=torch.float64).masked_fill(absent[..., None], -torch.inf)
+    from distformer.nn.folded import folded_attend
+
+    with torch.no_grad():
+        expected, _ = mha(x, m, m, key_padding_mask=absent, need_weights=False)
+        torch.testing.assert_close(folded_attend(x, m, folded, bias), expected, rtol=0, atol=1e-10)
+
+
+def test_folded_weights_follow_in_place_parameter_changes(rng):
+    """An optimiser step and load_state_dict change parameters in place; the folded cache must see both."""
+    model = _perturbed()
+    prior, z, mask = _masked_problems(40, rng)
+    obs = as_observations(z, model.config.sources, mask)
+    chart = gmm_to_chart(prior)
+    other = _perturbed(seed=1)
+    with torch.inference_mode():
+        before = folded_forward(model, chart, obs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(chart, obs).square().sum().backward()
+    opt.step()
+    with torch.inference_mode():
+        after_step = folded_forward(model, chart, obs)
+        assert (after_step - before).abs().max() > 1e-3
+        torch.testing.assert_close(after_step, model(chart, obs), rtol=1e-10, atol=1e-10)
+    model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded_forward(model, chart, obs), other(chart, obs), rtol=1e-10, atol=1e-10)
+
+
+def test_fast_gelu_equals_the_tanh_approximation():
+    x = torch.linspace(-12, 12, 20001, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=0, atol=1e-14)
+        x32 = x.float()
+        torch.testing.assert_close(gelu_tanh(x32), F.gelu(x32, approximate="tanh"), rtol=0, atol=2e-6)
+    x.requires_grad_(True)
+    gelu_tanh(x).sum().backward()  # with autograd it is F.gelu itself
+    assert torch.isfinite(x.grad).all()
+
+
+def test_fast_dense_equals_linear(rng):
+    x = torch.randn(300, 20, 64, generator=rng, dtype=torch.float64)
+    w = torch.randn(256, 64, generator=rng, dtype=torch.float64)
+    b = torch.randn(256, generator=rng, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=0, atol=1e-12)
+        torch.testing.assert_close(dense(x[:1, :1], w, None), F.linear(x[:1, :1], w), rtol=0, atol=0)
+
+
+def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng):
+    model = _perturbed(dtype=torch.float32)
+    prior, z, mask = _masked_problems(300, rng, dtype=torch.float32)
+    obs = as_observations(z, model.config.sources, mask)
+    chart = gmm_to_chart(prior)
+    forward = lambda c, o: folded_forward(model, c, o)  # noqa: E731
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        in_turn = map_chunks(forward, chart, obs, 64)
+        torch.set_num_threads(2)
+        side_by_side = map_chunks(forward, chart, obs, 64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert not side_by_side.requires_grad  # the workers ran under inference mode
+    torch.testing.assert_close(side_by_side, in_turn, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="positive chunk_size"):
+        map_chunks(forward, chart, obs, 0)
+
+
+def test_a_failing_chunk_raises_and_restores_the_thread_count(rng):
+    obs = Observations({"z": torch.zeros(10, 3, 2)}, {"z": torch.ones(10, 3, dtype=torch.bool)})
+
+    def forward(c, o):
+        raise RuntimeError("boom")
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="boom"):
+            map_chunks(forward, torch.zeros(10, 4, 6), obs, 3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("size", [1, 33, 700])
+def test_every_batch_size_path_matches_the_training_forward(size, rng):
+    """Small batches go through the traced forward, large ones through folded chunks side by side."""
+    model = _perturbed(dtype=torch.float32, encoder_layers=1)
+    prior, z, mask = _masked_problems(size, rng, dtype=torch.float32)
+    fast = model.posterior(prior, z, mask, check=False)
+    eager = model.posterior(prior, z, mask, grad=True, check=False)
+    torch.testing.assert_close(fast.loc, eager.loc.detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.scale_tril, eager.scale_tril.detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.log_weights, eager.log_weights.detach(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_update_matches_eager_to_1e_5():
+    """torch.compile (Inductor, C++ wrapper) of the exported update; compiles once (about 20-40 s on 2 cores)."""
+    import distformer
+
+    model = distformer.pretrained("linear-gaussian-2d")
+    rng = torch.Generator().manual_seed(5)
+    prior = random_mixture((1,), 4, 2, rng, dtype=torch.float32)
+    z = torch.randn(1, 20, 2, generator=rng)
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    update = model.compiled_update()
+    with torch.inference_mode():
+        log_w, loc, tril = update(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
+        eager = model.posterior(prior, z, check=False)
+    torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_w, eager.log_weights, rtol=0, atol=1e-5)
