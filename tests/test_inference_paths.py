@@ -89,6 +89,20 @@ def test_folded_weights_follow_in_place_parameter_changes(rng):
         torch.testing.assert_close(folded_forward(model, chart, obs), other(chart, obs), rtol=1e-10, atol=1e-10)
 
 
+def test_the_traced_path_follows_in_place_parameter_changes(rng):
+    """The traced forward holds the folded matrices as constants: after an optimiser step it must be traced again."""
+    model = _perturbed(dtype=torch.float32)
+    prior, z, mask = _masked_problems(3, rng, dtype=torch.float32)
+    before = model.posterior(prior, z, mask, check=False).loc
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.posterior(prior, z, mask, grad=True, check=False).loc.square().sum().backward()
+    opt.step()
+    after = model.posterior(prior, z, mask, check=False).loc
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, model.posterior(prior, z, mask, grad=True, check=False).loc.detach(),
+                               rtol=0, atol=1e-4)
+
+
 def test_fast_gelu_equals_the_tanh_approximation():
     x = torch.linspace(-12, 12, 20001, dtype=torch.float64)
     with torch.inference_mode():

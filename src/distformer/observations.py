@@ -105,8 +105,11 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
             raise ValueError(f"Expected observations {name!r} of shape (*B, N, E={dim}), but got a tensor of shape "
                              f"{tuple(v.shape)}.")
         m = masks.get(name)
-        if m is None:
+        if m is None:  # everything present: one finiteness test
             m = torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is "
+                                 "True.")
         else:
             m = torch.as_tensor(m, device=v.device)
             if m.dtype != torch.bool:
@@ -114,11 +117,12 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
             if m.shape != v.shape[:-1]:
                 raise ValueError(f"Expected the mask for {name!r} to have shape {tuple(v.shape[:-1])}, but got "
                                  f"{tuple(m.shape)}.")
-        finite = torch.isfinite(v).all(-1)
-        if not bool((finite | ~m).all()):
-            raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is True.")
-        if not bool(finite.all()):  # padded entries may hold anything; keep NaN out of the arithmetic
-            v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+            finite = torch.isfinite(v).all(-1)
+            if not bool((finite | ~m).all()):
+                raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is "
+                                 "True.")
+            if not bool(finite.all()):  # padded entries may hold anything; keep NaN out of the arithmetic
+                v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
         values[name], masks[name] = v, m
         batch_shapes.append(m.shape[:-1])
     try:

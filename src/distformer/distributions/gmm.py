@@ -126,6 +126,16 @@ class GaussianMixture(Distribution):
         self._scale_tril = tril
         super().__init__(batch_shape=batch_shape, event_shape=torch.Size([d]), validate_args=False)
 
+    @classmethod
+    def _from_parts(cls, log_weights: Tensor, loc: Tensor, scale_tril: Tensor) -> "GaussianMixture":
+        """A mixture from parts already valid and alike in batch shape and dtype: normalised ``log_weights``
+        ``(*B, K)``, ``loc`` ``(*B, K, D)``, ``scale_tril`` ``(*B, K, D, D)``. No checks, casts or copies: for
+        the model's own outputs, where the constructor's work is most of a batch-1 call's overhead."""
+        self = cls.__new__(cls)
+        self._log_weights, self._loc, self._scale_tril = log_weights, loc, scale_tril
+        Distribution.__init__(self, batch_shape=loc.shape[:-2], event_shape=loc.shape[-1:], validate_args=False)
+        return self
+
     # ----------------------------------------------------------------------------------- validation
     @staticmethod
     def _check_shapes(mix: Tensor, loc: Tensor, matrix: Tensor, mix_name: str, matrix_name: str) -> None:

@@ -28,22 +28,27 @@ import torch
 from torch import Tensor, nn
 
 from ..observations import Observations
+from .folded import folded_forward, folded_weights
 from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_to_gmm
 
 
 class ExportedUpdate(nn.Module):
-    """``forward(log_weights, loc, scale_tril, *values, *masks) -> (log_weights, loc, scale_tril)``."""
+    """``forward(log_weights, loc, scale_tril, *values, *masks) -> (log_weights, loc, scale_tril)``; with
+    ``folded`` through ``folded.py``'s forward (the exported program, a snapshot of the weights), else through
+    the module's own forward (the compiled update, which reads the weights at every call)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, folded: bool = False) -> None:
         super().__init__()
         self.model = model
         self.names = list(model.config.sources)
         self.dim = model.dim
+        self.folded = folded
 
     def forward(self, log_weights: Tensor, loc: Tensor, scale_tril: Tensor, *tensors: Tensor):
         values, masks = tensors[:len(self.names)], tensors[len(self.names):]
         chart = chart_from_parts(log_weights.clamp_min(LOG_WEIGHT_FLOOR), loc, scale_tril)
-        out = self.model(chart, Observations(dict(zip(self.names, values)), dict(zip(self.names, masks))))
+        obs = Observations(dict(zip(self.names, values)), dict(zip(self.names, masks)))
+        out = folded_forward(self.model, chart, obs) if self.folded else self.model(chart, obs)
         post = chart_to_gmm(out, self.dim)
         present = torch.stack([m.any(-1) for m in masks]).any(0)  # (B,)
         keep = present.unsqueeze(-1)
@@ -75,10 +80,11 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
                *[torch.ones(2, max_observations, dtype=torch.bool) for _ in model.config.sources])
     was_training = model.training
     model.eval()
+    folded_weights(model)  # computed now, so that the trace records the folded matrices, not their computation
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.jit.trace(ExportedUpdate(model), example, check_trace=False)
+            program = torch.jit.trace(ExportedUpdate(model, folded=True), example, check_trace=False)
     finally:
         model.train(was_training)
     path = Path(path)

@@ -75,16 +75,24 @@ def _fold_cross(block: nn.Module) -> FoldedAttention:
                           block.num_heads)
 
 
-def _attention_parameters(model: nn.Module) -> list[Tensor]:
-    return [p for block in (*model.encoder, *model.blocks) for name, p in block.named_parameters()
-            if name.startswith(("self_", "cross_"))]
+_ATTENTION_LAYERS = ("self_qkv", "self_out", "cross_q", "cross_kv", "cross_out")
+
+
+def _attention_key(model: nn.Module) -> tuple:
+    """Identity and version of every attention parameter, and their dtype and device: changes whenever a folded
+    matrix would (reading ``_modules`` directly keeps this cheap enough for every batch-1 call)."""
+    params = [layer._parameters[name] for block in (*model.encoder, *model.blocks)
+              for layer in (block._modules.get(n) for n in _ATTENTION_LAYERS) if layer is not None
+              for name in ("weight", "bias")]
+    head = (params[0].dtype, params[0].device) if params else ()
+    return (*head, *[(id(p), p._version) for p in params])
 
 
 def folded_weights(model: nn.Module) -> tuple[list[FoldedAttention], list[tuple[FoldedAttention, FoldedAttention]]]:
     """The folded self-attention of each encoder block and (self, cross) of each decoder block, cached on the model
-    and rebuilt when an attention parameter's version, dtype or device changed."""
-    params = _attention_parameters(model)
-    key = tuple((p._version, p.dtype, p.device) for p in params)
+    and rebuilt when an attention parameter was replaced or changed in place, or moved to another dtype or
+    device. The same object is returned until then, so callers can key their own caches on its identity."""
+    key = _attention_key(model)
     cached = model.__dict__.get("_folded")
     if cached is None or cached[0] != key:
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable in and out of inference mode

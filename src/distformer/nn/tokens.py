@@ -76,4 +76,4 @@ def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
     log_diag = chart[..., 1 + dim:1 + 2 * dim].clamp(*LOG_DIAG_RANGE)
     off = chart[..., 1 + 2 * dim:]
     L = tril_from_parts(log_diag.exp(), off)
-    return GaussianMixture(logits=logits, loc=loc, scale_tril=L, validate_args=False)
+    return GaussianMixture._from_parts(torch.log_softmax(logits, dim=-1), loc, L)

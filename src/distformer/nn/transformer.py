@@ -38,7 +38,7 @@ from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
-from .folded import folded_forward
+from .folded import folded_forward, folded_weights
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import chart_size, chart_to_gmm, gmm_to_chart
@@ -328,19 +328,21 @@ class DistributionTransformer(nn.Module):
         return out
 
     def _inference_forward(self):
-        """``forward`` traced with TorchScript (once per dtype and device), falling back to eager ``forward``.
+        """``folded_forward`` traced with TorchScript (falling back to it eager if tracing fails).
 
         At batch size 1 the eager forward pass spends most of its time in Python dispatch; the traced graph runs
         the same operators (shapes stay symbolic, so any batch size, ``K`` and ``N`` work) in about half the time.
+        The trace records the folded attention matrices as constants, so it is made again whenever they are
+        rebuilt (a parameter changed in place, or its dtype or device changed).
         """
-        weight = self.prior_embedding.last.weight
-        key = (weight.dtype, weight.device)
-        cache = self.__dict__.setdefault("_traced", {})  # kept out of the module tree and the state dict
-        if key not in cache:
-            cache[key] = self._trace(weight)
-        traced = cache[key]
+        folded = folded_weights(self)
+        cached = self.__dict__.get("_traced")  # kept out of the module tree and the state dict
+        if cached is None or cached[0] is not folded:
+            cached = (folded, self._trace(self.prior_embedding.last.weight))
+            self.__dict__["_traced"] = cached
+        traced = cached[1]
         if traced is None:
-            return self.forward
+            return lambda chart, obs: folded_forward(self, chart, obs)
         names = list(self.config.sources)
         return lambda chart, obs: traced(chart, *[obs.values[n] for n in names], *[obs.masks[n] for n in names])
 
@@ -357,7 +359,8 @@ class DistributionTransformer(nn.Module):
 
             def forward(self, chart, *tensors):
                 values, masks = tensors[:len(names)], tensors[len(names):]
-                return self.model(chart, Observations(dict(zip(names, values)), dict(zip(names, masks))))
+                return folded_forward(self.model, chart, Observations(dict(zip(names, values)),
+                                                                      dict(zip(names, masks))))
 
         c = chart_size(self.dim)
         chart = torch.zeros(2, 3, c, dtype=weight.dtype, device=weight.device)
