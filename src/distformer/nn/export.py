@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..observations import Observations
 from .folded import folded_forward, folded_weights
-from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_to_gmm
+from .tokens import LOG_WEIGHT_FLOOR, chart_from_parts, chart_to_gmm
 
 
 class ExportedUpdate(nn.Module):
@@ -108,6 +108,4 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
 def compile_update(model, cpp_wrapper: bool = True):
     """``ExportedUpdate(model)`` compiled with ``torch.compile`` (``dynamic=False``: each new input shape compiles
     once, on its first call). The weights are read on every call, so later changes to them are seen."""
-    weight = model.prior_embedding.last.weight
-    _tril_index(model.dim, str(weight.device))  # cached before tracing, so the second call does not recompile
     return torch.compile(ExportedUpdate(model), dynamic=False, options={"cpp_wrapper": bool(cpp_wrapper)})

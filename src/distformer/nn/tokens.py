@@ -27,18 +27,24 @@ def chart_size(dim: int) -> int:
     return 1 + dim + dim * (dim + 1) // 2
 
 
-_TRIL_INDEX: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}  # a plain dict, which torch.compile reads as is
+_TRIL_INDEX: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
 
 def _tril_index(dim: int, device: str) -> tuple[Tensor, Tensor]:
     """Flat positions in a ``D x D`` matrix of the diagonal, then the strictly-lower entries (row-major)."""
     key = (dim, device)
+    if torch.compiler.is_compiling():  # a compiled graph folds these constants itself; no guard on the cache
+        return _tril_positions(dim, device)
     if key not in _TRIL_INDEX:
         with torch.inference_mode(False):  # cached: must stay usable outside inference mode too
-            rows, cols = torch.tril_indices(dim, dim, offset=-1)
-            diag = torch.arange(dim) * (dim + 1)
-            _TRIL_INDEX[key] = (torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device))
+            _TRIL_INDEX[key] = _tril_positions(dim, device)
     return _TRIL_INDEX[key]
+
+
+def _tril_positions(dim: int, device: str) -> tuple[Tensor, Tensor]:
+    rows, cols = torch.tril_indices(dim, dim, offset=-1)
+    diag = torch.arange(dim) * (dim + 1)
+    return torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device)
 
 
 def tril_from_parts(diag: Tensor, off: Tensor) -> Tensor:

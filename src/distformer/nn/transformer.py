@@ -346,11 +346,14 @@ class DistributionTransformer(nn.Module):
         names = list(self.config.sources)
         return lambda chart, obs: traced(chart, *[obs.values[n] for n in names], *[obs.masks[n] for n in names])
 
-    def _trace(self, weight: Tensor):
+    def _trace(self, weight: Tensor, forward=None):
+        """TorchScript trace of ``forward(chart, observations)`` (default: ``folded_forward`` of this model) taking
+        ``(chart, *values, *masks)``, or ``None`` where tracing fails."""
         import warnings
 
         names = list(self.config.sources)
         model = self
+        forward = forward or (lambda chart, obs: folded_forward(model, chart, obs))
 
         class _Flat(nn.Module):
             def __init__(self) -> None:
@@ -359,8 +362,7 @@ class DistributionTransformer(nn.Module):
 
             def forward(self, chart, *tensors):
                 values, masks = tensors[:len(names)], tensors[len(names):]
-                return folded_forward(self.model, chart, Observations(dict(zip(names, values)),
-                                                                      dict(zip(names, masks))))
+                return forward(chart, Observations(dict(zip(names, values)), dict(zip(names, masks))))
 
         c = chart_size(self.dim)
         chart = torch.zeros(2, 3, c, dtype=weight.dtype, device=weight.device)
