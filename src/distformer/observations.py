@@ -107,9 +107,7 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
         m = masks.get(name)
         if m is None:  # everything present: one finiteness test
             m = torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is "
-                                 "True.")
+            finite_where_present = all_finite = bool(torch.isfinite(v).all())
         else:
             m = torch.as_tensor(m, device=v.device)
             if m.dtype != torch.bool:
@@ -118,11 +116,12 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
                 raise ValueError(f"Expected the mask for {name!r} to have shape {tuple(v.shape[:-1])}, but got "
                                  f"{tuple(m.shape)}.")
             finite = torch.isfinite(v).all(-1)
-            if not bool((finite | ~m).all()):
-                raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is "
-                                 "True.")
-            if not bool(finite.all()):  # padded entries may hold anything; keep NaN out of the arithmetic
-                v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+            finite_where_present = bool((finite | ~m).all())
+            all_finite = finite_where_present and bool(finite.all())
+        if not finite_where_present:
+            raise ValueError(f"Expected finite observations {name!r}, but found NaN or inf where the mask is True.")
+        if not all_finite:  # padded entries may hold anything; keep NaN out of the arithmetic
+            v = torch.where(m.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
         values[name], masks[name] = v, m
         batch_shapes.append(m.shape[:-1])
     try:

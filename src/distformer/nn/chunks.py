@@ -7,7 +7,8 @@ operators, which split poorly over threads: with :math:`T` threads (``torch.get_
 worker threads each run whole chunks on one thread (the operators release the GIL), which measured about 1.3-1.5x
 the throughput of every operator split over the same threads (``distformer bench speed``). The intra-op thread
 count is set to one while the workers run and restored afterwards. Chunks are independent, so the result is
-the concatenation of the chunks' results in order, whatever thread ran them.
+the concatenation of the chunks' results in order, whatever thread ran them. On an accelerator the chunks run in
+turn on the calling thread.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def map_chunks(forward: Callable[[Tensor, Observations], Tensor], chart: Tensor,
         with torch.inference_mode():  # grad mode is per thread: a worker does not inherit the caller's
             return forward(chart[start:start + chunk_size], observations.slice(start, start + chunk_size))
 
-    workers = min(torch.get_num_threads(), len(starts))
+    workers = min(torch.get_num_threads(), len(starts)) if chart.device.type == "cpu" else 1
     if workers < 2:
         return torch.cat([run(start) for start in starts])
     threads = torch.get_num_threads()

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .kernels import dense, gelu_tanh
 
+
 class MLP(nn.Module):
     """``Linear -> GELU(tanh) -> ... -> Linear`` through ``sizes``; ``(..., sizes[0])`` -> ``(..., sizes[-1])``."""
 

@@ -393,8 +393,9 @@ class DistributionTransformer(nn.Module):
 
     def compiled_update(self, cpp_wrapper: bool = True):
         """The exported update's function (raw ``(log_weights, loc, scale_tril, *values, *masks)`` in and out, no
-        validation) compiled in-process with ``torch.compile`` for the lowest batch-1 latency; the first call for
-        each input shape compiles (tens of seconds). See ``export.py``."""
+        validation) compiled in-process with ``torch.compile``, reading the live weights; the first call for each
+        input shape compiles (tens of seconds). On the project's CPU it measured no faster than the exported
+        TorchScript program (``benchmarks/speed.md``). See ``export.py``."""
         from .export import compile_update
 
         return compile_update(self, cpp_wrapper=cpp_wrapper)
