@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..observations import Observations
 from .folded import folded_forward, folded_weights
-from .tokens import LOG_WEIGHT_FLOOR, chart_from_parts, chart_to_gmm
+from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_to_gmm
 
 
 class ExportedUpdate(nn.Module):
@@ -48,7 +48,7 @@ class ExportedUpdate(nn.Module):
 
     def forward(self, log_weights: Tensor, loc: Tensor, scale_tril: Tensor, *tensors: Tensor):
         values, masks = tensors[:len(self.names)], tensors[len(self.names):]
-        chart = chart_from_parts(log_weights.clamp_min(LOG_WEIGHT_FLOOR), loc, scale_tril)
+        chart = chart_from_parts(log_weights.clamp_min(LOG_WEIGHT_FLOOR), loc, scale_tril, self.dim)
         obs = Observations(dict(zip(self.names, values)), dict(zip(self.names, masks)))
         out = folded_forward(self.model, chart, obs) if self.folded else self.model(chart, obs)
         post = chart_to_gmm(out, self.dim)
@@ -83,6 +83,7 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     was_training = model.training
     model.eval()
     folded_weights(model)  # computed now, so that the trace records the folded matrices, not their computation
+    _tril_index(D, str(weight.device))  # likewise the triangle positions
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

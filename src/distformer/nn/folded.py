@@ -42,12 +42,15 @@ from .site import apply_site
 @dataclass(frozen=True)
 class FoldedAttention:
     """``query`` ``(H d, d)`` and ``query_bias`` ``(H d,)`` give :math:`\\tilde q`; ``output`` ``(d, H d)`` and
-    ``output_bias`` ``(d,)`` map the head averages :math:`\\bar m` to the attention's output."""
+    ``output_bias`` ``(d,)`` map the head averages :math:`\\bar m` to the attention's output. ``heads`` (``H``) and
+    ``width`` (``d``) are kept as ints, so that a trace holds them as constants rather than reading shapes."""
 
     query: Tensor
     query_bias: Tensor
     output: Tensor
     output_bias: Tensor
+    heads: int
+    width: int
 
 
 def fold_attention(w_q: Tensor, b_q: Tensor, w_k: Tensor, w_v: Tensor, b_v: Tensor, out: nn.Linear,
@@ -61,7 +64,8 @@ def fold_attention(w_q: Tensor, b_q: Tensor, w_k: Tensor, w_v: Tensor, b_v: Tens
     query_bias = torch.cat([w_k[s].T @ b_q[s] for s in heads]) * scale
     output = torch.cat([out.weight[:, s] @ w_v[s] for s in heads], dim=1)    # columns h*d..(h+1)*d hold B_h
     output_bias = out.weight @ b_v + out.bias
-    return FoldedAttention(query.contiguous(), query_bias.contiguous(), output.contiguous(), output_bias)
+    return FoldedAttention(query.contiguous(), query_bias.contiguous(), output.contiguous(), output_bias,
+                           num_heads, d)
 
 
 def _fold_self(block: nn.Module) -> FoldedAttention:
@@ -109,13 +113,12 @@ def folded_attend(x: Tensor, memory: Tensor, w: FoldedAttention, bias: Tensor | 
     Scores are laid out keys-first, ``(B, M, T H)``: the softmax then runs over a strided dimension with the
     queries contiguous, which CPU kernels vectorise far better than a softmax over a last dimension of a few keys
     (measured 3x faster for the 4 component tokens)."""
-    B, T, d = x.shape
-    q = dense(x, w.query, w.query_bias).view(B, -1, d)          # (B, T H, d)
-    scores = torch.bmm(memory, q.transpose(1, 2))                    # (B, M, T H)
+    q = dense(x, w.query, w.query_bias).unflatten(-1, (w.heads, w.width)).flatten(1, 2)  # (B, T H, d)
+    scores = torch.bmm(memory, q.transpose(1, 2))                                        # (B, M, T H)
     if bias is not None:
         scores = scores + bias
-    averages = torch.bmm(torch.softmax(scores, 1).transpose(1, 2), memory)  # (B, T H, d)
-    return dense(averages.view(B, T, -1), w.output, w.output_bias)
+    averages = torch.bmm(torch.softmax(scores, 1).transpose(1, 2), memory)              # (B, T H, d)
+    return dense(averages.unflatten(1, (-1, w.heads)).flatten(2), w.output, w.output_bias)
 
 
 def folded_forward(model: nn.Module, chart: Tensor, observations) -> Tensor:

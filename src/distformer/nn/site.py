@@ -38,14 +38,14 @@ def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     """Posterior chart from prior chart ``(B, K, C)`` and head outputs ``(B, K, head_size(D))``."""
     n_tril = dim * (dim + 1) // 2
     log_w, loc = chart[..., 0], chart[..., 1:1 + dim]
-    L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:])
+    L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
     d_log_w, site_mean = head[..., 0], head[..., 1:1 + dim]
     m_log_diag = (head[..., 1 + dim:1 + 2 * dim] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0)
-    M = tril_from_parts(m_log_diag.exp(), head[..., 1 + 2 * dim:1 + dim + n_tril])
+    M = tril_from_parts(m_log_diag.exp(), head[..., 1 + 2 * dim:1 + dim + n_tril], dim)
     residual = head[..., 1 + dim + n_tril:]
     precision = symmetrize(inverse_from_factor(L) + M @ M.transpose(-1, -2))  # SPD by construction
     cov = symmetrize(inverse_from_factor(cholesky_factor(precision)))
     site_force = M @ (M.transpose(-1, -2) @ (site_mean - loc).unsqueeze(-1))
     new_loc = loc + (cov @ site_force).squeeze(-1)
     new_L = cholesky_factor(cov)
-    return chart_from_parts(log_w + d_log_w, new_loc, new_L) + residual
+    return chart_from_parts(log_w + d_log_w, new_loc, new_L, dim) + residual

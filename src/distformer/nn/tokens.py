@@ -31,7 +31,9 @@ _TRIL_INDEX: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
 
 
 def _tril_index(dim: int, device: str) -> tuple[Tensor, Tensor]:
-    """Flat positions in a ``D x D`` matrix of the diagonal, then the strictly-lower entries (row-major)."""
+    """``(gather, lower)``: for each of the ``D*D`` flat positions of a matrix, its entry in
+    ``[0, diag, strictly-lower]`` (0 above the diagonal); and the flat positions of the strictly-lower entries
+    (row-major). Cached; call it once before tracing, so that a trace records constants, not their computation."""
     key = (dim, device)
     if torch.compiler.is_compiling():  # a compiled graph folds these constants itself; no guard on the cache
         return _tril_positions(dim, device)
@@ -43,23 +45,27 @@ def _tril_index(dim: int, device: str) -> tuple[Tensor, Tensor]:
 
 def _tril_positions(dim: int, device: str) -> tuple[Tensor, Tensor]:
     rows, cols = torch.tril_indices(dim, dim, offset=-1)
-    diag = torch.arange(dim) * (dim + 1)
-    return torch.cat([diag, rows * dim + cols]).to(device), (rows * dim + cols).to(device)
+    lower = rows * dim + cols
+    gather = torch.zeros(dim * dim, dtype=torch.long)
+    gather[torch.arange(dim) * (dim + 1)] = 1 + torch.arange(dim)
+    gather[lower] = 1 + dim + torch.arange(lower.numel())
+    return gather.to(device), lower.to(device)
 
 
-def tril_from_parts(diag: Tensor, off: Tensor) -> Tensor:
-    """Lower-triangular ``(..., D, D)`` from its diagonal ``(..., D)`` and strictly-lower entries ``(..., D(D-1)/2)``."""
-    dim = diag.shape[-1]
-    index, _ = _tril_index(dim, str(diag.device))
-    flat = diag.new_zeros(*diag.shape[:-1], dim * dim).index_copy(-1, index, torch.cat([diag, off], -1))
-    return flat.view(*diag.shape[:-1], dim, dim)
+def tril_from_parts(diag: Tensor, off: Tensor, dim: int | None = None) -> Tensor:
+    """Lower-triangular ``(..., D, D)`` from its diagonal ``(..., D)`` and strictly-lower entries ``(..., D(D-1)/2)``
+    (``dim``: ``D`` as a Python int, which a trace keeps as a constant; default: read from ``diag``)."""
+    dim = diag.shape[-1] if dim is None else dim
+    gather, _ = _tril_index(dim, str(diag.device))
+    parts = torch.cat([torch.zeros_like(diag[..., :1]), diag, off], -1)
+    return parts.index_select(-1, gather).unflatten(-1, (dim, dim))
 
 
-def offdiag(L: Tensor) -> Tensor:
+def offdiag(L: Tensor, dim: int | None = None) -> Tensor:
     """Strictly-lower entries ``(..., D(D-1)/2)`` of ``L`` ``(..., D, D)`` in row-major order."""
-    dim = L.shape[-1]
-    _, index = _tril_index(dim, str(L.device))
-    return L.reshape(*L.shape[:-2], dim * dim).index_select(-1, index)
+    dim = L.shape[-1] if dim is None else dim
+    _, lower = _tril_index(dim, str(L.device))
+    return L.flatten(-2).index_select(-1, lower)
 
 
 def gmm_to_chart(mixture: GaussianMixture) -> Tensor:
@@ -67,10 +73,11 @@ def gmm_to_chart(mixture: GaussianMixture) -> Tensor:
     return chart_from_parts(mixture.log_weights.clamp_min(LOG_WEIGHT_FLOOR), mixture.loc, mixture.scale_tril)
 
 
-def chart_from_parts(log_weights: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
-    """Chart from log-weights ``(*B, K)``, means ``(*B, K, D)`` and Cholesky factors ``(*B, K, D, D)``."""
+def chart_from_parts(log_weights: Tensor, loc: Tensor, scale_tril: Tensor, dim: int | None = None) -> Tensor:
+    """Chart from log-weights ``(*B, K)``, means ``(*B, K, D)`` and Cholesky factors ``(*B, K, D, D)`` (``dim`` as
+    in :func:`tril_from_parts`)."""
     return torch.cat([log_weights.unsqueeze(-1), loc, scale_tril.diagonal(dim1=-2, dim2=-1).log(),
-                      offdiag(scale_tril)], dim=-1)
+                      offdiag(scale_tril, dim)], dim=-1)
 
 
 def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
@@ -81,5 +88,5 @@ def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
     loc = chart[..., 1:1 + dim]
     log_diag = chart[..., 1 + dim:1 + 2 * dim].clamp(*LOG_DIAG_RANGE)
     off = chart[..., 1 + 2 * dim:]
-    L = tril_from_parts(log_diag.exp(), off)
+    L = tril_from_parts(log_diag.exp(), off, dim)
     return GaussianMixture._from_parts(torch.log_softmax(logits, dim=-1), loc, L)

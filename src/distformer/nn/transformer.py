@@ -41,7 +41,7 @@ from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tok
 from .folded import folded_forward, folded_weights
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
-from .tokens import chart_size, chart_to_gmm, gmm_to_chart
+from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,9 @@ class DistributionTransformer(nn.Module):
         folded = folded_weights(self)
         cached = self.__dict__.get("_traced")  # kept out of the module tree and the state dict
         if cached is None or cached[0] is not folded:
-            cached = (folded, self._trace(self.prior_embedding.last.weight))
+            weight = self.prior_embedding.last.weight
+            _tril_index(self.dim, str(weight.device))  # cached first: the trace then holds it as a constant
+            cached = (folded, self._trace(weight))
             self.__dict__["_traced"] = cached
         traced = cached[1]
         if traced is None:
