@@ -144,6 +144,24 @@ def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(r
         map_chunks(forward, chart, obs, 0)
 
 
+def test_concurrent_callers_leave_the_thread_count_as_they_found_it(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _perturbed(dtype=torch.float32)
+    prior, z, mask = _masked_problems(200, rng, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        expected = model.posterior(prior, z, mask, check=False).loc
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: model.posterior(prior, z, mask, check=False).loc, range(8)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for loc in results:  # a caller that found the count lowered by another ran its chunks in turn: same function
+        torch.testing.assert_close(loc, expected, rtol=0, atol=1e-5)
+
+
 def test_a_failing_chunk_raises_and_restores_the_thread_count(rng):
     obs = Observations({"z": torch.zeros(10, 3, 2)}, {"z": torch.ones(10, 3, dtype=torch.bool)})
 

@@ -6,13 +6,14 @@ which a single forward pass over all :math:`n` problems does not. The forward pa
 operators, which split poorly over threads: with :math:`T` threads (``torch.get_num_threads()``), ``T`` Python
 worker threads each run whole chunks on one thread (the operators release the GIL), which measured about 1.3-1.5x
 the throughput of every operator split over the same threads (``distformer bench speed``). The intra-op thread
-count is set to one while the workers run and restored afterwards. Chunks are independent, so the result is
+count is set to one while the workers run and restored afterwards (concurrent calls take turns). Chunks are independent, so the result is
 the concatenation of the chunks' results in order, whatever thread ran them. On an accelerator the chunks run in
 turn on the calling thread.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -20,6 +21,8 @@ import torch
 from torch import Tensor
 
 from ..observations import Observations
+
+_THREAD_COUNT = threading.Lock()  # held while the intra-op thread count is lowered for the workers
 
 
 def map_chunks(forward: Callable[[Tensor, Observations], Tensor], chart: Tensor, observations: Observations,
@@ -37,10 +40,11 @@ def map_chunks(forward: Callable[[Tensor, Observations], Tensor], chart: Tensor,
     workers = min(torch.get_num_threads(), len(starts)) if chart.device.type == "cpu" else 1
     if workers < 2:
         return torch.cat([run(start) for start in starts])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="distformer-chunk") as pool:
-            return torch.cat(list(pool.map(run, starts)))
-    finally:
-        torch.set_num_threads(threads)
+    with _THREAD_COUNT:  # concurrent callers take turns, so that each restores the count it found
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="distformer-chunk") as pool:
+                return torch.cat(list(pool.map(run, starts)))
+        finally:
+            torch.set_num_threads(threads)
