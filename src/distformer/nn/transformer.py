@@ -377,14 +377,6 @@ class DistributionTransformer(nn.Module):
         except Exception:  # tracing is an optimisation only; eager forward is always correct
             return None
 
-    def _apply(self, fn, recurse=True):
-        self.__dict__.pop("_traced", None)  # dtype or device changes: trace again on next use
-        return super()._apply(fn, recurse)
-
-    def train(self, mode: bool = True):
-        self.__dict__.pop("_traced", None)
-        return super().train(mode)
-
     def export(self, path, format: str = "torchscript", num_components: int | None = None,
                max_observations: int = 20):
         """Write the posterior update as a TorchScript program that runs with ``torch`` alone (see ``export.py``)."""
