@@ -84,11 +84,13 @@ def _previous_path(model):
     """The batched path before folded attention and side-by-side chunks: a trace of the module's own forward over
     chunks of 1,024 problems in turn, each operator split over all threads (kept as the same-run reference)."""
     traced = model._trace(model.prior_embedding.last.weight, forward=model.forward)
+    names = list(model.config.sources)
 
     def posterior(prior, z):
         chart, obs = gmm_to_chart(prior), as_observations(z, model.config.sources)
-        out = torch.cat([traced(chart[i:i + 1024], obs.values["z"][i:i + 1024], obs.masks["z"][i:i + 1024])
-                         for i in range(0, chart.shape[0], 1024)])
+        chunks = [obs.slice(i, i + 1024) for i in range(0, chart.shape[0], 1024)]
+        out = torch.cat([traced(chart[1024 * j:1024 * (j + 1)], *[o.values[n] for n in names],
+                                *[o.masks[n] for n in names]) for j, o in enumerate(chunks)])
         return chart_to_gmm(out, model.dim)
 
     return posterior

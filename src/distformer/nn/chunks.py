@@ -4,11 +4,11 @@ A batch of :math:`n` problems is cut into :math:`\lceil n / c\rceil` chunks of :
 activations (``c`` problems of ``K`` component tokens and up to ``N`` observation tokens) stay in the CPU's cache,
 which a single forward pass over all :math:`n` problems does not. The forward passes of this model are many small
 operators, which split poorly over threads: with :math:`T` threads (``torch.get_num_threads()``), ``T`` Python
-worker threads each run whole chunks on one thread (the operators release the GIL), which measured about 1.3-1.5x
-the throughput of every operator split over the same threads (``distformer bench speed``). The intra-op thread
-count is set to one while the workers run and restored afterwards (concurrent calls take turns). Chunks are independent, so the result is
-the concatenation of the chunks' results in order, whatever thread ran them. On an accelerator the chunks run in
-turn on the calling thread.
+worker threads each run whole chunks on one thread (the operators release the GIL), which in development runs on a
+2-core CPU gave 1.2-1.45x the throughput of every operator split over the same threads. The intra-op thread count
+is set to one while the workers run and restored afterwards (concurrent calls take turns). Chunks are independent,
+so the result is the concatenation of the chunks' results in order, whatever thread ran them. On an accelerator
+the chunks run in turn on the calling thread.
 """
 
 from __future__ import annotations
