@@ -96,6 +96,28 @@ def test_problem_batches_and_series():
         problem.observations(torch.ones(3), torch.ones(2))
 
 
+
+def test_meta_prior_mixes_in_replicated_gaussians_like_a_filter_start():
+    n, K = 4000, 4
+    problem = SensorFusion(num_components=K, replicated_fraction=0.25)
+    prior = problem.sample_meta_prior(n, torch.Generator().manual_seed(2))
+    ranks = torch.arange(1, K + 1, dtype=prior.dtype) / (K * (K + 1) / 2)
+    replicated = (prior.weights - ranks).abs().amax(-1) < 1e-6
+    # the count is Binomial(n, 0.25): sd 27, so 5 sd bounds give a false-alarm rate below 1e-6
+    assert abs(int(replicated.sum()) - n / 4) < 5 * math.sqrt(n * 0.25 * 0.75)
+    same = (prior.loc - prior.loc[:, :1]).abs().amax((-1, -2)) + \
+        (prior.scale_tril - prior.scale_tril[:, :1]).abs().amax((-1, -2, -3))
+    assert bool((same[replicated] == 0).all()), "a replicated prior repeats one Gaussian in every component"
+    assert bool((same[~replicated] > 0).all()), "independent components differ"
+    # a replicated prior is the same distribution as its one Gaussian (the filter's start)
+    x = torch.randn(5, n, 4, generator=torch.Generator().manual_seed(3))
+    single = torch.distributions.MultivariateNormal(prior.loc[:, 0], scale_tril=prior.scale_tril[:, 0])
+    torch.testing.assert_close(prior.log_prob(x)[:, replicated], single.log_prob(x)[:, replicated])
+    assert not bool((SensorFusion().sample_meta_prior(500, torch.Generator().manual_seed(2)).weights
+                     - ranks).abs().amax(-1).lt(1e-6).any()), "the default meta-prior has independent components"
+    with pytest.raises(ValueError, match="replicated_fraction"):
+        SensorFusion(replicated_fraction=1.5)
+
 def test_particle_filter_takes_named_sources_and_scores_by_kde():
     """Observations input gives the same run as the tensor input, and the KDE log-density is close to the exact
     Kalman one on a linear-Gaussian model, at the posterior mean and one sd away. The KDE's covariance is (1 + h^2)
@@ -219,3 +241,42 @@ def test_bench_stochastic_volatility_quick_writes_a_report(tmp_path):
     report = (tmp_path / "stochastic-volatility.md").read_text()
     assert "distformer bench stochastic-volatility --quick" in report and "predict only" in report
     assert (tmp_path / "stochastic-volatility.png").exists()
+
+
+class _OneReading:
+    """x ~ prior on R, one reading z = x + N(0, 1): the exact posterior is closed form."""
+
+    def simulate(self, x, generator):
+        z = x + torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        return Observations({"z": z.unsqueeze(-2)}, {"z": torch.ones(x.shape[:-1] + (1,), dtype=torch.bool)})
+
+    def log_likelihood(self, theta, observations):
+        z = observations.values["z"][..., 0, :].to(theta.dtype)
+        return torch.distributions.Normal(theta, 1.0).log_prob(z).sum(-1)
+
+
+class _ExactOrPrior:
+    def __init__(self, exact: bool):
+        self.exact = exact
+
+    def posterior(self, prior, observations):
+        if not self.exact:
+            return prior
+        return prior.condition_linear_gaussian(torch.ones(1, 1), torch.ones(1, 1), observations.values["z"])
+
+
+def test_single_step_kl_is_zero_for_the_exact_update_and_the_information_for_the_prior():
+    from distformer import GaussianMixture
+    from distformer.bench.filter_runs import single_step_kl
+
+    n, s0 = 1000, 2.0
+    prior = GaussianMixture(torch.ones(n, 1, dtype=F64), torch.zeros(n, 1, 1, dtype=F64),
+                            covariance_matrix=torch.full((n, 1, 1, 1), s0**2, dtype=F64))
+    g = torch.Generator().manual_seed(5)
+    exact = single_step_kl(_ExactOrPrior(True), _OneReading(), prior, g, draws=5000, chunk=500)
+    # the model is exact, so each term is log p(z) - log p_hat(z): importance-sampling error only (ESS about 5,000/3)
+    assert abs(exact["kl"]["mean"]) < 5e-3 and exact["median_ess"] > 1000 and exact["problems"] == n
+    # the prior as the posterior: the expected KL is the mutual information 0.5 log(1 + s0^2) of x and z
+    none = single_step_kl(_ExactOrPrior(False), _OneReading(), prior, g, draws=5000, chunk=500)
+    kl = none["kl"]
+    assert abs(kl["mean"] - 0.5 * math.log(1 + s0**2)) < 4 * kl["stderr"] + 5e-3  # 4 sd: false alarms below 1e-4

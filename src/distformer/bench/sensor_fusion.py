@@ -20,8 +20,8 @@ from ..observations import Observations
 from ..problems.sensor_fusion import (BEARING_SD, SensorFusion, range_reading_moments, true_bearing, true_range,
                                       wrap_angle)
 from .filter_runs import (describe_match, out_of_family_line, out_of_family_messages, plot_compute_curve,
-                          record_filter_metrics, row_cells, score_filter, score_particle_filter, smallest_match,
-                          write_report)
+                          record_filter_metrics, row_cells, score_filter, score_particle_filter, single_step_kl,
+                          smallest_match, write_report)
 from .report import fmt_estimate as _fmt
 from .timing import machine
 
@@ -76,8 +76,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     import distformer
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = dict(series=8, steps=10, particles=(100, 1000)) if quick else \
-        dict(series=100, steps=50, particles=(100, 1000, 10_000, 100_000))
+    size = dict(series=8, steps=10, particles=(100, 1000), kl_priors=16, depths=(2, 10)) if quick else \
+        dict(series=100, steps=50, particles=(100, 1000, 10_000, 30_000, 100_000), kl_priors=500,
+             depths=(10, 25, 50))
     threads = torch.get_num_threads()
     problem = SensorFusion()
     data = problem.simulate_series(size["series"], size["steps"], torch.Generator().manual_seed(SEED))
@@ -103,6 +104,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
             rows.append(row)
     model_row = rows[0]
     match = smallest_match(rows, model_row)
+    single_step = single_step_rows(model, problem, motion, data.prior, beliefs_of[f"model ({MODEL})"],
+                                   size["kl_priors"], size["depths"], torch.Generator().manual_seed(SEED + 2))
     command = "distformer bench sensor-fusion" + (" --quick" if quick else "")
     lines = [
         "# sensor-fusion: the model filter against EKF, UKF and particle filters",
@@ -126,17 +129,39 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         describe_match(match) + " The paper (Table 3, on a laptop GPU): model -0.197 ± 0.040 at 17 ms, particle "
         "filter -0.244 ± 0.047 at 818 ms, EKF 95.9.",
         "",
+        "Where the model's error comes from: the KL of one update, from priors the model was trained on, from the "
+        "filter's start, and from the beliefs its own filter meets at a given step of the series above. `distformer."
+        "bench.filter_runs.single_step_kl`: x from the prior, readings from the sensors, the exact posterior density "
+        "by importance sampling from the prior (20,000 draws; the median ESS says how well).",
+        "",
+        "| prior of the update | problems | KL(exact ‖ model) | median ESS |",
+        "|---|---|---|---|",
+        *[f"| {r['prior']} | {r['problems']} | {_fmt(r['kl'], 4)} | {r['median_ess']:,.0f} |" for r in single_step],
+        "",
         out_of_family_line(out_of_family),
         "",
         "![NLL against time per step; NLL by step; one tracked series](sensor-fusion.png)",
     ]
     if update_cards and not quick:
-        record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"])
-    md = write_report(out_dir, "sensor-fusion", lines,
-                      {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family})
+        record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"],
+                              {"single_step_kl": single_step})
+    md = write_report(out_dir, "sensor-fusion", lines, {"command": command, "filters": rows, "match": match,
+                                                        "single_step_kl": single_step, "out_of_family": out_of_family})
     _plot(rows, beliefs_of[f"model ({MODEL})"], beliefs_of[size["particles"][-1]], states,
           out_dir / "sensor-fusion.png")
     return md
+
+
+def single_step_rows(model, problem: SensorFusion, motion, start: GaussianMixture, beliefs: GaussianMixture,
+                     num_priors: int, depths: tuple[int, ...], generator: torch.Generator) -> list[dict]:
+    """:func:`single_step_kl` from ``num_priors`` draws of the model's training meta-prior, from the filter's start
+    ``start`` (``(n,)``, one Gaussian, replicated to ``num_priors``) and from the predicted beliefs of the model filter
+    (``beliefs``, batch ``(T, n)``) at each 1-based step of ``depths``."""
+    trained_on = SensorFusion(**model.card["problem"]["options"])
+    cases = [("meta-prior the model was trained on", trained_on.sample_meta_prior(num_priors, generator)),
+             ("the filter's start, N((1,0,1,0), I)", start[:1].expand((num_priors,)))]
+    cases += [(f"model filter's belief, step {d}", motion(beliefs[d - 2].to(torch.float32), d - 1)) for d in depths]
+    return [{"prior": name, **single_step_kl(model, problem, prior, generator)} for name, prior in cases]
 
 
 def _ellipse(mean, cov, n_sd: float = 2.0):

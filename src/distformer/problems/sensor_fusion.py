@@ -25,7 +25,10 @@ positions :math:`\mathcal N(0, s_p^2)` and velocities :math:`\mathcal N(0, s_v^2
 :math:`U\operatorname{diag}(\sigma^2)U^\top` with :math:`U` a random rotation and
 :math:`\log\sigma\sim\mathcal U(\log\sigma_{\min},\log\sigma_{\max})`. Defaults :math:`K=4`, :math:`s_p=3`,
 :math:`s_v=0.5`, :math:`[\sigma_{\min},\sigma_{\max}]=[0.03, 1.5]`, chosen to cover the beliefs a filter meets on
-the series of :meth:`SensorFusion.simulate_series` (start :math:`x_0\sim\mathcal N((1,0,1,0), I)`).
+the series of :meth:`SensorFusion.simulate_series` (start :math:`x_0\sim\mathcal N((1,0,1,0), I)`). With probability
+``replicated_fraction`` a prior is instead one such Gaussian written as :math:`K` equal components with weights
+:math:`\propto 1..K`: the form a filter starts from (:meth:`SensorFusion.initial_prior`), which independent
+components almost never produce.
 No exact posterior exists; the reference is a large particle filter (``distformer bench sensor-fusion``).
 """
 
@@ -102,12 +105,16 @@ class SensorFusion(Problem):
     sources = {"range": 1, "bearing": 2}
 
     def __init__(self, num_components: int = 4, position_scale: float = 3.0, velocity_scale: float = 0.5,
-                 min_std: float = 0.03, max_std: float = 1.5, max_range: float = 20.0, p_missing: float = 0.1) -> None:
+                 min_std: float = 0.03, max_std: float = 1.5, max_range: float = 20.0, p_missing: float = 0.1,
+                 replicated_fraction: float = 0.0) -> None:
         if num_components < 1 or not 0 < min_std <= max_std or position_scale < 0 or velocity_scale < 0:
             raise ValueError(f"Expected num_components >= 1, 0 < min_std <= max_std and non-negative scales, but got "
                              f"{num_components}, {min_std}, {max_std}, {position_scale}, {velocity_scale}.")
         if max_range <= 0 or not 0 <= p_missing < 1:
             raise ValueError(f"Expected max_range > 0 and 0 <= p_missing < 1, but got {max_range}, {p_missing}.")
+        if not 0 <= replicated_fraction <= 1:
+            raise ValueError(f"Expected 0 <= replicated_fraction <= 1, but got {replicated_fraction}.")
+        self.replicated_fraction = replicated_fraction
         self.num_components, self.position_scale, self.velocity_scale = num_components, position_scale, velocity_scale
         self.min_std, self.max_std, self.max_range, self.p_missing = min_std, max_std, max_range, p_missing
         axis = torch.tensor([[1.0, 1.0 - DECAY], [0.0, DECAY]], dtype=torch.float64)
@@ -119,7 +126,8 @@ class SensorFusion(Problem):
     def options(self) -> dict:
         return {"num_components": self.num_components, "position_scale": self.position_scale,
                 "velocity_scale": self.velocity_scale, "min_std": self.min_std, "max_std": self.max_std,
-                "max_range": self.max_range, "p_missing": self.p_missing}
+                "max_range": self.max_range, "p_missing": self.p_missing,
+                "replicated_fraction": self.replicated_fraction}
 
     def describe(self) -> dict:
         return super().describe() | {
@@ -127,7 +135,8 @@ class SensorFusion(Problem):
             "meta_prior": (f"K={self.num_components} components; weights ~ Dirichlet(1); mean positions ~ "
                            f"N(0, {self.position_scale}^2), velocities ~ N(0, {self.velocity_scale}^2); covariances "
                            f"U diag(s^2) U^T with U a random 4-D rotation and log s ~ U(log {self.min_std}, "
-                           f"log {self.max_std})"),
+                           f"log {self.max_std}); with probability {self.replicated_fraction} one such Gaussian as K equal "
+                           "components with weights proportional to 1..K"),
             "likelihood": (f"range: clipped to [0, {self.max_range}] mixture 0.7 N(r, (0.1(r+1))^2) + 0.2 Exp(1) + "
                            f"0.1 U(0, {self.max_range}); bearing: atan2(p_x, p_y) + N(0, 0.1^2) wrapped, given as "
                            f"(cos, sin); each sensor missing with probability {self.p_missing}, never both in "
@@ -136,7 +145,16 @@ class SensorFusion(Problem):
 
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
         scale = torch.tensor([self.position_scale, self.velocity_scale] * 2)
-        return random_gmm_priors(n, self.num_components, self.dim, scale, self.min_std, self.max_std, generator)
+        priors = random_gmm_priors(n, self.num_components, self.dim, scale, self.min_std, self.max_std, generator)
+        if self.replicated_fraction == 0:
+            return priors
+        K = self.num_components
+        replicated = torch.rand(n, generator=generator) < self.replicated_fraction
+        ranks = torch.arange(1, K + 1, dtype=priors.dtype) / (K * (K + 1) / 2)
+        log_weights = torch.where(replicated[:, None], ranks.log(), priors.log_weights)
+        loc = torch.where(replicated[:, None, None], priors.loc[:, :1], priors.loc)
+        scale_tril = torch.where(replicated[:, None, None, None], priors.scale_tril[:, :1], priors.scale_tril)
+        return GaussianMixture(logits=log_weights, loc=loc, scale_tril=scale_tril)
 
     def read_sensors(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One range reading ``(*B,)`` and one wrapped bearing ``(*B,)`` for states ``x`` ``(*B, 4)``."""
