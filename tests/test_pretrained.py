@@ -56,6 +56,13 @@ def test_models_command_lists_the_shipped_models(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert name in out
+    # a filtering model's line carries the per-step NLL its benchmark measured, read from its card
+    import json
+    from distformer.zoo import pretrained_path
+
+    line = next(row for row in out.splitlines() if row.startswith("sensor-fusion "))
+    card = json.loads(pretrained_path("sensor-fusion").with_suffix(".json").read_text())["card"]
+    assert f"filter NLL/step={card['metrics']['filter_nll']['mean']:.3f}" in line
 
 
 def test_demo_runs_and_writes_a_figure(tmp_path, capsys):

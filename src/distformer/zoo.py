@@ -53,6 +53,8 @@ def describe(name: str) -> str:
              f"trained {card.get('training', {}).get('time_s', float('nan')) / 60:.1f} min"]
     if kl is not None:
         parts.append(f"KL(exact||model)={kl:.4f}")
+    if "filter_nll" in metrics:  # filtering models: NLL of the true state per step over the benchmark's series
+        parts.append(f"filter NLL/step={metrics['filter_nll']['mean']:.3f} ({metrics['command']})")
     return "  ".join(parts)
 
 
