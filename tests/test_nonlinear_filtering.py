@@ -280,3 +280,20 @@ def test_single_step_kl_is_zero_for_the_exact_update_and_the_information_for_the
     none = single_step_kl(_ExactOrPrior(False), _OneReading(), prior, g, draws=5000, chunk=500)
     kl = none["kl"]
     assert abs(kl["mean"] - 0.5 * math.log(1 + s0**2)) < 4 * kl["stderr"] + 5e-3  # 4 sd: false alarms below 1e-4
+
+
+def test_random_rotations_stay_orthogonal_when_the_gaussian_draw_is_singular():
+    from distformer.problems.linear_gaussian import random_rotation, rotation_from_gaussian
+
+    # a singular draw (last column a combination of the others) puts an exact zero on R's diagonal in float32; the
+    # sign fix used to multiply that column by sign(0) = 0, and one meta-prior covariance in ~10^7 came out singular
+    # (it stopped a training run with a NaN loss at step 7,597)
+    a = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    a[..., 3] = a[..., 0] - 2 * a[..., 1]
+    for U in (rotation_from_gaussian(a), random_rotation(10_000, 4, torch.Generator().manual_seed(1))):
+        torch.testing.assert_close(U.transpose(-1, -2) @ U, torch.eye(4).expand_as(U), atol=1e-5, rtol=0)
+    # R's diagonal is made non-negative, so Q R' = a for the sign-fixed pair (the column signs are Q's only freedom)
+    q, r = torch.linalg.qr(a[:1].double().add(torch.eye(4, dtype=F64)))
+    U = rotation_from_gaussian(a[:1].double().add(torch.eye(4, dtype=F64)))
+    signs = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(F64)
+    torch.testing.assert_close(U @ (signs.unsqueeze(-1) * r), a[:1].double().add(torch.eye(4, dtype=F64)))

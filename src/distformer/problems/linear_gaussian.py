@@ -28,9 +28,17 @@ from .base import Problem
 
 def random_rotation(n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` uniformly distributed rotation matrices ``(n, D, D)`` (QR of a Gaussian matrix, sign-corrected)."""
-    a = torch.randn(n, dim, dim, generator=generator)
+    return rotation_from_gaussian(torch.randn(n, dim, dim, generator=generator))
+
+
+def rotation_from_gaussian(a: Tensor) -> Tensor:
+    """The Q of ``a = QR`` ``(*, D, D)`` with the signs fixed so that R has a non-negative diagonal: Haar-distributed
+    when ``a`` has independent standard normal entries. A zero on R's diagonal (``a`` singular in float32, about
+    one 4x4 draw in 10^7) keeps its column's sign, where ``sign(0) = 0`` would zero the column and make a singular
+    covariance."""
     q, r = torch.linalg.qr(a)
-    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    diagonal = torch.diagonal(r, dim1=-2, dim2=-1)
+    return q * torch.where(diagonal < 0, -1.0, 1.0).to(q.dtype).unsqueeze(-2)
 
 
 class LinearGaussian(Problem):
