@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from distformer import DistributionTransformer, ModelConfig
+from distformer import DistributionTransformer, GaussianMixture, ModelConfig
 from distformer.nn.chunks import map_chunks
 from distformer.nn.kernels import dense, gelu_tanh
 from distformer.nn.folded import fold_attention, folded_forward
@@ -207,3 +207,31 @@ def test_compiled_update_matches_eager_to_1e_5():
     torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
     torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
     torch.testing.assert_close(log_w, eager.log_weights, rtol=0, atol=1e-5)
+
+
+def test_batched_inference_folds_only_where_the_attention_cost_allows():
+    from distformer.nn.folded import attention_multiply_adds, folding_pays
+
+    wide = DistributionTransformer(ModelConfig(dim=4, sources={"z": 4}, num_components=4,
+                                           d_model=128, num_heads=8, num_layers=2))
+    # by hand, per problem, K=4 component tokens and N=2 observation tokens, d=128, H=8, two decoder blocks:
+    # folded: per query 2 H d^2 + 2 H d N (self: N=K); unfolded: 2 d^2 per query and per memory token + 2 d Nq Nm
+    d, H, K, N = 128, 8, 4, 2
+    folded = 2 * (K * (2 * H * d * d + 2 * H * d * K) + K * (2 * H * d * d + 2 * H * d * N))
+    unfolded = 2 * (2 * d * d * 2 * K + 2 * d * K * K + 2 * d * d * (K + N) + 2 * d * K * N)
+    assert attention_multiply_adds(wide, K, N, True) == folded
+    assert attention_multiply_adds(wide, K, N, False) == unfolded
+    assert not folding_pays(wide, K, N)           # 4.6 times the unfolded count
+    narrow = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}, num_components=4))
+    assert folding_pays(narrow, 4, 20)            # width 64, 4 heads, 20 observations: 1.1 times
+    # the unfolded batched path is the training forward's function too
+    rng = torch.Generator().manual_seed(4)
+    for p in wide.parameters():
+        p.data.normal_(0, 0.05, generator=rng)
+    loc = torch.randn(300, 4, 4, generator=rng)
+    prior = GaussianMixture(torch.full((300, 4), 0.25), loc, scale_tril=0.5 * torch.eye(4).expand(300, 4, 4, 4))
+    z = torch.randn(300, 2, 4, generator=rng)
+    fast = wide.posterior(prior, z, check=False)
+    eager = wide.posterior(prior, z, grad=True, check=False)
+    torch.testing.assert_close(fast.loc, eager.loc.detach(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.scale_tril, eager.scale_tril.detach(), rtol=0, atol=1e-4)

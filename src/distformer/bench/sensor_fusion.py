@@ -77,7 +77,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
     out_dir.mkdir(parents=True, exist_ok=True)
     size = dict(series=8, steps=10, particles=(100, 1000), kl_priors=16, depths=(2, 10)) if quick else \
-        dict(series=100, steps=50, particles=(100, 1000, 10_000, 30_000, 100_000), kl_priors=500,
+        dict(series=100, steps=50, particles=(100, 1000, 10_000, 15_000, 20_000, 30_000, 100_000), kl_priors=500,
              depths=(10, 25, 50))
     threads = torch.get_num_threads()
     problem = SensorFusion()

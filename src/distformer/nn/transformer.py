@@ -38,7 +38,7 @@ from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
-from .folded import folded_forward, folded_weights
+from .folded import folded_forward, folded_weights, folding_pays
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
@@ -320,7 +320,10 @@ class DistributionTransformer(nn.Module):
         elif size <= self.traced_batch_size:
             out = self._inference_forward()(chart, obs)
         else:  # chunks keep the activations in cache; with several threads, chunks run side by side
-            out = map_chunks(lambda c, o: folded_forward(self, c, o), chart, obs, self.chunk_size)
+            memory = sum(v.shape[-2] for v in obs.values.values())
+            forward = (lambda c, o: folded_forward(self, c, o)) if folding_pays(self, chart.shape[1], memory) \
+                else self.forward
+            out = map_chunks(forward, chart, obs, self.chunk_size)
         if not bool(torch.isfinite(out).all()):
             raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
                                      "inf; the prior or the data are probably far outside its training family "
