@@ -91,5 +91,11 @@ def replicated_gaussian(mean: Tensor, covariance: Tensor, num_components: int, n
     """``N(mean, covariance)`` (``(D,)``, ``(D, D)``) written as ``num_components`` equal components with weights
     proportional to ``1..K``, batch ``(n,)``: the paper's start of a filter, so the belief can split later."""
     K, D = num_components, mean.shape[-1]
-    weights = torch.arange(1, K + 1, dtype=mean.dtype).expand(n, K) / (K * (K + 1) / 2)
+    weights = rank_weights(K, mean.dtype).expand(n, K)
     return GaussianMixture(weights, mean.expand(n, K, D), covariance_matrix=covariance.expand(n, K, D, D))
+
+
+def rank_weights(num_components: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Weights ``(K,)`` proportional to ``1..K``: the paper's split of one Gaussian into a filter's ``K`` components."""
+    K = num_components
+    return torch.arange(1, K + 1, dtype=dtype) / (K * (K + 1) / 2)

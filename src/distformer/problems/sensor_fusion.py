@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..distributions.gmm import GaussianMixture
 from ..observations import Observations, as_observations
-from .base import Problem, replicated_gaussian
+from .base import Problem, rank_weights, replicated_gaussian
 from .linear_gaussian import random_gmm_priors
 from .lti import Series
 
@@ -150,8 +150,7 @@ class SensorFusion(Problem):
             return priors
         K = self.num_components
         replicated = torch.rand(n, generator=generator) < self.replicated_fraction
-        ranks = torch.arange(1, K + 1, dtype=priors.dtype) / (K * (K + 1) / 2)
-        log_weights = torch.where(replicated[:, None], ranks.log(), priors.log_weights)
+        log_weights = torch.where(replicated[:, None], rank_weights(K, priors.dtype).log(), priors.log_weights)
         loc = torch.where(replicated[:, None, None], priors.loc[:, :1], priors.loc)
         scale_tril = torch.where(replicated[:, None, None, None], priors.scale_tril[:, :1], priors.scale_tril)
         return GaussianMixture(logits=log_weights, loc=loc, scale_tril=scale_tril)
