@@ -194,7 +194,7 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
                      generator: torch.Generator | None = None, model=None) -> TrainingSupport:
     """Ranges of the training meta-prior (see the module docstring) from ``num_problems`` draws. For a
     parametric-prior problem the chart is that of ``model``'s prior approximation (``model.encode_prior``)."""
-    from .nn.tokens import chart_to_gmm, gmm_to_chart
+    from .nn.tokens import gmm_to_chart
 
     generator = generator or torch.Generator().manual_seed(7)
     batch = problem.sample_batch(num_problems, generator=generator)
@@ -202,9 +202,8 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
         if model is None:
             raise ValueError(f"Expected the model whose prior encoder charts the parametric priors of problem "
                              f"{problem.name!r}, but got none.")
-        with torch.no_grad():  # through the decoded mixture, as ``posterior`` sees it (normalised weights)
-            encoded = model.encode_prior(batch.prior.to(model.prior_encoder.last.weight.dtype))
-            chart = gmm_to_chart(chart_to_gmm(encoded.double(), problem.dim))
+        with torch.no_grad():  # the encoder's chart, which is what ``posterior`` feeds the network
+            chart = model.encode_prior(batch.prior.to(model.prior_encoder.last.weight.dtype)).double()
     else:
         chart = gmm_to_chart(batch.prior).double()
     chart = chart.reshape(-1, chart.shape[-1])

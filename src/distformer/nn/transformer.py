@@ -18,7 +18,8 @@ at inference may differ from the ``K`` used in training.
 Parametric priors (the paper's prior embedding): a prior that is not a GMM, given by its parameters
 :math:`\phi\in\mathbb R^P`, is first mapped to ``K`` chart vectors,
 :math:`[c_1,\dots,c_K] = \mathrm{MLP}_{\phi}(g(\phi))` with :math:`g` the parameters' warp (log for positive ones),
-and then goes through the same decoder. The decoded chart is the model's GMM fit to the prior
+whose weight logits are normalised, :math:`\ell_k \leftarrow \ell_k - \log\sum_j e^{\ell_j}` (``prior_logits``), and
+then goes through the same decoder. The decoded chart is the model's GMM fit to the prior
 (``prior_approximation``), trained by the prior loss. Latents with a warp :math:`f` (log, logit;
 ``distributions/transforms.py``) are modelled as a GMM on :math:`f(x)`, and ``posterior`` returns a
 :class:`~distformer.distributions.transforms.WarpedGaussianMixture` on the original space.
@@ -44,6 +45,9 @@ from .site import apply_site, head_size
 from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
 
 
+PRIOR_LOGITS = ("normalized", "raw")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     r"""Sizes of a :class:`DistributionTransformer`.
@@ -64,6 +68,11 @@ class ModelConfig:
         relative_sources: source name -> anchor source: the source's leading coordinates are read relative to the
             anchor's first observation (``embeddings.relative_values``), and the anchor relative to itself; the
             anchor's first observation must be present.
+        prior_logits: for parametric priors, how the prior encoder's weight logits enter the decoder:
+            ``"normalized"`` (log-softmax over the components, so the network reads the same chart as
+            ``gmm_to_chart`` of the decoded prior and a prior approximation fed back gives the same posterior
+            as its parameters) or ``"raw"`` (the encoder's logits as they are: how models saved before this
+            field existed were trained, and what ``from_dict`` assumes when the field is absent).
     """
 
     dim: int
@@ -79,8 +88,11 @@ class ModelConfig:
     prior_parameters: Mapping[str, str] = field(default_factory=dict)
     source_transforms: Mapping[str, str] = field(default_factory=dict)
     relative_sources: Mapping[str, str] = field(default_factory=dict)
+    prior_logits: str = "normalized"
 
     def __post_init__(self) -> None:
+        if self.prior_logits not in PRIOR_LOGITS:
+            raise ValueError(f"Expected prior_logits among {PRIOR_LOGITS}, but got {self.prior_logits!r}.")
         if self.dim < 1 or self.num_components < 1 or self.num_layers < 0 or self.encoder_layers < 0:
             raise ValueError(f"Expected dim >= 1, num_components >= 1, num_layers >= 0 and encoder_layers >= 0, but got {self}.")
         if not self.sources:
@@ -118,6 +130,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"Expected ModelConfig fields {sorted(cls.__dataclass_fields__)}, but got unknown "
                              f"{sorted(unknown)}.")
+        if data.get("prior_parameters") and "prior_logits" not in data:
+            data = dict(data) | {"prior_logits": "raw"}  # saved before the field existed: trained on raw logits
         return cls(**data)
 
 
@@ -172,8 +186,10 @@ class DistributionTransformer(nn.Module):
     def encode_prior(self, parameters: Tensor) -> Tensor:
         """Chart ``(B, K, C)`` of the GMM fit to parametric priors ``(B, P)`` (module docstring)."""
         features = self._parameter_warp.forward(parameters)
-        chart = self.prior_encoder(features)
-        return chart.unflatten(-1, (self.config.num_components, chart_size(self.dim)))
+        chart = self.prior_encoder(features).unflatten(-1, (self.config.num_components, chart_size(self.dim)))
+        if self.config.prior_logits == "raw":
+            return chart
+        return torch.cat([torch.log_softmax(chart[..., :1], dim=-2), chart[..., 1:]], dim=-1)
 
     def _wrap(self, mixture: GaussianMixture):
         warp = self.warp
@@ -198,12 +214,20 @@ class DistributionTransformer(nn.Module):
         model has a warp). For GMM-prior models the prior needs no approximation and is returned as given."""
         if not self.is_parametric:
             return prior
+        with torch.enable_grad() if grad else torch.inference_mode():
+            chart = self._encoded_prior_chart(prior)
+            return self._wrap(chart_to_gmm(chart.to(prior.dtype), self.dim))
+
+    def _encoded_prior_chart(self, prior: Tensor) -> Tensor:
+        """``encode_prior`` of parameters ``(*B, P)`` after validation: chart ``(*B, K, C)`` in the network's dtype.
+
+        This is the chart the network was trained on. Its weight column holds the encoder's unnormalised logits,
+        so it is not ``gmm_to_chart`` of the decoded mixture (whose log weights are normalised): the posterior
+        must be computed from this chart, not from the round trip through the mixture."""
         params = self._parameters_tensor(prior)
         weight = self.prior_encoder.last.weight
-        with torch.enable_grad() if grad else torch.inference_mode():
-            chart = self.encode_prior(params.reshape(-1, params.shape[-1]).to(dtype=weight.dtype, device=weight.device))
-            chart = chart.reshape(*params.shape[:-1], *chart.shape[-2:])
-            return self._wrap(chart_to_gmm(chart.to(params.dtype), self.dim))
+        chart = self.encode_prior(params.reshape(-1, params.shape[-1]).to(dtype=weight.dtype, device=weight.device))
+        return chart.reshape(*params.shape[:-1], *chart.shape[-2:])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -252,8 +276,11 @@ class DistributionTransformer(nn.Module):
             model with a warp the ``WarpedGaussianMixture`` on the original space. A data set with no present
             observation (all masked, or ``N = 0``) gets its prior (or its prior approximation) back exactly.
         """
+        encoded = None  # a parametric prior's encoder chart, which is what the network reads (training's input)
         if self.is_parametric and torch.is_tensor(prior):
-            prior = self.prior_approximation(prior, grad=grad)
+            with torch.enable_grad() if grad else torch.inference_mode():
+                encoded = self._encoded_prior_chart(prior)
+                prior = chart_to_gmm(encoded.to(prior.dtype), self.dim)
         if isinstance(prior, WarpedGaussianMixture):
             if self.warp is None or prior.warp != self.warp:
                 raise ValueError(f"Expected a prior with this model's warp {self.warp!r}, but got {prior.warp!r}.")
@@ -278,7 +305,7 @@ class DistributionTransformer(nn.Module):
         weight = self.prior_embedding.last.weight
         context = torch.enable_grad() if grad else torch.inference_mode()
         with context:
-            chart = gmm_to_chart(prior)
+            chart = gmm_to_chart(prior) if encoded is None else encoded
             K, C = chart.shape[-2:]
             if chart.shape[:-2] != batch:
                 chart = chart.expand(*batch, K, C)
