@@ -17,7 +17,9 @@ CONFIG = TrainConfig(problem=ProblemConfig("linear-gaussian", {"dim": 2, "max_ob
 
 def test_two_processes_stay_identical_and_match_one_process(tmp_path):
     out = str(tmp_path / "ddp")
-    spawn_training(2, train_worker, CONFIG.to_dict(), out, str(tmp_path / "ddp.ckpt.safetensors"), False, True, True)
+    command = "distformer train ddp.yaml --nproc 2 --out ddp"
+    spawn_training(2, train_worker, CONFIG.to_dict(), out, str(tmp_path / "ddp.ckpt.safetensors"), False, True, True,
+                   command)
     rank0, rank1 = load_model(f"{out}.rank0"), load_model(f"{out}.rank1")
     for (name, a), (_, b) in zip(rank0.state_dict().items(), rank1.state_dict().items()):
         assert torch.equal(a, b), name  # replicas never diverge
@@ -33,6 +35,7 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path):
         diff = float((a - b).abs().max())
         assert diff < 1e-5 or diff < loose and name.endswith("bias"), (name, diff)
     assert load_model(out).card["training"]["processes"] == 2
+    assert load_model(out).card["training"]["command"] == command  # the card says how to train it again
 
 
 def test_data_shards_must_divide_the_batch_and_the_processes():

@@ -17,7 +17,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         from .training.distributed import spawn_training, train_worker
 
-        spawn_training(args.nproc, train_worker, config.to_dict(), args.out, checkpoint, args.resume, args.quiet)
+        command = f"distformer train {args.config} --nproc {args.nproc} --out {args.out}"
+        spawn_training(args.nproc, train_worker, config.to_dict(), args.out, checkpoint, args.resume, args.quiet,
+                       False, command)
         print(f"saved {args.out}.safetensors/.json after training in {args.nproc} processes")
         return 0
     if config.num_threads:

@@ -94,9 +94,10 @@ def _entry(rank: int, nproc: int, port: int, worker: Callable, args: tuple) -> N
 
 
 def train_worker(rank: int, config_dict: dict, out: str, checkpoint: str | None, resume: bool, quiet: bool,
-                 every_rank: bool = False) -> None:
-    """One process of ``distformer train --nproc N``: train, then rank 0 saves ``out`` (with ``every_rank``, each
-    rank also saves ``out.rank{r}``, which tests use to check that the replicas agree)."""
+                 every_rank: bool = False, command: str | None = None) -> None:
+    """One process of ``distformer train --nproc N``: train, then rank 0 saves ``out`` with ``command`` (the
+    command line that trained it) in its card (with ``every_rank``, each rank also saves ``out.rank{r}``, which
+    tests use to check that the replicas agree)."""
     from ..problems import get
     from .config import TrainConfig
     from .trainer import train
@@ -110,4 +111,6 @@ def train_worker(rank: int, config_dict: dict, out: str, checkpoint: str | None,
         model.save(f"{out}.rank{rank}")
     if rank == 0:
         model.card["training"]["processes"] = dist.get_world_size()
+        if command is not None:
+            model.card["training"]["command"] = command
         model.save(out)
