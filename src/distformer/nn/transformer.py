@@ -221,9 +221,9 @@ class DistributionTransformer(nn.Module):
     def _encoded_prior_chart(self, prior: Tensor) -> Tensor:
         """``encode_prior`` of parameters ``(*B, P)`` after validation: chart ``(*B, K, C)`` in the network's dtype.
 
-        This is the chart the network was trained on. Its weight column holds the encoder's unnormalised logits,
-        so it is not ``gmm_to_chart`` of the decoded mixture (whose log weights are normalised): the posterior
-        must be computed from this chart, not from the round trip through the mixture."""
+        This is the chart the network was trained on. For a ``prior_logits="raw"`` model its weight column holds
+        the encoder's unnormalised logits, so it is not ``gmm_to_chart`` of the decoded mixture (whose log
+        weights are normalised): the posterior is computed from this chart, not from that round trip."""
         params = self._parameters_tensor(prior)
         weight = self.prior_encoder.last.weight
         chart = self.encode_prior(params.reshape(-1, params.shape[-1]).to(dtype=weight.dtype, device=weight.device))
