@@ -162,3 +162,59 @@ def test_bench_time_to_accuracy_quick_writes_a_report(tmp_path):
     data = json.loads((tmp_path / "time-to-accuracy.json").read_text())
     assert len(data["runs"]) == 4 and all(r["history"] for r in data["runs"])
     assert (tmp_path / "time-to-accuracy.png").is_file()
+
+
+def test_weight_average_follows_its_recursion_in_float64():
+    """After steps t = 1..T, the average equals the closed form sum_s theta_s (1 - b_s) prod_{r > s} b_r, with
+    theta_0's weight prod_r b_r, for b_t = min(beta, (1 + t) / (10 + t))."""
+    from distformer.training.averaging import WeightAverage, average_decay
+
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    average = WeightAverage(model, decay=0.8)
+    thetas = [model.weight.detach().clone()]
+    for t in range(1, 41):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(model.weight.shape, generator=gen, dtype=torch.float64))
+        thetas.append(model.weight.detach().clone())
+        average.update(t)
+    betas = [average_decay(t, 0.8) for t in range(1, 41)]
+    assert betas[0] == pytest.approx(2 / 11) and betas[-1] == 0.8 and betas[20] < 0.8
+    expected = thetas[0] * torch.tensor(betas, dtype=torch.float64).prod()
+    for s in range(1, 41):
+        expected = expected + thetas[s] * (1 - betas[s - 1]) * torch.tensor(betas[s:], dtype=torch.float64).prod()
+    torch.testing.assert_close(average.model.weight, expected, rtol=0, atol=1e-12)
+    assert not average.model.weight.requires_grad and model.weight.requires_grad
+
+
+def test_a_run_with_a_weight_average_returns_it_and_resumes_exactly(tmp_path):
+    config = TrainConfig.from_dict(TINY.to_dict() | {"weight_average_decay": 0.5})
+    straight = train("linear-gaussian", config, checkpoint=tmp_path / "a.ckpt", progress=False)
+    last = train("linear-gaussian", TINY, progress=False)  # same seed and data: the last weights without averaging
+    assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(), last.state_dict().values()))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(step, metrics):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", progress=False, callback=crash_at_5)
+    resumed = train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", resume=True, progress=False)
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert straight.card["training"]["final_validation"]["val_nll"] == \
+        resumed.card["training"]["final_validation"]["val_nll"]
+
+
+def test_weight_average_decay_is_validated():
+    with pytest.raises(ValueError, match="0 <= weight_average_decay < 1"):
+        TrainConfig(weight_average_decay=1.0)
+    from distformer.training.averaging import WeightAverage, average_decay
+
+    with pytest.raises(ValueError, match="decay in \\(0, 1\\)"):
+        WeightAverage(torch.nn.Linear(1, 1), decay=0.0)
+    with pytest.raises(ValueError, match="1-based"):
+        average_decay(0, 0.9)

@@ -6,7 +6,8 @@ previous file intact.
 
 * Model ``PATH``: ``PATH.safetensors`` (weights) and ``PATH.json``
   (``{"format": "distformer-model", "format_version": 1, "config": ..., "card": ..., "weights_sha256": ...}``).
-* Checkpoint: one ``.safetensors`` file holding ``model.*``, ``optim.*`` and ``rng.*`` tensors, with the training
+* Checkpoint: one ``.safetensors`` file holding ``model.*``, ``optim.*``, ``rng.*`` and (for a run that
+  averages its weights) ``average.*`` tensors, with the training
   config, step and history as JSON in its metadata.
 """
 
@@ -109,10 +110,11 @@ def load_model(path: str | Path):
 
 
 def save_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer, rng_states,
-                    meta: dict[str, Any]) -> None:
+                    meta: dict[str, Any], average: dict[str, torch.Tensor] | None = None) -> None:
     """One-file training checkpoint: weights, optimizer state, data RNG states (one per data shard; a generator or
-    a list of ``get_state()`` tensors), and ``meta`` (JSON)."""
+    a list of ``get_state()`` tensors), ``meta`` (JSON), and the weight average's state dict if there is one."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"average.{k}": v for k, v in (average or {}).items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for key, value in state.items():

@@ -46,6 +46,9 @@ class TrainConfig:
     Learning rate: linear warm-up over ``warmup_steps`` to ``lr``, then cosine decay to ``lr * final_lr_ratio``
     at ``steps``. AdamW with ``weight_decay``; gradients clipped to global norm ``grad_clip``.
 
+    Weights: with ``weight_average_decay`` :math:`\beta \in (0, 1)` the run keeps an exponential moving average
+    of the weights (``averaging.py``), validates it and returns it; ``0`` (the default) returns the last weights.
+
     Data: each step's batch is ``data_shards`` equal shards, shard ``i`` simulated from its own generator (seed
     ``seed + 1 + 7919 i``). Under distributed training each process simulates only its shards, so the global batch,
     and hence the run, is the same for any number of processes that divides ``data_shards``.
@@ -67,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     num_threads: int | None = None
     data_shards: int = 1
+    weight_average_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards"):
@@ -75,6 +79,9 @@ class TrainConfig:
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.final_lr_ratio <= 1:
             raise ValueError(f"Expected lr > 0, warmup_steps >= 0 and 0 <= final_lr_ratio <= 1, but got "
                              f"{self.lr}, {self.warmup_steps}, {self.final_lr_ratio}.")
+        if not 0.0 <= self.weight_average_decay < 1.0:
+            raise ValueError(f"Expected 0 <= weight_average_decay < 1 (0 switches the average off), but got "
+                             f"{self.weight_average_decay}.")
         if self.batch_size % self.data_shards:
             raise ValueError(f"Expected batch_size divisible by data_shards, but got {self.batch_size} and "
                              f"{self.data_shards}.")

@@ -31,6 +31,7 @@ from ..nn.transformer import DistributionTransformer, ModelConfig
 from ..problems import Problem, get
 from ..problems.base import Batch
 from ..support import estimate_support
+from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .distributed import concat_batches, gather_rng_states, world_size_and_rank, wrap_ddp
 from .config import TrainConfig
@@ -117,7 +118,8 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
     only rank 0 validates, reports progress and writes checkpoints.
 
     Returns:
-        The trained model, in eval mode, with ``model.card`` describing the run.
+        The trained model (its weight average if ``config.weight_average_decay`` is set), in eval mode, with
+        ``model.card`` describing the run.
     """
     config = config or TrainConfig()
     if isinstance(problem, str):
@@ -126,6 +128,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         torch.set_num_threads(config.num_threads)
     model = build_model(problem, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay else None
     world, rank = world_size_and_rank()
     if config.data_shards % world:
         raise ValueError(f"Expected data_shards divisible by the number of processes, but got {config.data_shards} "
@@ -146,6 +149,8 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             raise ValueError("Expected the same TrainConfig as the checkpoint to resume exactly, but they differ.")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(optimizer, tensors, metadata)
+        if average is not None:
+            average.load_state_dict({k[len("average."):]: v for k, v in tensors.items() if k.startswith("average.")})
         for i, rng in enumerate(shard_rngs):
             rng.set_state(tensors["rng.data" if i == 0 else f"rng.data.{i}"])
         start, elapsed, history = meta["step"], meta["elapsed_s"], meta["history"]
@@ -156,8 +161,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         states = gather_rng_states({i: shard_rngs[i].get_state() for i in mine}, world)
         if rank == 0:
             save_checkpoint(checkpoint, model, optimizer, [states[i] for i in range(config.data_shards)], {
-                "config": config.to_dict(), "step": step, "elapsed_s": elapsed, "history": history})
+                "config": config.to_dict(), "step": step, "elapsed_s": elapsed, "history": history},
+                average.state_dict() if average is not None else None)
 
+    result = model if average is None else average.model  # what is validated and returned
     bar = _progress(config.steps, start, progress)
     model.train()
     t0 = time.perf_counter()
@@ -175,8 +182,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         done = step + 1
+        if average is not None:
+            average.update(done)
         if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
-            metrics = {"step": done, "train_nll": nll.item()} | evaluate(model, problem, val_batch)
+            metrics = {"step": done, "train_nll": nll.item()} | evaluate(result, problem, val_batch)
             metrics["elapsed_s"] = elapsed + time.perf_counter() - t0
             history.append(metrics)
             if callback is not None:
@@ -196,12 +205,13 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
     if bar is not None:
         bar.close()
     model.eval()
-    model.card = {
+    result.eval()
+    result.card = {
         "problem": problem.describe(),
         "num_components": problem.num_components,
-        "num_parameters": model.num_parameters(),
+        "num_parameters": result.num_parameters(),
         "support": estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3),
-                                    model=model).to_dict(),
+                                    model=result).to_dict(),
         "training": {
             "config": config.to_dict(),
             "time_s": round(elapsed, 1),
@@ -210,7 +220,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             "final_validation": history[-1] if history else None,
         },
     }
-    return model
+    return result
 
 
 def hardware() -> dict[str, Any]:
