@@ -79,7 +79,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         f"width and batch below (ff = 4 × width); stopped at the first validation (every {validate_every} steps, "
         f"4,096 fixed problems) with KL <= {TARGET}, at the end of the schedule, or after {cap_s:.0f} s. Time is "
         "wall-clock on one thread. The recipe is that of the width-64 `linear-gaussian-2d` shipped before, which "
-        "used two threads and the whole schedule; the one shipped now (width 32 with a weight average) is in its "
+        "used two threads and the whole schedule; the one shipped now (trained with a weight average) is in its "
         "model card.",
         "",
         "| width (d_model) | batch | parameters | steps to target | time to target (s) | last KL |",

@@ -41,7 +41,7 @@ class ArchitectureConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and bookkeeping for :func:`distformer.train`.
+    r"""Optimisation and bookkeeping for :func:`distformer.train`.
 
     Learning rate: linear warm-up over ``warmup_steps`` to ``lr``, then cosine decay to ``lr * final_lr_ratio``
     at ``steps``. AdamW with ``weight_decay``; gradients clipped to global norm ``grad_clip``.
