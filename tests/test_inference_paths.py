@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from distformer import DistributionTransformer, GaussianMixture, ModelConfig
 from distformer.nn.chunks import map_chunks
-from distformer.nn.kernels import dense, gelu_tanh
+from distformer.nn.kernels import MAX_SHORT_MEMORY, attention, dense, gelu_tanh
 from distformer.nn.folded import fold_attention, folded_forward
 from distformer.nn.tokens import gmm_to_chart
 from distformer.observations import Observations, as_observations
@@ -121,6 +121,24 @@ def test_fast_dense_equals_linear(rng):
     with torch.inference_mode():
         torch.testing.assert_close(dense(x, w, b), F.linear(x, w, b), rtol=0, atol=1e-12)
         torch.testing.assert_close(dense(x[:1, :1], w, None), F.linear(x[:1, :1], w), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keys", [2, 3, MAX_SHORT_MEMORY, MAX_SHORT_MEMORY + 1])
+def test_short_memory_attention_equals_scaled_dot_product_attention_in_float64(keys, rng):
+    """The keys-first attention of inference (at most MAX_SHORT_MEMORY keys) against torch's own kernel, which
+    autograd uses, with and without a key mask; a masked key gets no weight, so changing it changes nothing."""
+    q = torch.randn(6, 5, 32, generator=rng, dtype=torch.float64)
+    k, v = torch.randn(2, 6, keys, 32, generator=rng, dtype=torch.float64)
+    mask = torch.rand(6, keys, generator=rng) < 0.6
+    mask[:, 0], mask[0, -1] = True, False
+    for key_mask in (None, mask):
+        reference = attention(q, k, v, 4, key_mask)  # autograd on: F.scaled_dot_product_attention
+        with torch.inference_mode():
+            torch.testing.assert_close(attention(q, k, v, 4, key_mask), reference, rtol=0, atol=1e-13)
+    with torch.inference_mode():
+        moved = torch.where(mask.unsqueeze(-1), v, v + 100.0)
+        torch.testing.assert_close(attention(q, k, moved, 4, mask), attention(q, k, v, 4, mask), rtol=0, atol=1e-12)
+        assert (attention(q, k, moved, 4, None) - attention(q, k, v, 4, None)).abs().max() > 1.0
 
 
 def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng):

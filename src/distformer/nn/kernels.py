@@ -1,4 +1,4 @@
-r"""Two elementwise-exact shortcuts for inference on a CPU, each with its plain form for training and tracing.
+r"""Three exact shortcuts for inference on a CPU, each with its plain form for training and tracing.
 
 * Tanh-approximated GELU, :math:`\tfrac12 x\,(1 + \tanh(u))` with :math:`u = \sqrt{2/\pi}\,(x + 0.044715x^3)`,
   evaluated as the equal :math:`x\,\sigma(2u)` (:math:`\tfrac12(1+\tanh u) = \sigma(2u)`) in place: about twice
@@ -7,8 +7,19 @@ r"""Two elementwise-exact shortcuts for inference on a CPU, each with its plain 
   copies the bias into every output row and then accumulates the product onto it, which for the model's
   ``(n, 64) x (64, 256)`` shapes measured 1.8x the time of the product and add.
 
-Both take the shortcut only without autograd, for tensors of at least 4,096 entries, and outside tracing (a trace
-keeps the branch it saw; small tensors are dominated by dispatch, where one operator beats several).
+* Multi-head attention over a short memory, :math:`\mathrm{softmax}_j(q_{h}^\top k_{hj}/\sqrt{d_h} + b_j)\,v_{hj}`,
+  for at most ``MAX_SHORT_MEMORY`` keys (the ``K`` component tokens, or a few sensor tokens): the scores of a
+  query against each key are an elementwise product summed over the head width, laid out keys-first
+  ``(B, M, T, H)`` so that the softmax runs over a strided axis with the queries contiguous. On one thread, for 2 to
+  8 keys, 4 queries, 4 or 8 heads of width 16 and batches of 32 to 512, it took 0.28-0.87 of the time of
+  ``F.scaled_dot_product_attention``, whose CPU kernel and last-axis softmax are built for long sequences; on two
+  threads, batch 100 and 4 keys, 0.41. Its broadcast product ``(B, M, T, H, d_h)`` is what it costs: above
+  ``MAX_SHORT_PRODUCT`` entries (batch 2,048 with 6 keys on two threads took 1.6x the time) torch's kernel is used.
+
+The first two take the shortcut only without autograd, for tensors of at least 4,096 entries; the attention
+shortcut only without autograd, for at most ``MAX_SHORT_MEMORY`` keys and ``MAX_SHORT_PRODUCT`` product entries;
+all three only outside tracing (a trace keeps the branch it saw; small tensors are dominated by dispatch, where one
+operator beats several).
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from torch.nn import functional as F
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715 * _GELU_K
 MIN_SHORTCUT_SIZE = 4096
+MAX_SHORT_MEMORY = 8
+MAX_SHORT_PRODUCT = 2**20
 
 
 def _shortcut(x: Tensor) -> bool:
@@ -42,3 +55,30 @@ def dense(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None or not _shortcut(x):
         return F.linear(x, weight, bias)
     return torch.matmul(x, weight.t()).add_(bias)
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``(B, T, d)`` -> ``(B, h, T, d / h)``."""
+    B, T, d = x.shape
+    return x.view(B, T, num_heads, d // num_heads).transpose(1, 2)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None) -> Tensor:
+    """Multi-head attention of queries ``q`` ``(B, T, d)`` over keys ``k`` and values ``v`` ``(B, M, d)``, heads
+    merged back: ``(B, T, d)``. ``key_mask`` ``(B, M)`` is ``True`` where a key is present (every row needs one)
+    or ``None`` for all keys (module docstring)."""
+    B, T, d = q.shape
+    M = k.shape[1]
+    if (torch.is_grad_enabled() or torch.jit.is_tracing() or M > MAX_SHORT_MEMORY
+            or q.numel() * M > MAX_SHORT_PRODUCT):
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(_split_heads(q, num_heads), _split_heads(k, num_heads),
+                                           _split_heads(v, num_heads), attn_mask=mask)
+        return y.transpose(1, 2).reshape(B, T, d)
+    width = d // num_heads
+    scores = (q.view(B, 1, T, num_heads, width) * k.view(B, M, 1, num_heads, width)).sum(-1)   # (B, M, T, H)
+    scores = scores.mul_(1.0 / math.sqrt(width))
+    if key_mask is not None:
+        scores = scores.masked_fill_(~key_mask.view(B, M, 1, 1), -torch.inf)
+    weights = torch.softmax(scores, 1).unsqueeze(-1)                                          # (B, M, T, H, 1)
+    return (weights * v.view(B, M, 1, num_heads, width)).sum(1).view(B, T, d)

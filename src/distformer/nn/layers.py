@@ -26,7 +26,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .kernels import dense, gelu_tanh
+from .kernels import attention, dense, gelu_tanh
 
 
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -35,18 +35,6 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
 
 def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-
-
-def _heads(x: Tensor, num_heads: int) -> Tensor:
-    """``(B, T, d)`` -> ``(B, h, T, d / h)``."""
-    B, T, d = x.shape
-    return x.view(B, T, num_heads, d // num_heads).transpose(1, 2)
-
-
-def _merge(y: Tensor) -> Tensor:
-    """``(B, h, T, dh)`` -> ``(B, T, h * dh)``."""
-    B, h, T, dh = y.shape
-    return y.transpose(1, 2).reshape(B, T, h * dh)
 
 
 def _build(block: nn.Module, d_model: int, num_heads: int, ff_dim: int, cross: bool) -> None:
@@ -77,9 +65,7 @@ def _self_attention(block: nn.Module, h: Tensor, key_mask: Tensor | None = None)
     ``(B, T, d)``; ``key_mask`` ``(B, T)`` (``True`` = attend) or ``None`` for all tokens."""
     nh = block.num_heads
     q, k, v = linear(block.self_qkv, layer_norm(block.norm_self, h)).chunk(3, dim=-1)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    y = F.scaled_dot_product_attention(_heads(q, nh), _heads(k, nh), _heads(v, nh), attn_mask=mask)
-    return h + linear(block.self_out, _merge(y))
+    return h + linear(block.self_out, attention(q, k, v, nh, key_mask))
 
 
 def feed_forward(block: nn.Module, h: Tensor) -> Tensor:
@@ -98,10 +84,9 @@ class DecoderBlock(nn.Module):
         """``h`` ``(B, K, d)``, ``memory`` ``(B, M, d)``, ``key_mask`` ``(B, M)`` (``True`` = attend) -> ``(B, K, d)``."""
         nh = self.num_heads
         h = _self_attention(self, h)
-        q = _heads(linear(self.cross_q, layer_norm(self.norm_cross, h)), nh)
+        q = linear(self.cross_q, layer_norm(self.norm_cross, h))
         k, v = linear(self.cross_kv, memory).chunk(2, dim=-1)
-        y = F.scaled_dot_product_attention(q, _heads(k, nh), _heads(v, nh), attn_mask=key_mask[:, None, None, :])
-        h = h + linear(self.cross_out, _merge(y))
+        h = h + linear(self.cross_out, attention(q, k, v, nh, key_mask))
         return feed_forward(self, h)
 
 
