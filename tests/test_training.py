@@ -218,3 +218,26 @@ def test_weight_average_decay_is_validated():
         WeightAverage(torch.nn.Linear(1, 1), decay=0.0)
     with pytest.raises(ValueError, match="1-based"):
         average_decay(0, 0.9)
+
+
+def test_init_starts_a_run_from_saved_weights_and_refuses_another_architecture(tmp_path):
+    """Fine-tuning: ``init`` builds the saved model's weights exactly, so a run from them starts at that model's
+    validation NLL (same seed, same validation set); a model of another size is refused, as is an empty name."""
+    first = train("linear-gaussian", TINY, progress=False)
+    first.save(tmp_path / "first")
+    config = TrainConfig.from_dict(TINY.to_dict() | {"init": str(tmp_path / "first")})
+    problem = get("linear-gaussian", **TINY.problem.options)
+    start = build_model(problem, config)
+    for (k, a), (_, b) in zip(first.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(a, b), k
+    validation = problem.sample_batch(TINY.validation_size, generator=torch.Generator().manual_seed(TINY.seed + 2))
+    assert evaluate(start, problem, validation)["val_nll"] == first.card["training"]["final_validation"]["val_nll"]
+    tuned = train("linear-gaussian", config, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), tuned.state_dict().values()))
+    assert tuned.card["training"]["config"]["init"] == str(tmp_path / "first")
+    wider = TrainConfig.from_dict(config.to_dict() | {"architecture": {**config.to_dict()["architecture"],
+                                                                       "d_model": 32, "hidden": 32}})
+    with pytest.raises(ValueError, match="Expected init .* to have the model configuration"):
+        build_model(problem, wider)
+    with pytest.raises(ValueError, match="Expected init to be a shipped model name"):
+        TrainConfig(init="")

@@ -49,6 +49,10 @@ class TrainConfig:
     Weights: with ``weight_average_decay`` :math:`\beta \in (0, 1)` the run keeps an exponential moving average
     of the weights (``averaging.py``), validates it and returns it; ``0`` (the default) returns the last weights.
 
+    Start: ``init`` names a shipped model or a saved model's path stem whose weights the run starts from instead of
+    a fresh initialisation (fine-tuning, e.g. a lower ``lr`` with the weight average); its ``ModelConfig`` must be
+    the one this config builds. The card records it. Loading reads safetensors and JSON only.
+
     Data: each step's batch is ``data_shards`` equal shards, shard ``i`` simulated from its own generator (seed
     ``seed + 1 + 7919 i``). Under distributed training each process simulates only its shards, so the global batch,
     and hence the run, is the same for any number of processes that divides ``data_shards``.
@@ -71,6 +75,7 @@ class TrainConfig:
     num_threads: int | None = None
     data_shards: int = 1
     weight_average_decay: float = 0.0
+    init: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards"):
@@ -82,6 +87,8 @@ class TrainConfig:
         if not 0.0 <= self.weight_average_decay < 1.0:
             raise ValueError(f"Expected 0 <= weight_average_decay < 1 (0 switches the average off), but got "
                              f"{self.weight_average_decay}.")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ValueError(f"Expected init to be a shipped model name or a model path stem, but got {self.init!r}.")
         if self.batch_size % self.data_shards:
             raise ValueError(f"Expected batch_size divisible by data_shards, but got {self.batch_size} and "
                              f"{self.data_shards}.")

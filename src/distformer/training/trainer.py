@@ -31,6 +31,7 @@ from ..nn.transformer import DistributionTransformer, ModelConfig
 from ..problems import Problem, get
 from ..problems.base import Batch
 from ..support import estimate_support
+from ..zoo import load_named_or_path
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .distributed import concat_batches, gather_rng_states, world_size_and_rank, wrap_ddp
@@ -48,7 +49,8 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def build_model(problem: Problem, config: TrainConfig) -> DistributionTransformer:
-    """A freshly initialised model for ``problem``; initialisation is seeded by ``config.seed``."""
+    """A freshly initialised model for ``problem`` (seeded by ``config.seed``), or with ``config.init`` the weights
+    of that saved model, whose configuration must match."""
     a = config.architecture
     model_config = ModelConfig(dim=problem.dim, sources=dict(problem.sources), num_components=problem.num_components,
                                d_model=a.d_model, num_heads=a.num_heads, num_layers=a.num_layers, ff_dim=a.ff_dim,
@@ -58,7 +60,14 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                relative_sources=dict(problem.relative_sources))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return DistributionTransformer(model_config)
+        model = DistributionTransformer(model_config)
+    if config.init is not None:
+        start = load_named_or_path(config.init)
+        if start.config.to_dict() != model_config.to_dict():
+            raise ValueError(f"Expected init {config.init!r} to have the model configuration this TrainConfig builds "
+                             f"({model_config.to_dict()}), but it has {start.config.to_dict()}.")
+        model.load_state_dict(start.state_dict())
+    return model
 
 
 def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
