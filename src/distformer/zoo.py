@@ -50,12 +50,17 @@ def describe(name: str) -> str:
     kl = kl.get("mean", kl.get("wide", {}).get("mean"))  # per meta-prior where a model was measured on several
     parts = [f"{name:24s}", f"D={config['dim']}", f"K={config['num_components']}",
              f"{card.get('num_parameters', 0) / 1e3:.0f}k params",
-             f"trained {card.get('training', {}).get('time_s', float('nan')) / 60:.1f} min"]
+             f"trained {_training_seconds(card.get('training', {})) / 60:.1f} min"]
     if kl is not None:
         parts.append(f"KL(exact||model)={kl:.4f}")
     if "filter_nll" in metrics:  # filtering models: NLL of the true state per step over the benchmark's series
         parts.append(f"filter NLL/step={metrics['filter_nll']['mean']:.3f} ({metrics['command']})")
     return "  ".join(parts)
+
+
+def _training_seconds(training: dict) -> float:
+    """All training time of a card, a fine-tuned model's base run included (``total_time_s``)."""
+    return training.get("total_time_s", training.get("time_s", float("nan")))
 
 
 def record_metrics(name: str, metrics: dict) -> None:
