@@ -58,16 +58,15 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                prior_parameters=dict(problem.prior_parameters),
                                source_transforms=dict(problem.source_transforms),
                                relative_sources=dict(problem.relative_sources))
+    if config.init is not None:  # the saved model itself: no fresh initialisation to overwrite
+        model = load_named_or_path(config.init)
+        if model.config.to_dict() != model_config.to_dict():
+            raise ValueError(f"Expected init {config.init!r} to have the model configuration this TrainConfig builds "
+                             f"({model_config.to_dict()}), but it has {model.config.to_dict()}.")
+        return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = DistributionTransformer(model_config)
-    if config.init is not None:
-        start = load_named_or_path(config.init)
-        if start.config.to_dict() != model_config.to_dict():
-            raise ValueError(f"Expected init {config.init!r} to have the model configuration this TrainConfig builds "
-                             f"({model_config.to_dict()}), but it has {start.config.to_dict()}.")
-        model.load_state_dict(start.state_dict())
-    return model
+        return DistributionTransformer(model_config)
 
 
 def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
