@@ -452,6 +452,15 @@ def test_gp_bench_quick_measures_a_model(tmp_path, monkeypatch):
     assert (tmp_path / "gp-hyperprior.png").is_file()
     data = json.loads((tmp_path / "gp-hyperprior.json").read_text())
     assert data["missing"] == ["gp-hyperprior-5d"]
+    # the lengthscale bins split the problems, so their size-weighted gaps give the overall paired gap
+    (result,) = data["results"]
+    rows = result["gap_by_lengthscale"]
+    assert sum(r["problems"] for r in rows) == result["problems"] and "by the prior's mode lengthscale" in text
+    assert all(a["high"] <= b["low"] for a, b in zip(rows[:-1], rows[1:]))
+    for column, key in (("gap_f", "nll_f"), ("gap_lengthscale", "nll_lengthscale")):
+        pooled = sum(r["problems"] * r[column]["mean"] for r in rows) / result["problems"]
+        overall = result[key]["model"]["mean"] - result[key]["reference (quadrature)"]["mean"]
+        assert abs(pooled - overall) < 1e-9
 
 
 # upper bounds on the paired NLL gap to the reference on the test's 200 problems (measured upper ends of the 95%
