@@ -131,6 +131,24 @@ def test_a_crash_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
 
 
+def test_a_benchmark_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    """``write_report`` writes NAME.md and NAME.json (values JSON cannot encode as their str) and prints the report;
+    when the disk fails mid-way the previous report stays as it was."""
+    import json
+
+    from distformer.bench.report import write_report
+
+    md = write_report(tmp_path, "demo", ["# demo", "| a |"], {"dtype": torch.float32, "rows": [1, 2]})
+    assert md == tmp_path / "demo.md" and md.read_text() == "# demo\n| a |\n"
+    assert json.loads((tmp_path / "demo.json").read_text()) == {"dtype": "torch.float32", "rows": [1, 2]}
+    assert "| a |" in capsys.readouterr().out
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        write_report(tmp_path, "demo", ["# new"], {})
+    assert md.read_text() == "# demo\n| a |\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.json", "demo.md"]
+
+
 def test_a_tiny_training_run_learns():
     """A few hundred steps must close most of the gap to the exact posterior on the validation set."""
     config = TrainConfig.from_dict(TINY.to_dict() | {

@@ -11,14 +11,13 @@ Command: ``distformer bench components`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..diagnostics import estimate, kl_divergence
 from ..problems import get
-from .report import fmt_estimate
+from .report import fmt_estimate, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 MODEL = "linear-gaussian-2d"
@@ -67,12 +66,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![KL against K](components.png)",
     ]
-    md = out_dir / "components.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "components.json").write_text(json.dumps({"model": MODEL, "command": command, "rows": rows},
-                                                        indent=2) + "\n")
+    md = write_report(out_dir, "components", lines, {"model": MODEL, "command": command, "rows": rows})
     _plot(rows, trained_k, out_dir / "components.png")
-    print("\n".join(lines))
     return md
 
 

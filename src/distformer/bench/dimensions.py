@@ -25,7 +25,6 @@ Command: ``distformer bench dimensions`` (``--quick``: D = 1 and 4 only, models 
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from multiprocessing import get_context
@@ -35,7 +34,7 @@ import torch
 
 from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
 from ..problems import get
-from .report import fmt_estimate, stage
+from .report import fmt_estimate, stage, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 DIMS = (1, 2, 4, 8)
@@ -168,11 +167,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     lines += ["", "The paper (C.1, D up to 24) reports KL rising with D, roughly quadratically, and staying at least "
               "10× below SVI's; its numbers are on its own problems and hardware.", "",
               "![KL against dimension](dimensions.png)"]
-    md = out_dir / "dimensions.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "dimensions.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    md = write_report(out_dir, "dimensions", lines, {"command": command, "rows": rows})
     _plot(rows, out_dir / "dimensions.png")
-    print("\n".join(lines))
     return md
 
 

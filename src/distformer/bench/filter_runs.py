@@ -4,11 +4,9 @@ model, and the NLL-against-compute panel."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -135,16 +133,6 @@ def out_of_family_messages(run: Callable[[], object]) -> list[str]:
 def out_of_family_line(messages: list[str]) -> str:
     return "Out-of-family check during a checked run: " + (
         "; ".join(m.rstrip(".") for m in messages) if messages else "silent") + "."
-
-
-def write_report(out_dir: Path, name: str, lines: list[str], payload: dict) -> Path:
-    """Write ``out_dir/NAME.md`` (the lines) and ``out_dir/NAME.json`` (the payload), print the report; returns the
-    markdown path."""
-    md = out_dir / f"{name}.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print("\n".join(lines))
-    return md
 
 
 def single_step_kl(model, problem, prior, generator: torch.Generator, draws: int = 20_000, chunk: int = 100) -> dict:

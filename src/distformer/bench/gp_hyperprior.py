@@ -20,7 +20,6 @@ Command: ``distformer bench gp-hyperprior`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
-from .report import fmt_estimate, stage
+from .report import fmt_estimate, stage, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 SEED = 7171
@@ -183,10 +182,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         model = distformer.pretrained("gp-hyperprior-1d")
         figure = figure_data(model, GPHyperprior("1d", model.config.num_components), generator)
         lines += ["![1-D predictive bands](gp-hyperprior.png)"]
-    md = out_dir / "gp-hyperprior.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "gp-hyperprior.json").write_text(json.dumps({"command": command, "results": results,
-                                                            "missing": missing}, indent=2) + "\n")
+    md = write_report(out_dir, "gp-hyperprior", lines, {"command": command, "results": results, "missing": missing})
     if figure is not None:
         _plot(figure, out_dir / "gp-hyperprior.png")
     if update_cards and not quick:
@@ -196,7 +192,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
             record_metrics(r["model"], {"command": command, "nll_f": r["nll_f"]["model"],
                                         "nll_lengthscale": r["nll_lengthscale"]["model"],
                                         "time_per_1000_s": r["time_per_1000_s"]["model"]})
-    print("\n".join(lines))
     return md
 
 

@@ -21,7 +21,6 @@ Command: ``distformer bench inverse-gamma`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.inverse_gamma import InverseGammaVariance
 from ..problems.sampling import inverse_gamma
-from .report import fmt_estimate, stage
+from .report import fmt_estimate, stage, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 MODEL = "inverse-gamma"
@@ -196,10 +195,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![posteriors and KL](inverse-gamma.png)",
     ]
-    md = out_dir / "inverse-gamma.md"
-    md.write_text("\n".join(lines) + "\n")
     slim = [{k: v for k, v in r.items() if k != "examples"} | {"command": command} for r in results]
-    (out_dir / "inverse-gamma.json").write_text(json.dumps(slim, indent=2) + "\n")
+    md = write_report(out_dir, "inverse-gamma", lines, slim)
     _plot(results, out_dir / "inverse-gamma.png")
     if update_cards and not quick:
         from ..zoo import record_metrics
@@ -208,7 +205,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                                "kl_exact_to_model": {r["meta_prior"]: r["kl"]["model"] for r in slim},
                                "prior_approximation_kl": {r["meta_prior"]: r["prior_approximation_kl"] for r in slim},
                                "time_per_1000_s": {r["meta_prior"]: r["time_per_1000_s"]["model"] for r in slim}})
-    print("\n".join(lines))
     return md
 
 

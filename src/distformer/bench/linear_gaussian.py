@@ -16,7 +16,6 @@ Command: ``distformer bench linear-gaussian`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from ..distributions.gmm import GaussianMixture
 from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
 from ..problems import get
-from .report import fmt_estimate as _fmt
+from .report import fmt_estimate as _fmt, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -161,18 +160,14 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         *[f"| ({r['prior_centre']}, {r['prior_centre']}) | {r['prior_sd']} | {r['distance_sd']:.1f} | {r['kl']:.4f} |"
           for r in conflict],
     ]
-    md = out_dir / "linear-gaussian.md"
-    md.write_text("\n".join(lines) + "\n")
     slim = [{k: v for k, v in r.items() if k != "kl_values"} | {"command": command} for r in results]
-    (out_dir / "linear-gaussian.json").write_text(json.dumps({"models": slim, "prior_data_conflict": conflict},
-                                                             indent=2) + "\n")
+    md = write_report(out_dir, "linear-gaussian", lines, {"models": slim, "prior_data_conflict": conflict})
     _plot(results, out_dir / "linear-gaussian.png")
     if update_cards and not quick:
         from ..zoo import record_metrics
 
         for r in slim:
             record_metrics(r["model"], r)
-    print("\n".join(lines))
     return md
 
 

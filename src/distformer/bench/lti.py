@@ -6,7 +6,6 @@ filter runs on the same series in one process, so the times compare. Writes ``be
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from ..diagnostics import estimate
 from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
 from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, timed
-from .report import fmt_estimate as _fmt
+from .report import fmt_estimate as _fmt, write_report
 from .timing import machine
 
 SEED = 31415
@@ -101,12 +100,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![NLL against time per step, and the gap by depth](lti.png)",
     ]
-    md = out_dir / "lti.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "lti.json").write_text(json.dumps({"command": command, "filters": rows, "drift": by_depth,
-                                                  "out_of_family": out_of_family}, indent=2) + "\n")
+    md = write_report(out_dir, "lti", lines, {"command": command, "filters": rows, "drift": by_depth,
+                                              "out_of_family": out_of_family})
     _plot(rows, gap, out_dir / "lti.png")
-    print("\n".join(lines))
     return md
 
 

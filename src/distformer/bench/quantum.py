@@ -20,7 +20,6 @@ Command: ``distformer bench quantum`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.quantum import TIME_SD, TwoLevelSystem
-from .report import fmt_estimate, stage
+from .report import fmt_estimate, stage, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 MODEL = "quantum"
@@ -174,10 +173,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     else:
         lines += ["", "SVI and NUTS were skipped: the `baselines` extra (numpyro, jax) is not installed."]
     lines += ["", "![posteriors, and NLL against time](quantum.png)"]
-    md = out_dir / "quantum.md"
-    md.write_text("\n".join(lines) + "\n")
     slim = {k: v for k, v in r.items() if k != "examples"} | {"command": command}
-    (out_dir / "quantum.json").write_text(json.dumps(slim, indent=2) + "\n")
+    md = write_report(out_dir, "quantum", lines, slim)
     _plot(r, order, out_dir / "quantum.png")
     if update_cards and not quick:
         from ..zoo import record_metrics
@@ -186,7 +183,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                                "nll_reference": r["nll"]["reference (grid)"],
                                "kl_reference_to_model": r["kl_reference_to_method"]["model"],
                                "time_per_1000_s": r["time_per_1000_s"]["model"]})
-    print("\n".join(lines))
     return md
 
 

@@ -14,7 +14,6 @@ Writes ``benchmarks/refine.{md,json,png}``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -25,7 +24,7 @@ import torch
 from ..diagnostics import estimate, kl_divergence
 from ..problems import get
 from ..refinement import refine
-from .report import fmt_estimate as _fmt
+from .report import fmt_estimate as _fmt, write_report
 from .timing import machine
 
 SEED = 2718
@@ -147,13 +146,10 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![Pareto k̂ against the refined posterior's KL](refine.png)",
     ]
-    md = out_dir / "refine.md"
-    md.write_text("\n".join(lines) + "\n")
     slim = [{k: v for k, v in r.items() if k not in ("pareto_k", "kl_refined")} | {"command": command}
             for r in results]
-    (out_dir / "refine.json").write_text(json.dumps(slim, indent=2) + "\n")
+    md = write_report(out_dir, "refine", lines, slim)
     _plot(results, out_dir / "refine.png")
-    print("\n".join(lines))
     return md
 
 

@@ -21,8 +21,8 @@ from ..problems.sensor_fusion import (BEARING_SD, SensorFusion, range_reading_mo
                                       wrap_angle)
 from .filter_runs import (describe_match, out_of_family_line, out_of_family_messages, plot_compute_curve,
                           record_filter_metrics, row_cells, score_filter, score_particle_filter, single_step_kl,
-                          smallest_match, write_report)
-from .report import fmt_estimate as _fmt
+                          smallest_match)
+from .report import fmt_estimate as _fmt, write_report
 from .timing import machine
 
 SEED = 27182

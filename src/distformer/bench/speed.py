@@ -15,7 +15,6 @@ Writes ``benchmarks/speed.{md,json}``.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -30,7 +29,7 @@ from ..nn.site import apply_site
 from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..observations import as_observations
 from ..problems import get
-from .report import fmt_estimate
+from .report import fmt_estimate, write_report
 from .timing import interleaved_median_seconds, machine, threads
 
 SEED = 1618
@@ -233,9 +232,4 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                              f"{m['compile_s']:.1f} | {m['ms_per_problem'] / model_ms:,.0f}× |")
     else:
         lines += ["", "NumPyro is not installed (`pip install -e .[baselines]`), so NUTS and SVI were not measured."]
-    md = out_dir / "speed.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "speed.json").write_text(json.dumps({"command": command, "machine": machine(), "models": results},
-                                                   indent=2, default=str) + "\n")
-    print("\n".join(lines))
-    return md
+    return write_report(out_dir, "speed", lines, {"command": command, "machine": machine(), "models": results})

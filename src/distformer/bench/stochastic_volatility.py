@@ -17,8 +17,8 @@ from ..filtering import Filter, LinearGaussianMotion
 from ..problems.stochastic_volatility import StochasticVolatility
 from .filter_runs import (describe_match, first_steps, out_of_family_line, out_of_family_messages,
                           plot_compute_curve, record_filter_metrics, row_cells, score_filter, score_particle_filter,
-                          smallest_match, write_report)
-from .report import fmt_estimate as _fmt
+                          smallest_match)
+from .report import fmt_estimate as _fmt, write_report
 from .timing import machine
 
 SEED = 16180

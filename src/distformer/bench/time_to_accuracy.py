@@ -11,7 +11,6 @@ than the schedule would leave the learning rate high, so the full run is not tim
 from __future__ import annotations
 
 import dataclasses
-import json
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -59,6 +58,7 @@ def train_until(args: tuple) -> dict:
 
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
     """Run the grid (two configurations at a time) and write ``out_dir/time-to-accuracy.{md,json,png}``."""
+    from .report import write_report
     from .timing import machine
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,11 +94,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         last = f"{r['history'][-1]['val_kl']:.4f}" if r["history"] else "–"
         lines.append(f"| {r['d_model']} | {r['batch_size']} | {r['parameters']:,} | {steps} | {seconds} | {last} |")
     lines += ["", "![validation KL against training time](time-to-accuracy.png)"]
-    md = out_dir / "time-to-accuracy.md"
-    md.write_text("\n".join(lines) + "\n")
-    (out_dir / "time-to-accuracy.json").write_text(json.dumps({"command": command, "runs": results}, indent=2) + "\n")
+    md = write_report(out_dir, "time-to-accuracy", lines, {"command": command, "runs": results})
     _plot(results, out_dir / "time-to-accuracy.png")
-    print("\n".join(lines))
     return md
 
 
