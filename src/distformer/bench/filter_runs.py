@@ -91,8 +91,9 @@ def row_cells(row: dict, model_row: dict) -> str:
     return f"{both} | {gap} | {row['ms_per_step']:.2f} | {row['ms_per_step'] / model_row['ms_per_step']:,.1f}×"
 
 
-def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0) -> None:
-    """NLL against time per step: particle filters as one curve, the other filters as points with 95% bars."""
+def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0, series: int = 100) -> None:
+    """NLL against time per step for a batch of ``series``: particle filters (rows with ``particles``) as one curve,
+    the other filters as points with 95% bars."""
     pf = sorted((r for r in rows if "particles" in r), key=lambda r: r["particles"])
     ax.plot([r["ms_per_step"] for r in pf], [r["nll"]["mean"] for r in pf], "o-", color="grey",
             label="particle filter (" + ", ".join(f"{r['particles']:,}" for r in pf) + ")")
@@ -101,7 +102,7 @@ def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0) -> None:
             ax.errorbar(r["ms_per_step"], r["nll"]["mean"], yerr=1.96 * r["nll"]["stderr"], fmt="s", capsize=3,
                         label=r["filter"])
     ax.set_xscale("log")
-    ax.set_xlabel("ms per step (batch of 100 series)")
+    ax.set_xlabel(f"ms per step (batch of {series} series)")
     ax.set_ylabel("NLL of the true state per step")
     ax.legend(fontsize=7)
 

@@ -15,7 +15,7 @@ from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter,
 from ..diagnostics import estimate
 from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
-from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, timed
+from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, plot_compute_curve, timed
 from .report import fmt_estimate as _fmt, write_report
 from .timing import machine
 
@@ -49,8 +49,10 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "EKF": lambda d: ExtendedKalmanFilter(space).run(d.prior, *_tensors(d)),
         "UKF": lambda d: UnscentedKalmanFilter(space).run(d.prior, *_tensors(d)),
     }
+    particles = {}
     for J in size["particles"]:
         pf = ParticleFilter(gaussian_transition(space.f, lti.Q), gaussian_log_likelihood(space.h, lti.R), J)
+        particles[f"particle filter, {J:,} particles"] = J
         runs[f"particle filter, {J:,} particles"] = (
             lambda d, pf=pf: pf.run(d.prior, *_tensors(d), generator=torch.Generator().manual_seed(SEED + 1)))
     warm = Series(data.prior[:2], data.states[:2, :2], first_steps(data.observations, 2, 2))
@@ -64,7 +66,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
             exact_nll = nll if exact_nll is None else exact_nll
             rows.append({"filter": name, "nll": estimate(nll.mean(0)).as_dict(),
                          "gap": estimate((nll - exact_nll).mean(0)).as_dict(),
-                         "ms_per_step": 1e3 * seconds / size["steps"]})
+                         "ms_per_step": 1e3 * seconds / size["steps"]}
+                        | ({"particles": particles[name]} if name in particles else {}))
         depth = lti.simulate(size["series"], size["depth"], torch.Generator().manual_seed(SEED + 2))
         deep_exact = -exact_filter.run(depth.prior, depth.observations).beliefs.log_prob(depth.states)
         deep_model = -model_filter.run(depth.prior.to(torch.float32), depth.observations).beliefs.to(
@@ -102,7 +105,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     ]
     md = write_report(out_dir, "lti", lines, {"command": command, "filters": rows, "drift": by_depth,
                                               "out_of_family": out_of_family})
-    _plot(rows, gap, out_dir / "lti.png")
+    _plot(rows, gap, out_dir / "lti.png", size["series"])
     return md
 
 
@@ -110,24 +113,14 @@ def _tensors(series) -> tuple[torch.Tensor, torch.Tensor]:
     return series.observations.values["z"], series.observations.masks["z"]
 
 
-def _plot(rows: list[dict], gap: torch.Tensor, path: Path) -> None:
+def _plot(rows: list[dict], gap: torch.Tensor, path: Path, series: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    pf = [r for r in rows if r["filter"].startswith("particle")]
-    ax1.plot([r["ms_per_step"] for r in pf], [r["nll"]["mean"] for r in pf], "o-", color="grey",
-             label="particle filter (100 to 100k particles)")
-    for r in rows:
-        if not r["filter"].startswith("particle"):
-            ax1.errorbar(r["ms_per_step"], r["nll"]["mean"], yerr=1.96 * r["nll"]["stderr"], fmt="s", capsize=3,
-                         label=r["filter"])
-    ax1.set_xscale("log")
-    ax1.set_xlabel("ms per step (batch of series)")
-    ax1.set_ylabel("NLL of the true state per step")
-    ax1.legend(fontsize=8)
+    plot_compute_curve(ax1, rows, series=series)
     steps = torch.arange(1, gap.shape[0] + 1)
     mean = gap.mean(1)
     window = max(1, gap.shape[0] // 50)
