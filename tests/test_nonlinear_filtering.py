@@ -220,6 +220,18 @@ def test_volatility_returns_have_the_stated_covariance():
     assert float(((r.T @ r / n - S).abs() / se).max()) < 5
 
 
+def test_volatility_meta_prior_is_centred_at_the_level_it_describes():
+    """The component means of the meta-prior are level + N(0, mean_scale^2): their average over 4,000 priors x 4
+    components x 10 factors lies within 5 standard errors of the level, and the card's description says so."""
+    from distformer.problems.stochastic_volatility import StochasticVolatility
+
+    problem = StochasticVolatility(level=-1.0)
+    loc = problem.sample_meta_prior(4000, torch.Generator().manual_seed(3)).loc
+    assert abs(float(loc.mean()) + 1.0) < 5 * problem.mean_scale / math.sqrt(loc.numel())
+    assert "means ~ N(-1, 1.0^2 I)" in problem.describe()["meta_prior"]
+    assert "means ~ N(0, 1.0^2 I)" in StochasticVolatility().describe()["meta_prior"]
+
+
 def test_volatility_series_start_stationary_and_follow_the_ou_motion():
     problem = get("stochastic-volatility")
     series = problem.simulate_series(4000, 3, torch.Generator().manual_seed(2))

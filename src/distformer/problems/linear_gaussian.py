@@ -72,9 +72,8 @@ class LinearGaussian(Problem):
 
     def describe(self) -> dict:
         return super().describe() | {
-            "meta_prior": (f"K={self.num_components} components; weights ~ Dirichlet(1); means ~ N(0, "
-                           f"{self.mean_scale}^2 I); covariances U diag(s^2) U^T with U a random rotation and "
-                           f"log s ~ U(log {self.min_std}, log {self.max_std})"),
+            "meta_prior": describe_random_gmm_priors(self.num_components, self.mean_scale, self.min_std,
+                                                     self.max_std),
             "likelihood": (f"N ~ U{{{self.min_observations}..{self.max_observations}}} observations "
                            f"z_i = x + v_i, v_i ~ N(0, I_{self.dim})"),
         }
@@ -103,6 +102,12 @@ class LinearGaussian(Problem):
         obs = as_observations(observations, self.sources)
         eye = torch.eye(self.dim, dtype=prior.dtype)
         return prior.condition_linear_gaussian(eye, eye, obs.values["z"].to(prior.dtype), obs.masks["z"])
+
+
+def describe_random_gmm_priors(K: int, mean_scale, min_std: float, max_std: float, mean_offset: float = 0.0) -> str:
+    """The meta-prior of :func:`random_gmm_priors` with these arguments, in words (a model card's ``meta_prior``)."""
+    return (f"K={K} components; weights ~ Dirichlet(1); means ~ N({mean_offset:g}, {mean_scale}^2 I); covariances "
+            f"U diag(s^2) U^T with U a random rotation and log s ~ U(log {min_std}, log {max_std})")
 
 
 def random_gmm_priors(n: int, K: int, D: int, mean_scale: float | Tensor, min_std: float, max_std: float,

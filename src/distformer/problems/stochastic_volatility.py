@@ -38,7 +38,7 @@ from torch import Tensor
 from ..distributions.gmm import GaussianMixture
 from ..observations import Observations, as_observations
 from .base import Problem, replicated_gaussian
-from .linear_gaussian import random_gmm_priors
+from .linear_gaussian import describe_random_gmm_priors, random_gmm_priors
 from .lti import Series
 
 
@@ -76,9 +76,8 @@ class StochasticVolatility(Problem):
 
     def describe(self) -> dict:
         return super().describe() | {
-            "meta_prior": (f"K={self.num_components} components; weights ~ Dirichlet(1); means ~ N(0, "
-                           f"{self.mean_scale}^2 I); covariances U diag(s^2) U^T with U a random rotation and "
-                           f"log s ~ U(log {self.min_std}, log {self.max_std})"),
+            "meta_prior": describe_random_gmm_priors(self.num_components, self.mean_scale, self.min_std,
+                                                     self.max_std, mean_offset=self.level),
             "likelihood": (f"{self.num_returns} returns r ~ N(0, F diag(exp x) F^T + I), F ({self.num_returns} x "
                            f"{self.dim}) with N(0, 1) entries from seed {self.loadings_seed}"),
         }
