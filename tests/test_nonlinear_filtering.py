@@ -1,6 +1,7 @@
 """Sensor fusion and stochastic volatility: likelihoods normalise or match closed forms, simulators draw from them,
 and the particle and Kalman-family baselines built on them."""
 
+import json
 import math
 
 import pytest
@@ -189,6 +190,22 @@ def test_bench_sensor_fusion_quick_writes_a_report(tmp_path):
     report = (tmp_path / "sensor-fusion.md").read_text()
     assert "distformer bench sensor-fusion --quick" in report and "particle filter, 1,000 particles" in report
     assert (tmp_path / "sensor-fusion.png").exists()
+    again = json.loads((tmp_path / "sensor-fusion.json").read_text())["match"]["repeated"]
+    assert again["repeats"] == 2 and again["model_ms_per_step"] > 0 and "Timed again, 2 runs of each" in report
+    assert again["speedup"] == pytest.approx(again["particle_ms_per_step"] / again["model_ms_per_step"])
+
+
+def test_repeated_timing_alternates_the_two_runs_and_takes_medians(monkeypatch):
+    """The model and the particle filter run in turn (so both meet the same machine state); the reported times are
+    medians per step, not means: one slow outlier run does not move them."""
+    import distformer.bench.filter_runs as fr
+
+    calls, clock = [], iter([0.0, 1.0, 1.0, 31.0, 31.0, 32.0, 32.0, 92.0, 92.0, 102.0, 102.0, 132.0])
+    monkeypatch.setattr(fr.time, "perf_counter", lambda: next(clock))
+    out = fr.repeated_timing(lambda: calls.append("model"), lambda: calls.append("pf"), repeats=3, steps=10)
+    assert calls == ["model", "pf"] * 3
+    # model runs took 1, 1 and 10 s (median 1 s), particle runs 30, 60 and 30 s (median 30 s); 10 steps each
+    assert out == {"repeats": 3, "model_ms_per_step": 100.0, "particle_ms_per_step": 3000.0, "speedup": 30.0}
 
 
 # ---- stochastic volatility (the other non-Gaussian filtering problem) ----

@@ -5,6 +5,7 @@ model, and the NLL-against-compute panel."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from typing import Callable
@@ -76,12 +77,32 @@ def smallest_match(rows: list[dict], model_row: dict) -> dict:
             "matched": bool(matched)}
 
 
+def repeated_timing(run_model: Callable, run_particles: Callable, repeats: int, steps: int) -> dict:
+    """Time ``run_model()`` and ``run_particles()`` (whole filter runs of ``steps`` steps) ``repeats`` times each,
+    alternating, so that both see the same drift of a shared machine's speed: the medians in ms per step and the
+    ratio of the medians (particle filter over model)."""
+    model_s, particle_s = [], []
+    for _ in range(repeats):
+        model_s.append(timed(run_model)[1])
+        particle_s.append(timed(run_particles)[1])
+    model_ms, particle_ms = 1e3 * statistics.median(model_s) / steps, 1e3 * statistics.median(particle_s) / steps
+    return {"repeats": repeats, "model_ms_per_step": model_ms, "particle_ms_per_step": particle_ms,
+            "speedup": particle_ms / model_ms}
+
+
 def describe_match(match: dict) -> str:
+    again = match.get("repeated")
     if match["matched"]:
-        return (f"The smallest particle filter with an NLL at least as good as the model's has {match['particles']:,} "
-                f"particles and takes {match['speedup']:,.0f}× the model's time per step.")
-    return (f"No particle filter up to {match['particles']:,} particles reached the model's NLL; the largest takes "
-            f"{match['speedup']:,.0f}× the model's time per step.")
+        text = (f"The smallest particle filter with an NLL at least as good as the model's has {match['particles']:,} "
+                f"particles and takes {match['speedup']:,.0f}× the model's time per step in the table's run.")
+    else:
+        text = (f"No particle filter up to {match['particles']:,} particles reached the model's NLL; the largest takes "
+                f"{match['speedup']:,.0f}× the model's time per step in the table's run.")
+    if again:
+        text += (f" Timed again, {again['repeats']} runs of each interleaved on the same series: medians "
+                 f"{again['model_ms_per_step']:.2f} ms (model) and {again['particle_ms_per_step']:,.1f} ms (particle "
+                 f"filter) per step, **{again['speedup']:,.1f}×**.")
+    return text
 
 
 def row_cells(row: dict, model_row: dict) -> str:
