@@ -106,7 +106,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
             rows.append(row)
         model_row = rows[0]
         match = smallest_match(rows, model_row)
-        if match["matched"] or quick:  # the speed-up at equal NLL, timed again (quick: whichever was picked)
+        if match["matched"]:  # the speed-up at equal NLL, timed again
             pf = particle_filter(problem, match["particles"])
             match["repeated"] = repeated_timing(
                 lambda: model_filter.run(prior32, obs32),
