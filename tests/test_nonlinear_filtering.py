@@ -184,8 +184,8 @@ def test_state_dependent_noise_callable_matches_the_constant():
 
 
 def test_bench_sensor_fusion_quick_writes_a_report(tmp_path, monkeypatch):
-    """The quick run's particle filters (100, 1,000) do not reach the model's NLL, so a match is declared here to run the
-    repeated timing of the matched filter as well."""
+    """The quick run's particle filters (100, 1,000) do not reach the model's NLL, so a match is declared here to
+    run the repeated timing of the matched filter as well."""
     import distformer.bench.sensor_fusion as bench
     from distformer.cli import main
 
