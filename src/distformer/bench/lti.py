@@ -49,12 +49,12 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "EKF": lambda d: ExtendedKalmanFilter(space).run(d.prior, *_tensors(d)),
         "UKF": lambda d: UnscentedKalmanFilter(space).run(d.prior, *_tensors(d)),
     }
-    particles = {}
+    particles = {}  # run name -> particle count
     for J in size["particles"]:
         pf = ParticleFilter(gaussian_transition(space.f, lti.Q), gaussian_log_likelihood(space.h, lti.R), J)
-        particles[f"particle filter, {J:,} particles"] = J
-        runs[f"particle filter, {J:,} particles"] = (
-            lambda d, pf=pf: pf.run(d.prior, *_tensors(d), generator=torch.Generator().manual_seed(SEED + 1)))
+        name = f"particle filter, {J:,} particles"
+        particles[name] = J
+        runs[name] = lambda d, pf=pf: pf.run(d.prior, *_tensors(d), generator=torch.Generator().manual_seed(SEED + 1))
     warm = Series(data.prior[:2], data.states[:2, :2], first_steps(data.observations, 2, 2))
     rows = []
     with torch.inference_mode():
