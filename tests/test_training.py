@@ -259,3 +259,47 @@ def test_init_starts_a_run_from_saved_weights_and_refuses_another_architecture(t
         build_model(problem, wider)
     with pytest.raises(ValueError, match="Expected init to be a shipped model name"):
         TrainConfig(init="")
+
+
+def test_init_blocks_starts_a_shallower_model_from_chosen_blocks_of_a_deeper_one(tmp_path):
+    """``init_blocks`` keeps the listed decoder blocks of the saved model in that order and every other weight:
+    the shallow model computes exactly the deep network with the other blocks skipped; bad lists are refused."""
+    from distformer.nn.tokens import gmm_to_chart
+    from distformer.nn.transformer import DistributionTransformer, ModelConfig
+    from distformer.training.trainer import keep_blocks
+
+    problem = get("linear-gaussian", **TINY.problem.options)
+    deep = DistributionTransformer(ModelConfig(dim=1, d_model=16, num_heads=2, num_layers=3, ff_dim=32, hidden=16))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # every weight non-zero, so no block is the identity and each one matters
+        for p in deep.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+    deep.save(tmp_path / "deep")
+    batch = problem.sample_batch(8, generator=torch.Generator().manual_seed(4))
+    chart = gmm_to_chart(batch.prior).float()
+    shallow = keep_blocks(deep, (2, 0))
+    assert shallow.config.num_layers == 2 and shallow.num_parameters() < deep.num_parameters()
+    with torch.no_grad():
+        reference = DistributionTransformer(deep.config, deep.card)  # the deep network on its blocks 2 then 0
+        reference.load_state_dict(deep.state_dict())
+        reference.blocks = torch.nn.ModuleList([reference.blocks[2], reference.blocks[0]])
+        expected = reference(chart, batch.observations)
+        assert torch.equal(shallow(chart, batch.observations), expected)
+        assert not torch.allclose(deep(chart, batch.observations), expected)
+
+    config = TrainConfig.from_dict(TINY.to_dict() | {
+        "init": str(tmp_path / "deep"), "init_blocks": [2, 0],
+        "architecture": {**TINY.to_dict()["architecture"], "num_layers": 2}})
+    assert TrainConfig.from_yaml(config.to_yaml()) == config
+    start = build_model(problem, config)
+    for (k, a), (_, b) in zip(shallow.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(a, b), k
+    tuned = train("linear-gaussian", config, progress=False)
+    assert tuned.card["training"]["config"]["init_blocks"] == [2, 0]
+    with pytest.raises(ValueError, match="among the init model's 3 decoder blocks"):
+        build_model(problem, TrainConfig.from_dict(config.to_dict() | {"init_blocks": [3, 0]}))
+    for bad in ([0], [1, 1], [-1, 0]):
+        with pytest.raises(ValueError, match="Expected init_blocks to list architecture.num_layers=2"):
+            TrainConfig.from_dict(config.to_dict() | {"init_blocks": bad})
+    with pytest.raises(ValueError, match="with init set"):
+        TrainConfig.from_dict(config.to_dict() | {"init": None})

@@ -51,7 +51,10 @@ class TrainConfig:
 
     Start: ``init`` names a shipped model or a saved model's path stem whose weights the run starts from instead of
     a fresh initialisation (fine-tuning, e.g. a lower ``lr`` with the weight average); its ``ModelConfig`` must be
-    the one this config builds. The card records it. Loading reads safetensors and JSON only.
+    the one this config builds. The card records it. Loading reads safetensors and JSON only. ``init_blocks``
+    (with ``init``) keeps only those decoder blocks of the saved model, in that order, for a shallower model that
+    starts from the deeper one's weights (``architecture.num_layers`` must equal their number): a block is a
+    residual update, so the rest of the network still reads what it was trained on.
 
     Data: each step's batch is ``data_shards`` equal shards, shard ``i`` simulated from its own generator (seed
     ``seed + 1 + 7919 i``). Under distributed training each process simulates only its shards, so the global batch,
@@ -76,6 +79,7 @@ class TrainConfig:
     data_shards: int = 1
     weight_average_decay: float = 0.0
     init: str | None = None
+    init_blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards"):
@@ -89,6 +93,14 @@ class TrainConfig:
                              f"{self.weight_average_decay}.")
         if self.init is not None and (not isinstance(self.init, str) or not self.init):
             raise ValueError(f"Expected init to be a shipped model name or a model path stem, but got {self.init!r}.")
+        if self.init_blocks is not None:
+            blocks = tuple(self.init_blocks)
+            if self.init is None or not all(isinstance(i, int) and i >= 0 for i in blocks) \
+                    or len(set(blocks)) != len(blocks) or len(blocks) != self.architecture.num_layers:
+                raise ValueError(f"Expected init_blocks to list architecture.num_layers={self.architecture.num_layers} "
+                                 f"distinct block indices >= 0 of the init model, with init set, but got "
+                                 f"{self.init_blocks!r} with init={self.init!r}.")
+            object.__setattr__(self, "init_blocks", blocks)
         if self.batch_size % self.data_shards:
             raise ValueError(f"Expected batch_size divisible by data_shards, but got {self.batch_size} and "
                              f"{self.data_shards}.")
@@ -96,6 +108,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["problem"]["options"] = dict(self.problem.options)
+        if self.init_blocks is not None:
+            data["init_blocks"] = list(self.init_blocks)
         return data
 
     @classmethod

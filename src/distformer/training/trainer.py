@@ -16,13 +16,14 @@ Learning rate: :math:`\eta_t = \eta\,t/T_w` for :math:`t<T_w`, then
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -60,6 +61,8 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                relative_sources=dict(problem.relative_sources))
     if config.init is not None:  # the saved model itself: no fresh initialisation to overwrite
         model = load_named_or_path(config.init)
+        if config.init_blocks is not None:
+            model = keep_blocks(model, config.init_blocks)
         if model.config.to_dict() != model_config.to_dict():
             raise ValueError(f"Expected init {config.init!r} to have the model configuration this TrainConfig builds "
                              f"({model_config.to_dict()}), but it has {model.config.to_dict()}.")
@@ -67,6 +70,24 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return DistributionTransformer(model_config)
+
+
+def keep_blocks(model: DistributionTransformer, blocks: Sequence[int]) -> DistributionTransformer:
+    """A copy of ``model`` with only its decoder blocks ``blocks`` (indices, in that order) and every other weight
+    as it is: the start of a shallower model fine-tuned from a deeper one (``TrainConfig.init_blocks``)."""
+    depth = model.config.num_layers
+    if any(not 0 <= i < depth for i in blocks):
+        raise ValueError(f"Expected init_blocks among the init model's {depth} decoder blocks 0..{depth - 1}, but got "
+                         f"{list(blocks)}.")
+    config = dataclasses.replace(model.config, num_layers=len(blocks))
+    shallow = DistributionTransformer(config, model.card)
+    state = model.state_dict()
+    for j, i in enumerate(blocks):
+        for name, value in model.blocks[i].state_dict().items():
+            state[f"blocks.{j}.{name}"] = value
+    state = {k: v for k, v in state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < len(blocks)}
+    shallow.load_state_dict(state)
+    return shallow
 
 
 def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
