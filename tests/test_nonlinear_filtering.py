@@ -213,6 +213,29 @@ def test_repeated_timing_alternates_the_two_runs_and_takes_medians(monkeypatch):
     assert out == {"repeats": 3, "model_ms_per_step": 100.0, "particle_ms_per_step": 3000.0, "speedup": 30.0}
 
 
+def test_score_filter_warms_up_on_the_timed_batch_size_and_times_only_the_full_run():
+    """The warm-up call has every series (so batched inference takes the same path as the timed call) and 2 steps;
+    the row's time is that of the full run alone, per step."""
+    import distformer.bench.filter_runs as fr
+    from distformer import GaussianMixture
+
+    T, n = 6, 5
+    prior = _gaussian_prior(n)
+    states = torch.zeros(T, n, prior.dim, dtype=F64)
+    obs = Observations({"z": torch.zeros(T, n, 1, 1, dtype=F64)}, {"z": torch.ones(T, n, 1, dtype=torch.bool)})
+    seen = []
+
+    def run(p, o):
+        seen.append((p.batch_shape[0], o.values["z"].shape[:2]))
+        return GaussianMixture(logits=prior.log_weights.expand(o.values["z"].shape[0], n, -1),
+                               loc=prior.loc.expand(o.values["z"].shape[0], n, -1, -1),
+                               scale_tril=prior.scale_tril.expand(o.values["z"].shape[0], n, -1, -1, -1))
+
+    row, _, nll = fr.score_filter("fake", run, prior, obs, states)
+    assert seen == [(n, (2, n)), (n, (T, n))]
+    assert nll.shape == (T, n) and row["series"] == n and row["ms_per_step"] > 0
+
+
 # ---- stochastic volatility (the other non-Gaussian filtering problem) ----
 
 def test_volatility_likelihood_equals_the_dense_gaussian_in_float64():

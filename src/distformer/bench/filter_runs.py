@@ -33,10 +33,10 @@ def first_steps(observations: Observations, steps: int, series: int) -> Observat
 
 def score_filter(name: str, run: Callable, prior, observations: Observations, states: torch.Tensor,
                  reference: torch.Tensor | None = None) -> tuple[dict, object, torch.Tensor]:
-    """Time ``run(prior, observations) -> beliefs`` (batch ``(T, n)``) after a warm-up call on 2 steps of 2 series,
-    and score it; with ``reference`` (the model's NLL ``(T, N)``, N >= n) the row also gets the paired gap to it on the
+    """Time ``run(prior, observations) -> beliefs`` (batch ``(T, n)``) after a warm-up call on the first 2 steps of
+    every series (the same batch size, hence the same code path, as the timed call), and score it; with ``reference`` (the model's NLL ``(T, N)``, N >= n) the row also gets the paired gap to it on the
     same series. Returns the report row, the beliefs and the NLL ``(T, n)``."""
-    run(prior[:2], first_steps(observations, 2, 2))  # first calls allocate and trace: keep them off the clock
+    run(prior, first_steps(observations, 2, states.shape[1]))  # first calls allocate: keep them off the clock
     beliefs, seconds = timed(lambda: run(prior, observations))
     nll = -beliefs.to(torch.float64).log_prob(states)  # (T, n)
     row = {"filter": name, "nll": estimate(nll.mean(0)).as_dict(), "nll_by_step": nll.mean(1).tolist(),
