@@ -34,8 +34,9 @@ def first_steps(observations: Observations, steps: int, series: int) -> Observat
 def score_filter(name: str, run: Callable, prior, observations: Observations, states: torch.Tensor,
                  reference: torch.Tensor | None = None) -> tuple[dict, object, torch.Tensor]:
     """Time ``run(prior, observations) -> beliefs`` (batch ``(T, n)``) after a warm-up call on the first 2 steps of
-    every series (the same batch size, hence the same code path, as the timed call), and score it; with ``reference`` (the model's NLL ``(T, N)``, N >= n) the row also gets the paired gap to it on the
-    same series. Returns the report row, the beliefs and the NLL ``(T, n)``."""
+    every series (the same batch size, hence the same code path, as the timed call), and score it; with
+    ``reference`` (the model's NLL ``(T, N)``, N >= n) the row also gets the paired gap to it on the same series.
+    Returns the report row, the beliefs and the NLL ``(T, n)``."""
     run(prior, first_steps(observations, 2, states.shape[1]))  # first calls allocate: keep them off the clock
     beliefs, seconds = timed(lambda: run(prior, observations))
     nll = -beliefs.to(torch.float64).log_prob(states)  # (T, n)
