@@ -1,8 +1,13 @@
 """Export the update for a real-time system, then run it in a separate Python process that never imports distformer.
 
+Two formats: a TorchScript program (no compiler needed), and an AOTInductor package compiled ahead of time (the
+fastest batch-1 update; exporting it takes about a minute and needs a C++ compiler, running it does not).
+
 Run: ``python examples/export_for_realtime.py``
 """
 
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,8 +16,17 @@ from pathlib import Path
 import distformer as dfm
 
 model = dfm.pretrained("linear-gaussian-2d")
+runner = Path(__file__).parent / "standalone" / "run_exported.py"
+formats = {"torchscript": "update.pt"}
+if shutil.which(os.environ.get("CXX", "c++")):
+    formats["aoti"] = "update.pt2"
+else:
+    print("no C++ compiler on PATH: skipping format='aoti'")
 with tempfile.TemporaryDirectory() as tmp:
-    path = model.export(Path(tmp) / "update.pt", num_components=4, max_observations=20)
-    print("exported", path.name, "and", path.name + ".json (the input contract)")
-    runner = Path(__file__).parent / "standalone" / "run_exported.py"
-    subprocess.run([sys.executable, str(runner), str(path)], check=True)
+    for format, name in formats.items():
+        print(f"exporting format={format!r} ...", flush=True)
+        # autotune=False keeps this example to about a minute; the default (True) tunes each matrix product for
+        # about 2 minutes more and gives a faster update (benchmarks/speed.md measures it)
+        path = model.export(Path(tmp) / name, format=format, num_components=4, max_observations=20, autotune=False)
+        print("exported", path.name, "and", path.name + ".json (the input contract)", flush=True)
+        subprocess.run([sys.executable, str(runner), str(path)], check=True)

@@ -2,19 +2,23 @@
 
 * Latency: median of interleaved batch-1 calls (20 observations, one thread) of ``model.posterior``, the same
   with ``check=False``, the exported TorchScript update, the update compiled in-process (``model.compiled_update``,
-  its compile time apart), and the exact update.
+  its compile time apart), the exported AOTInductor package (``model.export(format="aoti")``, its export time
+  apart; where a C++ compiler is found), and the exact update.
 * Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
 * Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: folded
   attention, chunks side by side, ``nn/chunks.py``), the path before it (the traced forward over chunks of 1,024
   in turn, every operator split over all threads) and exact.
 * NUTS and SVI (NumPyro, extra ``baselines``): compile time once, then median time per problem, and the expected
-  NLL of the true parameter on the same problems as the model's.
+  NLL of the true parameter on the same problems as the model's; their time over the model's at batch 1 (eager
+  and AOTInductor) and batched.
 
 Writes ``benchmarks/speed.{md,json}``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -113,16 +117,24 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
         "exported TorchScript": lambda: exported(prior.log_weights, prior.loc, prior.scale_tril, z, mask),
         "exact": lambda: prior.condition_linear_gaussian(eye, eye, z),
     }
-    compile_s = None
-    with threads(1), torch.inference_mode(), warnings.catch_warnings():
-        if not quick:  # a compile takes tens of seconds; the compiled update has its own test
+    compile_s = aoti_s = None
+    with threads(1), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        if not quick:  # each compile takes tens of seconds; both have their own tests
             warnings.simplefilter("ignore")  # torch.compile's notices
             compiled = model.compiled_update()
             start = time.perf_counter()
-            compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
+            with torch.inference_mode():
+                compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
             compile_s = time.perf_counter() - start
             fns["compiled update"] = lambda: compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
-        latency = interleaved_median_seconds(fns, repeats)
+            if shutil.which(os.environ.get("CXX", "c++")):
+                start = time.perf_counter()
+                package = torch._inductor.aoti_load_package(str(model.export(Path(tmp) / "u.pt2", format="aoti")))
+                aoti_s = time.perf_counter() - start
+                inputs = [t.contiguous() for t in (prior.log_weights, prior.loc, prior.scale_tril, z, mask)]
+                fns["exported AOTInductor"] = lambda: package.loader.run(inputs)
+        with torch.inference_mode():
+            latency = interleaved_median_seconds(fns, repeats)
         parts = parts_ms(model, prior, z, repeats)
     throughput = {}
     previous = _previous_path(model)
@@ -136,6 +148,7 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
             }, 3 if quick else 5, warmup=1)
         throughput[size] = {k: size / v for k, v in t.items()}
     result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "compile_s": compile_s,
+              "aoti_export_s": aoti_s,
               "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads()}
     from ..baselines import numpyro_linear_gaussian as npl
 
@@ -187,17 +200,23 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "## Batch-1 latency, 20 observations, one thread (median ms)",
         "",
-        "| model | posterior | check=False | exported TorchScript | compiled update (compile s) | exact update | "
-        "posterior / exact | compiled / exact |",
-        "|---|---|---|---|---|---|---|---|",
+        "`exported AOTInductor`: `model.export(path, format=\"aoti\")`, called through `package.loader.run`; "
+        "export time (compile included) in brackets, as for the in-process `torch.compile` of the update.",
+        "",
+        "| model | posterior | check=False | exported TorchScript | compiled update (compile s) | "
+        "exported AOTInductor (export s) | exact update | posterior / exact | AOTInductor / exact |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r["latency_ms"]
-        compiled = (f"{lat['compiled update']:.3f} ({r['compile_s']:.0f})", f"{lat['compiled update'] / lat['exact']:.2f}") \
-            if r["compile_s"] is not None else ("not measured (--quick)", "–")
+        compiled = f"{lat['compiled update']:.3f} ({r['compile_s']:.0f})" if r["compile_s"] is not None \
+            else "not measured (--quick)"
+        aoti = (f"{lat['exported AOTInductor']:.3f} ({r['aoti_export_s']:.0f})",
+                f"{lat['exported AOTInductor'] / lat['exact']:.2f}") if r.get("aoti_export_s") is not None \
+            else ("not measured (--quick or no C++ compiler)", "–")
         lines.append(f"| {r['model']} | {lat['model']:.3f} | {lat['model, check=False']:.3f} | "
-                     f"{lat['exported TorchScript']:.3f} | {compiled[0]} | {lat['exact']:.3f} | "
-                     f"{lat['model'] / lat['exact']:.2f} | {compiled[1]} |")
+                     f"{lat['exported TorchScript']:.3f} | {compiled} | {aoti[0]} | {lat['exact']:.3f} | "
+                     f"{lat['model'] / lat['exact']:.2f} | {aoti[1]} |")
     lines += ["", "## Throughput (problems per second, 20 observations each)", "",
               "`model`: `posterior(check=False)`, folded attention over chunks of 256 run side by side, one per "
               "thread. `before`: the traced forward over chunks of 1,024 in turn, each operator split over all "
@@ -218,18 +237,25 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                   f"NUTS: {st['nuts_warmup']:,} warm-up + {st['nuts_draws']:,} draws, one chain, scored through a "
                   f"4-component EM fit to its draws. SVI: full-covariance Gaussian guide, Adam, {st['svi_steps']:,} "
                   "steps. Times per problem after compilation "
-                  "(median); compile time apart. Ratios against the model's batch-1 latency with the check.", "",
-                  "| model | method | NLL of the true parameter | ms per problem | compile (s) | time / model |",
-                  "|---|---|---|---|---|---|"]
+                  "(median); compile time apart. Ratios against three times of the model per problem: its "
+                  "batch-1 `posterior` (with the check), the batch-1 AOTInductor package, and a batch of "
+                  f"{max(results[0]['throughput']):,} problems (throughput table).", "",
+                  "| model | method | NLL of the true parameter | ms per problem | compile (s) | time / model, batch 1 "
+                  "| time / AOTInductor, batch 1 | time / model, batched |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in results:
-            p, model_ms = r["peers"], r["latency_ms"]["model"]
-            lines.append(f"| {r['model']} | exact | {fmt_estimate(p['nll_exact'])} | {r['latency_ms']['exact']:.3f} "
-                         "| – | – |")
-            lines.append(f"| {r['model']} | model | {fmt_estimate(p['nll_model'])} | {model_ms:.3f} | – | 1 |")
+            p, lat = r["peers"], r["latency_ms"]
+            batched_ms = 1e3 / r["throughput"][max(r["throughput"])]["model"]
+            references = [lat["model"], lat.get("exported AOTInductor"), batched_ms]
+            lines.append(f"| {r['model']} | exact | {fmt_estimate(p['nll_exact'])} | {lat['exact']:.3f} "
+                         "| – | – | – | – |")
+            lines.append(f"| {r['model']} | model | {fmt_estimate(p['nll_model'])} | {lat['model']:.3f} | – | 1 | – "
+                         "| – |")
             for method in ("SVI", "NUTS"):
                 m = p[method]
+                ratios = " | ".join("–" if ref is None else f"{m['ms_per_problem'] / ref:,.0f}×" for ref in references)
                 lines.append(f"| {r['model']} | {method} | {fmt_estimate(m['nll'])} | {m['ms_per_problem']:,.1f} | "
-                             f"{m['compile_s']:.1f} | {m['ms_per_problem'] / model_ms:,.0f}× |")
+                             f"{m['compile_s']:.1f} | {ratios} |")
     else:
         lines += ["", "NumPyro is not installed (`pip install -e .[baselines]`), so NUTS and SVI were not measured."]
     return write_report(out_dir, "speed", lines, {"command": command, "machine": machine(), "models": results})

@@ -13,7 +13,9 @@ then :math:`(LL^\top)^{-1} = X^\top X`.
 LAPACK (``torch.linalg.cholesky_ex``, ``torch.cholesky_inverse``) factors a batch one matrix at a time, which for
 thousands of 2 x 2 or 3 x 3 matrices costs far more than the arithmetic. Written out, each entry is one operation
 over the whole batch: :math:`O(D^3)` operations, each vectorised. They are used for ``D <= 4`` and at least 512
-matrices, outside tracing (a trace keeps the branch it saw); otherwise the LAPACK calls. A matrix that is not
+matrices, outside TorchScript tracing (a trace keeps the branch it saw), and for ``D <= 4`` at any batch size under
+``torch.compile`` / ``torch.export``, whose compiler fuses them into one loop (LAPACK has no fused form there);
+otherwise the LAPACK calls. A matrix that is not
 positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor: either way the
 caller's finiteness check is what reports it.
 """
@@ -29,8 +31,9 @@ MIN_UNROLLED_BATCH = 512
 
 def _unrolled(matrix: Tensor) -> bool:
     d = matrix.shape[-1]
-    return (d <= MAX_UNROLLED_DIM and matrix.numel() >= MIN_UNROLLED_BATCH * d * d
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    if d > MAX_UNROLLED_DIM or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling() or matrix.numel() >= MIN_UNROLLED_BATCH * d * d
 
 
 def _assemble(entries: list[list[Tensor | None]], like: Tensor) -> Tensor:

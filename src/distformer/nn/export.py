@@ -1,4 +1,5 @@
-r"""Export the posterior update as a self-contained TorchScript program for real-time use.
+r"""Export the posterior update as a self-contained program for real-time use: TorchScript, or a compiled
+AOTInductor package.
 
 The exported function maps raw mixture parameters and padded observations to raw posterior parameters,
 
@@ -8,21 +9,35 @@ The exported function maps raw mixture parameters and padded observations to raw
 
 with shapes ``(B, K)``, ``(B, K, D)``, ``(B, K, D, D)`` and, per source in ``model.config.sources`` order,
 ``z_s`` ``(B, N_s, E_s)`` and boolean masks ``m_s`` ``(B, N_s)``. It includes the chart encoding and decoding, so
-running it needs only ``torch`` (``torch.jit.load``), not distformer. It performs no input validation and no
-out-of-family check: validate once where the data enter the system. A data set with no present observation
-returns its prior, as ``model.posterior`` does.
+running it needs only ``torch``, not distformer. It performs no input validation and no out-of-family check:
+validate once where the data enter the system. A data set with no present observation returns its prior, as
+``model.posterior`` does.
 
-The exported program runs the folded attention (``folded.py``), holding its matrices as constants: a snapshot of
-the weights. :func:`compile_update` gives the same function, with the same inputs and outputs, compiled in-process
-with ``torch.compile`` (Inductor, C++ wrapper) from the module's own forward, so it reads the live weights; it
-compiles once per input shape (tens of seconds on a small CPU) and on this project's CPU measured no faster than
-the exported program (``distformer bench speed``).
+Both formats run the folded attention (``folded.py``), holding its matrices as constants: a snapshot of the
+weights.
+
+* ``"torchscript"``: a TorchScript trace (``torch.jit.load``); any batch size, ``K`` and ``N``.
+* ``"aoti"``: ``torch.export`` of the same function, compiled ahead of time by AOTInductor into a ``.pt2`` package
+  holding a shared library (``torch._inductor.aoti_load_package``). It needs a C++ compiler where it is exported,
+  not where it runs, and is compiled for the vector instructions of the exporting CPU (AVX2, AVX-512): export it on
+  the kind of machine that runs it. ``K`` and ``N`` are fixed at the export's values and the batch size is free.
+  The compiler fuses the elementwise operators between the matrix products into loops, and the small Cholesky
+  factors and inverses are written out entry by entry (``small_linalg.py``), so at batch size 1 it runs far fewer
+  operators than the TorchScript program. Its inputs must be contiguous: the compiled code reads them with the
+  strides it was traced with and does not check them (a transposed ``scale_tril``, say, gives a wrong posterior
+  silently). Call the package's ``loader.run([tensors])`` for the lowest latency: the package's ``__call__``
+  re-parses its input specification at every call (about 0.3 ms on this project's CPU).
+
+:func:`compile_update` gives the same function, with the same inputs and outputs, compiled in-process with
+``torch.compile`` (Inductor, C++ wrapper) from the module's own forward, so it reads the live weights; it compiles
+once per input shape (tens of seconds on a small CPU). ``distformer bench speed`` measures all three.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -59,16 +74,23 @@ class ExportedUpdate(nn.Module):
                 torch.where(keep.unsqueeze(-1).unsqueeze(-1), post.scale_tril, scale_tril))
 
 
+FORMATS = ("torchscript", "aoti")
+
+
 def export_update(model, path, format: str = "torchscript", num_components: int | None = None,
-                  max_observations: int = 20) -> Path:
-    """Write the update to ``path`` (TorchScript archive) and ``path + '.json'`` (the input contract).
+                  max_observations: int = 20, autotune: bool = True) -> Path:
+    """Write the update to ``path`` (a TorchScript archive, or for ``format="aoti"`` an AOTInductor ``.pt2``
+    package) and ``path + '.json'`` (the input contract), each replaced atomically.
 
     ``num_components`` (default: the trained ``K``) and ``max_observations`` fix the example shapes the program
-    is traced with; other batch sizes, ``K`` and ``N`` run too, and these are the ones tested against eager.
+    is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
+    other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++ micro-kernels against
+    ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this project's 2-core CPU that
+    took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77 of its time untuned.
     """
-    if format != "torchscript":
-        raise ValueError(f"Expected format='torchscript' (ONNX export needs the onnx and onnxscript packages, which "
-                         f"this install does not ship), but got {format!r}.")
+    if format not in FORMATS:
+        raise ValueError(f"Expected format among {FORMATS} (ONNX export needs the onnx and onnxscript packages, "
+                         f"which this install does not ship), but got {format!r}.")
     K = num_components or model.card.get("support", {}).get("num_components") or 4
     if not isinstance(K, int) or K < 1 or not isinstance(max_observations, int) or max_observations < 1:
         raise ValueError(f"Expected positive int num_components and max_observations, but got {K!r} and "
@@ -80,32 +102,79 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
                torch.eye(D, dtype=dtype).expand(2, K, D, D).contiguous(),
                *[torch.zeros(2, max_observations, e, dtype=dtype) for e in model.config.sources.values()],
                *[torch.ones(2, max_observations, dtype=torch.bool) for _ in model.config.sources])
+    path = Path(path)
+    if format == "aoti" and path.suffix != ".pt2":
+        raise ValueError(f"Expected a path ending in .pt2 for format='aoti' (AOTInductor's package), but got "
+                         f"{str(path)!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)  # AOTInductor wants the suffix kept
     was_training = model.training
     model.eval()
-    folded_weights(model)  # computed now, so that the trace records the folded matrices, not their computation
+    folded_weights(model)  # computed now, so that the program records the folded matrices, not their computation
     _tril_index(D, str(weight.device))  # likewise the triangle positions
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.jit.trace(ExportedUpdate(model, folded=True), example, check_trace=False)
+        if format == "torchscript":
+            _write_torchscript(ExportedUpdate(model, folded=True), example, tmp)
+        else:
+            _write_aoti(model, example, tmp, AUTOTUNE_CONFIG if autotune else {})
     finally:
         model.train(was_training)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated in favour of torch.export
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(program, str(tmp))
     os.replace(tmp, path)
-    contract = {"format": "torchscript", "dtype": str(dtype).replace("torch.", ""), "dim": D,
+    contract = {"format": format, "dtype": str(dtype).replace("torch.", ""), "dim": D,
                 "num_components": K, "max_observations": max_observations,
                 "inputs": ["log_weights (B, K)", "loc (B, K, D)", "scale_tril (B, K, D, D)"]
                 + [f"{s} values (B, N, {e})" for s, e in model.config.sources.items()]
                 + [f"{s} mask (B, N) bool" for s in model.config.sources],
                 "outputs": ["log_weights (B, K)", "loc (B, K, D)", "scale_tril (B, K, D, D)"],
-                "model": model.card.get("name")}
-    Path(str(path) + ".json").write_text(json.dumps(contract, indent=2) + "\n")
+                "load": LOADERS[format], "model": model.card.get("name")}
+    if format == "aoti":
+        contract["autotune"] = bool(autotune)
+    contract_path = Path(str(path) + ".json")
+    contract_tmp = contract_path.with_name(contract_path.name + ".tmp")
+    contract_tmp.write_text(json.dumps(contract, indent=2) + "\n")
+    os.replace(contract_tmp, contract_path)
     return path
+
+
+LOADERS = {"torchscript": "torch.jit.load(path)",
+           "aoti": "torch._inductor.aoti_load_package(path), then .loader.run([inputs]); inputs must be contiguous "
+                   "(not checked)"}
+
+
+def _write_torchscript(update: ExportedUpdate, example: tuple[Tensor, ...], path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.jit.trace(update, example, check_trace=False)
+    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated in favour of torch.export
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(program, str(path))
+
+
+# Inductor's options for autotune=True; the last two keep it from printing its timings of every candidate
+AUTOTUNE_CONFIG = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                   "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+
+
+def _write_aoti(model, example: tuple[Tensor, ...], path: Path, options: dict) -> None:
+    """``torch.export`` of the folded update with a free batch size, compiled by AOTInductor into ``path`` with
+    Inductor ``options``."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"Expected a C++ compiler ({compiler!r}, or set CXX) for format='aoti', but found none "
+                           f"on PATH; format='torchscript' needs none.")
+    batch = torch.export.Dim("batch", min=1)
+    names = len(model.config.sources)
+    shapes = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * names)))
+    grads = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)  # otherwise AOTInductor traces a backward graph too
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(ExportedUpdate(model, folded=True), example, dynamic_shapes=shapes)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
 
 
 def compile_update(model, cpp_wrapper: bool = True):

@@ -18,8 +18,8 @@ r"""Three exact shortcuts for inference on a CPU, each with its plain form for t
 
 The first two take the shortcut only without autograd, for tensors of at least 4,096 entries; the attention
 shortcut only without autograd, for at most ``MAX_SHORT_MEMORY`` keys and ``MAX_SHORT_PRODUCT`` product entries;
-all three only outside tracing (a trace keeps the branch it saw; small tensors are dominated by dispatch, where one
-operator beats several).
+all three only outside tracing and compiling (a trace keeps the branch it saw; small tensors are dominated by
+dispatch, where one operator beats several; a compiler fuses the plain forms).
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ MAX_SHORT_MEMORY = 8
 MAX_SHORT_PRODUCT = 2**20
 
 
+def _capturing() -> bool:
+    """Whether a graph is being recorded: a TorchScript trace, or ``torch.compile`` / ``torch.export`` (whose graph
+    must not branch on a batch size it keeps symbolic; their compiler fuses the plain forms itself)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _shortcut(x: Tensor) -> bool:
-    return x.numel() >= MIN_SHORTCUT_SIZE and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+    return not _capturing() and not torch.is_grad_enabled() and x.numel() >= MIN_SHORTCUT_SIZE
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -69,7 +75,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor 
     or ``None`` for all keys (module docstring)."""
     B, T, d = q.shape
     M = k.shape[1]
-    if (torch.is_grad_enabled() or torch.jit.is_tracing() or M > MAX_SHORT_MEMORY
+    if (torch.is_grad_enabled() or _capturing() or M > MAX_SHORT_MEMORY
             or q.numel() * M > MAX_SHORT_PRODUCT):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(_split_heads(q, num_heads), _split_heads(k, num_heads),

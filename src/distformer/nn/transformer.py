@@ -408,12 +408,14 @@ class DistributionTransformer(nn.Module):
             return None
 
     def export(self, path, format: str = "torchscript", num_components: int | None = None,
-               max_observations: int = 20):
-        """Write the posterior update as a TorchScript program that runs with ``torch`` alone (see ``export.py``)."""
+               max_observations: int = 20, autotune: bool = True):
+        """Write the posterior update as a program that runs with ``torch`` alone: ``format="torchscript"`` (any
+        shapes) or ``"aoti"`` (an AOTInductor ``.pt2`` package compiled ahead of time, the fastest batch-1 update;
+        needs a C++ compiler to export). See ``export.py``."""
         from .export import export_update
 
         return export_update(self, path, format=format, num_components=num_components,
-                             max_observations=max_observations)
+                             max_observations=max_observations, autotune=autotune)
 
     def compiled_update(self, cpp_wrapper: bool = True):
         """The exported update's function (raw ``(log_weights, loc, scale_tril, *values, *masks)`` in and out, no
