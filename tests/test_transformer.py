@@ -237,6 +237,11 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
         model.export(tmp_path / "x.onnx", format="onnx")
     with pytest.raises(ValueError, match="ending in .pt2"):
         model.export(tmp_path / "x.pt", format="aoti")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXX", "no-such-compiler-here")
+        with pytest.raises(RuntimeError, match="Expected a C\\+\\+ compiler"):
+            model.export(tmp_path / "x.pt2", format="aoti")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["update.pt", "update.pt.json"]  # nothing else written
 
 
 @pytest.mark.slow

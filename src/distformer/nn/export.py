@@ -117,6 +117,9 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
             _write_torchscript(ExportedUpdate(model, folded=True), example, tmp)
         else:
             _write_aoti(model, example, tmp, AUTOTUNE_CONFIG if autotune else {})
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed export leaves the previous file, if any, and no partial one
+        raise
     finally:
         model.train(was_training)
     os.replace(tmp, path)

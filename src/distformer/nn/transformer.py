@@ -411,7 +411,8 @@ class DistributionTransformer(nn.Module):
                max_observations: int = 20, autotune: bool = True):
         """Write the posterior update as a program that runs with ``torch`` alone: ``format="torchscript"`` (any
         shapes) or ``"aoti"`` (an AOTInductor ``.pt2`` package compiled ahead of time, the fastest batch-1 update;
-        needs a C++ compiler to export). See ``export.py``."""
+        needs a C++ compiler to export; ``autotune`` times Inductor's kernels for each matrix product, about two
+        minutes more). See ``export.py``."""
         from .export import export_update
 
         return export_update(self, path, format=format, num_components=num_components,
