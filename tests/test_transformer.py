@@ -1,14 +1,13 @@
 """DistributionTransformer: identity at initialisation, permutation symmetries, masking, shapes, bad inputs."""
 
 import json
-import os
-import shutil
 import warnings
 
 import pytest
 import torch
 
 from distformer import DistributionTransformer, GaussianMixture, ModelConfig
+from distformer.nn.export import cpp_compiler
 from distformer.nn.tokens import chart_size, chart_to_gmm, gmm_to_chart
 from helpers import random_mixture
 
@@ -245,7 +244,7 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="format='aoti' needs a C++ compiler")
+@pytest.mark.skipif(cpp_compiler() is None, reason="format='aoti' needs a C++ compiler")
 def test_aoti_package_matches_eager_to_1e_5_at_any_batch_size(tmp_path, capsys):
     """``distformer export`` of the autotuned AOTInductor package (compiles once, about 3 minutes on 2 cores), at
     batch sizes 1 and 64 with some data sets empty, against the eager posterior; the package is read back with

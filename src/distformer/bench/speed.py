@@ -17,8 +17,6 @@ Writes ``benchmarks/speed.{md,json}``.
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..diagnostics import estimate
+from ..nn.export import cpp_compiler
 from ..nn.layers import layer_norm
 from ..nn.site import apply_site
 from ..nn.tokens import chart_to_gmm, gmm_to_chart
@@ -127,7 +126,7 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
                 compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
             compile_s = time.perf_counter() - start
             fns["compiled update"] = lambda: compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
-            if shutil.which(os.environ.get("CXX", "c++")):
+            if cpp_compiler():
                 start = time.perf_counter()
                 package = torch._inductor.aoti_load_package(str(model.export(Path(tmp) / "u.pt2", format="aoti")))
                 aoti_s = time.perf_counter() - start

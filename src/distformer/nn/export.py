@@ -158,13 +158,17 @@ AUTOTUNE_CONFIG = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN
                    "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``format="aoti"`` would use (``$CXX``, else ``c++``), or ``None`` if it is not on PATH."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
 def _write_aoti(model, example: tuple[Tensor, ...], path: Path, options: dict) -> None:
     """``torch.export`` of the folded update with a free batch size, compiled by AOTInductor into ``path`` with
     Inductor ``options``."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"Expected a C++ compiler ({compiler!r}, or set CXX) for format='aoti', but found none "
-                           f"on PATH; format='torchscript' needs none.")
+    if cpp_compiler() is None:
+        raise RuntimeError(f"Expected a C++ compiler ({os.environ.get('CXX', 'c++')!r}, or set CXX) for "
+                           f"format='aoti', but found none on PATH; format='torchscript' needs none.")
     batch = torch.export.Dim("batch", min=1)
     names = len(model.config.sources)
     shapes = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * names)))
