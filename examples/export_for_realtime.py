@@ -6,19 +6,18 @@ fastest batch-1 update; exporting it takes about a minute and needs a C++ compil
 Run: ``python examples/export_for_realtime.py``
 """
 
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import distformer as dfm
+from distformer.nn.export import cpp_compiler
 
 model = dfm.pretrained("linear-gaussian-2d")
 runner = Path(__file__).parent / "standalone" / "run_exported.py"
 formats = {"torchscript": "update.pt"}
-if shutil.which(os.environ.get("CXX", "c++")):
+if cpp_compiler():
     formats["aoti"] = "update.pt2"
 else:
     print("no C++ compiler on PATH: skipping format='aoti'")

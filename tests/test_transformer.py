@@ -214,6 +214,25 @@ def test_data_sets_without_observations_keep_their_prior_exactly():
     assert torch.equal(empty.loc, prior.loc)
 
 
+def _export_problems():
+    """64 priors from the 2-D meta-prior with 0..20 of 20 observations present (some data sets empty)."""
+    import distformer
+
+    g = torch.Generator().manual_seed(9)
+    prior = distformer.problems.get("linear-gaussian", dim=2).sample_meta_prior(64, g)
+    z = torch.randn(64, 20, 2, generator=g) * 3
+    mask = torch.arange(20) < torch.randint(0, 21, (64, 1), generator=g)
+    return prior, z, mask
+
+
+def _assert_matches_to_1e_5(raw, eager: GaussianMixture) -> None:
+    """An exported update's raw ``(log_weights, loc, scale_tril)`` against the eager posterior, to 1e-5."""
+    log_w, loc, tril = raw
+    torch.testing.assert_close(log_w.exp(), eager.weights, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
+
+
 def test_exported_update_matches_eager_to_1e_5(tmp_path):
     import distformer
 
@@ -222,16 +241,10 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 steers TorchScript users to torch.export
         program = torch.jit.load(str(path))
-    g = torch.Generator().manual_seed(9)
-    prior = distformer.problems.get("linear-gaussian", dim=2).sample_meta_prior(64, g)
-    z = torch.randn(64, 20, 2, generator=g) * 3
-    mask = torch.arange(20) < torch.randint(0, 21, (64, 1), generator=g)  # 0..20 present, some data sets empty
+    prior, z, mask = _export_problems()
     eager = model.posterior(prior, z, mask)
     with torch.inference_mode():
-        log_w, loc, tril = program(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
-    torch.testing.assert_close(log_w.exp(), eager.weights, rtol=0, atol=1e-5)
-    torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
-    torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
+        _assert_matches_to_1e_5(program(prior.log_weights, prior.loc, prior.scale_tril, z, mask), eager)
     with pytest.raises(ValueError, match="format among"):
         model.export(tmp_path / "x.onnx", format="onnx")
     with pytest.raises(ValueError, match="ending in .pt2"):
@@ -260,20 +273,15 @@ def test_aoti_package_matches_eager_to_1e_5_at_any_batch_size(tmp_path, capsys):
     contract = json.loads((tmp_path / "update.pt2.json").read_text())
     assert (contract["format"], contract["autotune"], contract["num_components"]) == ("aoti", True, 4)
     package = torch._inductor.aoti_load_package(str(path))
-    g = torch.Generator().manual_seed(9)
-    prior = distformer.problems.get("linear-gaussian", dim=2).sample_meta_prior(64, g)
-    z = torch.randn(64, 20, 2, generator=g) * 3
-    mask = torch.arange(20) < torch.randint(0, 21, (64, 1), generator=g)  # 0..20 present, some data sets empty
+    prior, z, mask = _export_problems()
     assert not mask.any(-1).all()
     eager = model.posterior(prior, z, mask)
     assert not prior.scale_tril.is_contiguous()  # the package reads its inputs with the strides it was traced with
     inputs = [t.contiguous() for t in (prior.log_weights, prior.loc, prior.scale_tril, z, mask)]
     for rows in (slice(0, 1), slice(0, 64)):
         with torch.inference_mode():
-            log_w, loc, tril = package.loader.run([t[rows] for t in inputs])
-        torch.testing.assert_close(log_w.exp(), eager.weights[rows], rtol=0, atol=1e-5)
-        torch.testing.assert_close(loc, eager.loc[rows], rtol=0, atol=1e-5)
-        torch.testing.assert_close(tril, eager.scale_tril[rows], rtol=0, atol=1e-5)
+            out = package.loader.run([t[rows] for t in inputs])
+        _assert_matches_to_1e_5(out, eager[rows])
     with torch.inference_mode():  # the package's own call (pytree inputs) gives the same
         again = package(*inputs)
-    torch.testing.assert_close(again[1], loc, rtol=0, atol=0)
+    torch.testing.assert_close(again[1], out[1], rtol=0, atol=0)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..observations import Observations
+from ..training.checkpoint import atomic_write
 from .folded import folded_forward, folded_weights
 from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_to_gmm
 
@@ -132,10 +133,7 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
                 "load": LOADERS[format], "model": model.card.get("name")}
     if format == "aoti":
         contract["autotune"] = bool(autotune)
-    contract_path = Path(str(path) + ".json")
-    contract_tmp = contract_path.with_name(contract_path.name + ".tmp")
-    contract_tmp.write_text(json.dumps(contract, indent=2) + "\n")
-    os.replace(contract_tmp, contract_path)
+    atomic_write(Path(str(path) + ".json"), (json.dumps(contract, indent=2) + "\n").encode())
     return path
 
 
