@@ -208,6 +208,23 @@ def test_every_batch_size_path_matches_the_training_forward(size, rng):
     torch.testing.assert_close(fast.log_weights, eager.log_weights.detach(), rtol=0, atol=1e-4)
 
 
+def test_the_chunks_trace_records_the_shortcuts_and_keeps_the_function_in_float64(rng):
+    """Large batches run a trace that holds the in-place GELU and bias add (whatever its example's size), the
+    small-batch trace the plain forms; in float64 both give the training forward's posterior to 1e-10."""
+    model = _perturbed(encoder_layers=1)
+    prior, z, mask = _masked_problems(300, rng)
+    chunked = model.posterior(prior, z, mask, check=False)           # 300 > traced_batch_size: chunks of 256
+    small = model.posterior(prior[:5], z[:5], mask[:5], check=False)
+    eager = model.posterior(prior, z, mask, grad=True, check=False)
+    graphs = {key: str(model.__dict__[key][1].inlined_graph) for key in ("_traced_chunks", "_traced")}
+    assert "aten::sigmoid_" in graphs["_traced_chunks"] and "aten::sigmoid_" not in graphs["_traced"]
+    assert "aten::gelu" in graphs["_traced"] and "aten::gelu" not in graphs["_traced_chunks"]
+    for fast, n in ((chunked, 300), (small, 5)):
+        torch.testing.assert_close(fast.loc, eager.loc[:n].detach(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(fast.scale_tril, eager.scale_tril[:n].detach(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(fast.log_weights, eager.log_weights[:n].detach(), rtol=0, atol=1e-10)
+
+
 @pytest.mark.slow
 def test_compiled_update_matches_eager_to_1e_5():
     """torch.compile (Inductor, C++ wrapper) of the exported update; compiles once (about 20-40 s on 2 cores)."""

@@ -5,9 +5,9 @@
   its compile time apart), the exported AOTInductor package (``model.export(format="aoti")``, its export time
   apart; where a C++ compiler is found), and the exact update.
 * Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
-* Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: folded
-  attention, chunks side by side, ``nn/chunks.py``), the path before it (the traced forward over chunks of 1,024
-  in turn, every operator split over all threads) and exact.
+* Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: traced
+  folded forward, chunks of ``model.chunk_size`` side by side, ``nn/chunks.py``), the path before it (the traced
+  forward over chunks of 1,024 in turn, every operator split over all threads) and exact.
 * NUTS and SVI (NumPyro, extra ``baselines``): compile time once, then median time per problem, and the expected
   NLL of the true parameter on the same problems as the model's; their time over the model's at batch 1 (eager
   and AOTInductor) and batched.
@@ -148,7 +148,8 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
         throughput[size] = {k: size / v for k, v in t.items()}
     result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "compile_s": compile_s,
               "aoti_export_s": aoti_s,
-              "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads()}
+              "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads(),
+              "chunk_size": model.chunk_size}
     from ..baselines import numpyro_linear_gaussian as npl
 
     if npl.available():
@@ -217,8 +218,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                      f"{lat['exported TorchScript']:.3f} | {compiled} | {aoti[0]} | {lat['exact']:.3f} | "
                      f"{lat['model'] / lat['exact']:.2f} | {aoti[1]} |")
     lines += ["", "## Throughput (problems per second, 20 observations each)", "",
-              "`model`: `posterior(check=False)`, folded attention over chunks of 256 run side by side, one per "
-              "thread. `before`: the traced forward over chunks of 1,024 in turn, each operator split over all "
+              "`model`: `posterior(check=False)`, the traced folded forward over chunks of "
+              f"{results[0]['chunk_size']} run side by side, one per thread. `before`: the traced unfolded forward "
+              "over chunks of 1,024 in turn, each operator split over all "
               "threads (the path before; same run).", "",
               "| model | batch | model | before | model / before | exact |", "|---|---|---|---|---|---|"]
     for r in results:

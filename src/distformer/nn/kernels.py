@@ -19,12 +19,16 @@ r"""Three exact shortcuts for inference on a CPU, each with its plain form for t
 The first two take the shortcut only without autograd, for tensors of at least 4,096 entries; the attention
 shortcut only without autograd, for at most ``MAX_SHORT_MEMORY`` keys and ``MAX_SHORT_PRODUCT`` product entries;
 all three only outside tracing and compiling (a trace keeps the branch it saw; small tensors are dominated by
-dispatch, where one operator beats several; a compiler fuses the plain forms).
+dispatch, where one operator beats several; a compiler fuses the plain forms). The exception is a trace recorded
+under :func:`shortcuts_in_trace`, which keeps the first two whatever the example's size: it is for large chunks
+only, and each shortcut computes the same function at any size.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -43,8 +47,26 @@ def _capturing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+_TRACE_SHORTCUTS = threading.local()  # .on: a trace in this thread records the GELU and bias-add shortcuts
+
+
+@contextmanager
+def shortcuts_in_trace():
+    """Within this block a TorchScript trace records the GELU and bias-add shortcuts instead of the plain forms
+    (module docstring)."""
+    _TRACE_SHORTCUTS.on = True
+    try:
+        yield
+    finally:
+        _TRACE_SHORTCUTS.on = False
+
+
 def _shortcut(x: Tensor) -> bool:
-    return not _capturing() and not torch.is_grad_enabled() and x.numel() >= MIN_SHORTCUT_SIZE
+    if torch.is_grad_enabled():
+        return False
+    if torch.jit.is_tracing() and getattr(_TRACE_SHORTCUTS, "on", False):
+        return True
+    return not _capturing() and x.numel() >= MIN_SHORTCUT_SIZE
 
 
 def gelu_tanh(x: Tensor) -> Tensor:

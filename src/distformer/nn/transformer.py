@@ -27,6 +27,7 @@ then goes through the same decoder. The decoded chart is the model's GMM fit to 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -40,6 +41,7 @@ from ..observations import Observations, as_observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
 from .folded import folded_forward, folded_weights, folding_pays
+from .kernels import shortcuts_in_trace
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
@@ -348,7 +350,7 @@ class DistributionTransformer(nn.Module):
             out = self._inference_forward()(chart, obs)
         else:  # chunks keep the activations in cache; with several threads, chunks run side by side
             memory = sum(v.shape[-2] for v in obs.values.values())
-            forward = (lambda c, o: folded_forward(self, c, o)) if folding_pays(self, chart.shape[1], memory) \
+            forward = self._inference_forward(chunks=True) if folding_pays(self, chart.shape[1], memory) \
                 else self.forward
             out = map_chunks(forward, chart, obs, self.chunk_size)
         if not bool(torch.isfinite(out).all()):
@@ -357,21 +359,26 @@ class DistributionTransformer(nn.Module):
                                      f"({self.card.get('problem', {}).get('meta_prior', 'see model.card')}).")
         return out
 
-    def _inference_forward(self):
+    def _inference_forward(self, chunks: bool = False):
         """``folded_forward`` traced with TorchScript (falling back to it eager if tracing fails).
 
         At batch size 1 the eager forward pass spends most of its time in Python dispatch; the traced graph runs
         the same operators (shapes stay symbolic, so any batch size, ``K`` and ``N`` work) in about half the time.
+        With ``chunks`` the trace records the in-place GELU and bias-add shortcuts (``kernels.py``), for the large
+        chunks that ``map_chunks`` runs side by side: the traced graph dispatches its operators without holding
+        Python's interpreter lock, so the workers wait on each other less (``chunks.py``).
         The trace records the folded attention matrices as constants, so it is made again whenever they are
         rebuilt (a parameter changed in place, or its dtype or device changed).
         """
         folded = folded_weights(self)
-        cached = self.__dict__.get("_traced")  # kept out of the module tree and the state dict
+        key = "_traced_chunks" if chunks else "_traced"
+        cached = self.__dict__.get(key)  # kept out of the module tree and the state dict
         if cached is None or cached[0] is not folded:
             weight = self.prior_embedding.last.weight
             _tril_index(self.dim, str(weight.device))  # cached first: the trace then holds it as a constant
-            cached = (folded, self._trace(weight))
-            self.__dict__["_traced"] = cached
+            with shortcuts_in_trace() if chunks else contextlib.nullcontext():
+                cached = (folded, self._trace(weight))
+            self.__dict__[key] = cached
         traced = cached[1]
         if traced is None:
             return lambda chart, obs: folded_forward(self, chart, obs)
