@@ -209,8 +209,9 @@ def test_every_batch_size_path_matches_the_training_forward(size, rng):
 
 
 def test_the_chunks_trace_records_the_shortcuts_and_keeps_the_function_in_float64(rng):
-    """Large batches run a trace that holds the in-place GELU and bias add (whatever its example's size), the
-    small-batch trace the plain forms; in float64 both give the training forward's posterior to 1e-10."""
+    """Large batches run a trace that holds the in-place GELU and bias add and the written-out 2 x 2 factors
+    (whatever its example's size), the small-batch trace the plain forms and LAPACK; in float64 both give the
+    training forward's posterior to 1e-10."""
     model = _perturbed(encoder_layers=1)
     prior, z, mask = _masked_problems(300, rng)
     chunked = model.posterior(prior, z, mask, check=False)           # 300 > traced_batch_size: chunks of 256
@@ -219,6 +220,7 @@ def test_the_chunks_trace_records_the_shortcuts_and_keeps_the_function_in_float6
     graphs = {key: str(model.__dict__[key][1].inlined_graph) for key in ("_traced_chunks", "_traced")}
     assert "aten::sigmoid_" in graphs["_traced_chunks"] and "aten::sigmoid_" not in graphs["_traced"]
     assert "aten::gelu" in graphs["_traced"] and "aten::gelu" not in graphs["_traced_chunks"]
+    assert "cholesky_inverse" in graphs["_traced"] and "cholesky_inverse" not in graphs["_traced_chunks"]
     for fast, n in ((chunked, 300), (small, 5)):
         torch.testing.assert_close(fast.loc, eager.loc[:n].detach(), rtol=0, atol=1e-10)
         torch.testing.assert_close(fast.scale_tril, eager.scale_tril[:n].detach(), rtol=0, atol=1e-10)

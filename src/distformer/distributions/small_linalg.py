@@ -14,25 +14,49 @@ LAPACK (``torch.linalg.cholesky_ex``, ``torch.cholesky_inverse``) factors a batc
 thousands of 2 x 2 or 3 x 3 matrices costs far more than the arithmetic. Written out, each entry is one operation
 over the whole batch: :math:`O(D^3)` operations, each vectorised. They are used for ``D <= 4`` and at least 512
 matrices, outside TorchScript tracing (a trace keeps the branch it saw), and for ``D <= 4`` at any batch size under
-``torch.compile`` / ``torch.export``, whose compiler fuses them into one loop (LAPACK has no fused form there);
-otherwise the LAPACK calls. A matrix that is not
+``torch.compile`` / ``torch.export``, whose compiler fuses them into one loop (LAPACK has no fused form there),
+and in a trace recorded under :func:`shortcuts_in_trace` (one used on large batches only: the written-out form is
+the same function at any size); otherwise the LAPACK calls. A matrix that is not
 positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor: either way the
 caller's finiteness check is what reports it.
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 MAX_UNROLLED_DIM = 4
 MIN_UNROLLED_BATCH = 512
+_TRACE_SHORTCUTS = threading.local()  # .on: a trace in this thread records the large-batch forms
+
+
+@contextmanager
+def shortcuts_in_trace():
+    """Within this block a TorchScript trace records the forms meant for large batches (the written-out factors here,
+    the in-place GELU and bias add of ``nn/kernels.py``) whatever its example's size: for a trace used on large
+    batches only, since each computes the same function at any size."""
+    _TRACE_SHORTCUTS.on = True
+    try:
+        yield
+    finally:
+        _TRACE_SHORTCUTS.on = False
+
+
+def tracing_with_shortcuts() -> bool:
+    """Whether a TorchScript trace is being recorded under :func:`shortcuts_in_trace` in this thread."""
+    return torch.jit.is_tracing() and getattr(_TRACE_SHORTCUTS, "on", False)
 
 
 def _unrolled(matrix: Tensor) -> bool:
     d = matrix.shape[-1]
-    if d > MAX_UNROLLED_DIM or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if d > MAX_UNROLLED_DIM or torch.jit.is_scripting():
         return False
+    if torch.jit.is_tracing():
+        return tracing_with_shortcuts()
     return torch.compiler.is_compiling() or matrix.numel() >= MIN_UNROLLED_BATCH * d * d
 
 

@@ -20,19 +20,19 @@ The first two take the shortcut only without autograd, for tensors of at least 4
 shortcut only without autograd, for at most ``MAX_SHORT_MEMORY`` keys and ``MAX_SHORT_PRODUCT`` product entries;
 all three only outside tracing and compiling (a trace keeps the branch it saw; small tensors are dominated by
 dispatch, where one operator beats several; a compiler fuses the plain forms). The exception is a trace recorded
-under :func:`shortcuts_in_trace`, which keeps the first two whatever the example's size: it is for large chunks
-only, and each shortcut computes the same function at any size.
+under ``shortcuts_in_trace`` (``distributions/small_linalg.py``), which keeps the first two whatever the example's
+size: it is for large chunks only, and each shortcut computes the same function at any size.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from ..distributions.small_linalg import shortcuts_in_trace, tracing_with_shortcuts  # noqa: F401 (re-exported)
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715 * _GELU_K
@@ -47,24 +47,10 @@ def _capturing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-_TRACE_SHORTCUTS = threading.local()  # .on: a trace in this thread records the GELU and bias-add shortcuts
-
-
-@contextmanager
-def shortcuts_in_trace():
-    """Within this block a TorchScript trace records the GELU and bias-add shortcuts instead of the plain forms
-    (module docstring)."""
-    _TRACE_SHORTCUTS.on = True
-    try:
-        yield
-    finally:
-        _TRACE_SHORTCUTS.on = False
-
-
 def _shortcut(x: Tensor) -> bool:
     if torch.is_grad_enabled():
         return False
-    if torch.jit.is_tracing() and getattr(_TRACE_SHORTCUTS, "on", False):
+    if tracing_with_shortcuts():
         return True
     return not _capturing() and x.numel() >= MIN_SHORTCUT_SIZE
 
