@@ -7,7 +7,7 @@
 * Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
 * Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: traced
   folded forward, chunks of ``model.chunk_size`` side by side, ``nn/chunks.py``), the path before it (the traced
-  forward over chunks of 1,024 in turn, every operator split over all threads) and exact.
+  unfolded forward over chunks of 1,024 in turn, every operator split over all threads) and exact.
 * NUTS and SVI (NumPyro, extra ``baselines``): compile time once, then median time per problem, and the expected
   NLL of the true parameter on the same problems as the model's; their time over the model's at batch 1 (eager
   and AOTInductor) and batched.

@@ -364,9 +364,10 @@ class DistributionTransformer(nn.Module):
 
         At batch size 1 the eager forward pass spends most of its time in Python dispatch; the traced graph runs
         the same operators (shapes stay symbolic, so any batch size, ``K`` and ``N`` work) in about half the time.
-        With ``chunks`` the trace records the in-place GELU and bias-add shortcuts (``kernels.py``), for the large
-        chunks that ``map_chunks`` runs side by side: the traced graph dispatches its operators without holding
-        Python's interpreter lock, so the workers wait on each other less (``chunks.py``).
+        With ``chunks`` the trace records the forms meant for large batches (the in-place GELU and bias add of
+        ``kernels.py``, the written-out Cholesky factors of ``small_linalg.py``), for the chunks that
+        ``map_chunks`` runs side by side: the traced graph runs its operators without holding Python's
+        interpreter lock, so the workers wait on each other less (``chunks.py``).
         The trace records the folded attention matrices as constants, so it is made again whenever they are
         rebuilt (a parameter changed in place, or its dtype or device changed).
         """
