@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..distributions.small_linalg import shortcuts_in_trace, tracing_with_shortcuts  # noqa: F401 (re-exported)
+from ..distributions.small_linalg import tracing_with_shortcuts
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715 * _GELU_K

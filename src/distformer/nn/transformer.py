@@ -36,12 +36,12 @@ from torch import Tensor, nn
 
 from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
+from ..distributions.small_linalg import shortcuts_in_trace
 from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
 from .folded import folded_forward, folded_weights, folding_pays
-from .kernels import shortcuts_in_trace
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
