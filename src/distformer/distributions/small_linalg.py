@@ -39,11 +39,12 @@ def shortcuts_in_trace():
     """Within this block a TorchScript trace records the forms meant for large batches (the written-out factors here,
     the in-place GELU and bias add of ``nn/kernels.py``) whatever its example's size: for a trace used on large
     batches only, since each computes the same function at any size."""
+    outer = getattr(_TRACE_SHORTCUTS, "on", False)
     _TRACE_SHORTCUTS.on = True
     try:
         yield
     finally:
-        _TRACE_SHORTCUTS.on = False
+        _TRACE_SHORTCUTS.on = outer
 
 
 def tracing_with_shortcuts() -> bool:
