@@ -1,5 +1,5 @@
-r"""Export the posterior update as a self-contained program for real-time use: TorchScript, or a compiled
-AOTInductor package.
+r"""Export the posterior update as a self-contained program for real-time use: TorchScript, a compiled
+AOTInductor package, or an ONNX graph.
 
 The exported function maps raw mixture parameters and padded observations to raw posterior parameters,
 
@@ -9,7 +9,7 @@ The exported function maps raw mixture parameters and padded observations to raw
 
 with shapes ``(B, K)``, ``(B, K, D)``, ``(B, K, D, D)`` and, per source in ``model.config.sources`` order,
 ``z_s`` ``(B, N_s, E_s)`` and boolean masks ``m_s`` ``(B, N_s)``. It includes the chart encoding and decoding, so
-running it needs only ``torch``, not distformer. It performs no input validation and no out-of-family check:
+running it needs only ``torch`` (or, for ONNX, any ONNX runtime), not distformer. It performs no input validation and no out-of-family check:
 validate once where the data enter the system. A data set with no present observation returns its prior, as
 ``model.posterior`` does.
 
@@ -27,6 +27,14 @@ weights.
   strides it was traced with and does not check them (a transposed ``scale_tril``, say, gives a wrong posterior
   silently). Call the package's ``loader.run([tensors])`` for the lowest latency: the package's ``__call__``
   re-parses its input specification at every call (about 0.3 ms on this project's CPU).
+* ``"onnx"``: ``torch.onnx.export`` (its ``torch.export``-based exporter, opset 18 or later) of the same function, for
+  runtimes outside PyTorch: ONNX Runtime from Python, C, C++, C#, Java or JavaScript, with no torch installed.
+  Exporting needs the ``onnx`` and ``onnxscript`` packages (extra ``onnx``, which also installs ``onnxruntime``).
+  ``K`` and ``N`` are fixed and the batch size is free, as for ``"aoti"``. Its graph inputs are named
+  ``log_weights``, ``loc``, ``scale_tril``, then ``{source}_values`` and ``{source}_mask`` per source; its outputs
+  ``posterior_log_weights``, ``posterior_loc``, ``posterior_scale_tril`` (the contract lists them). On this
+  project's CPU ONNX Runtime ran it slower than the TorchScript program (``benchmarks/speed.md``): choose it for
+  where it runs, not for speed.
 
 :func:`compile_update` gives the same function, with the same inputs and outputs, compiled in-process with
 ``torch.compile`` (Inductor, C++ wrapper) from the module's own forward, so it reads the live weights; it compiles
@@ -35,6 +43,7 @@ once per input shape (tens of seconds on a small CPU). ``distformer bench speed`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,23 +84,22 @@ class ExportedUpdate(nn.Module):
                 torch.where(keep.unsqueeze(-1).unsqueeze(-1), post.scale_tril, scale_tril))
 
 
-FORMATS = ("torchscript", "aoti")
+FORMATS = ("torchscript", "aoti", "onnx")
 
 
 def export_update(model, path, format: str = "torchscript", num_components: int | None = None,
                   max_observations: int = 20, autotune: bool = True) -> Path:
-    """Write the update to ``path`` (a TorchScript archive, or for ``format="aoti"`` an AOTInductor ``.pt2``
-    package) and ``path + '.json'`` (the input contract), each replaced atomically.
+    """Write the update to ``path`` (a TorchScript archive; for ``format="aoti"`` an AOTInductor ``.pt2`` package;
+    for ``format="onnx"`` an ONNX file) and ``path + '.json'`` (the input contract), each replaced atomically.
 
     ``num_components`` (default: the trained ``K``) and ``max_observations`` fix the example shapes the program
     is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
-    other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++ micro-kernels against
+    and the ONNX graph other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++ micro-kernels against
     ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this project's 2-core CPU that
     took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77 of its time untuned.
     """
     if format not in FORMATS:
-        raise ValueError(f"Expected format among {FORMATS} (ONNX export needs the onnx and onnxscript packages, "
-                         f"which this install does not ship), but got {format!r}.")
+        raise ValueError(f"Expected format among {FORMATS}, but got {format!r}.")
     K = num_components or model.card.get("support", {}).get("num_components") or 4
     if not isinstance(K, int) or K < 1 or not isinstance(max_observations, int) or max_observations < 1:
         raise ValueError(f"Expected positive int num_components and max_observations, but got {K!r} and "
@@ -116,6 +124,8 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     try:
         if format == "torchscript":
             _write_torchscript(ExportedUpdate(model, folded=True), example, tmp)
+        elif format == "onnx":
+            _write_onnx(model, example, tmp)
         else:
             _write_aoti(model, example, tmp, AUTOTUNE_CONFIG if autotune else {})
     except BaseException:
@@ -124,6 +134,7 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     finally:
         model.train(was_training)
     os.replace(tmp, path)
+    names = list(model.config.sources)
     contract = {"format": format, "dtype": str(dtype).replace("torch.", ""), "dim": D,
                 "num_components": K, "max_observations": max_observations,
                 "inputs": ["log_weights (B, K)", "loc (B, K, D)", "scale_tril (B, K, D, D)"]
@@ -133,13 +144,24 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
                 "load": LOADERS[format], "model": model.card.get("name")}
     if format == "aoti":
         contract["autotune"] = bool(autotune)
+    if format == "onnx":
+        contract["input_names"] = onnx_input_names(names)
+        contract["output_names"] = list(ONNX_OUTPUT_NAMES)
     atomic_write(Path(str(path) + ".json"), (json.dumps(contract, indent=2) + "\n").encode())
     return path
 
 
 LOADERS = {"torchscript": "torch.jit.load(path)",
            "aoti": "torch._inductor.aoti_load_package(path), then .loader.run([inputs]); inputs must be contiguous "
-                   "(not checked)"}
+                   "(not checked)",
+           "onnx": "onnxruntime.InferenceSession(path).run(None, {input_name: array}) (or any ONNX runtime)"}
+ONNX_OUTPUT_NAMES = ("posterior_log_weights", "posterior_loc", "posterior_scale_tril")
+ONNX_PACKAGES = ("onnx", "onnxscript")
+
+
+def onnx_input_names(sources: list[str]) -> list[str]:
+    """The ONNX graph's input names, in the update's argument order, for the model's ``sources``."""
+    return ["log_weights", "loc", "scale_tril", *[f"{s}_values" for s in sources], *[f"{s}_mask" for s in sources]]
 
 
 def _write_torchscript(update: ExportedUpdate, example: tuple[Tensor, ...], path: Path) -> None:
@@ -161,25 +183,66 @@ def cpp_compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++"))
 
 
+def _batch_free(model) -> tuple:
+    """``dynamic_shapes`` for ``torch.export`` of :class:`ExportedUpdate`: the batch dimension of every input free."""
+    batch = torch.export.Dim("batch", min=1)
+    return ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * len(model.config.sources))))
+
+
+@contextlib.contextmanager
+def _without_grad(model):
+    """Parameters that do not require grad while exporting (else the exporters trace a backward graph too), and no
+    warnings from the exporters; restored afterwards."""
+    grads = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+
+
 def _write_aoti(model, example: tuple[Tensor, ...], path: Path, options: dict) -> None:
     """``torch.export`` of the folded update with a free batch size, compiled by AOTInductor into ``path`` with
     Inductor ``options``."""
     if cpp_compiler() is None:
         raise RuntimeError(f"Expected a C++ compiler ({os.environ.get('CXX', 'c++')!r}, or set CXX) for "
                            f"format='aoti', but found none on PATH; format='torchscript' needs none.")
-    batch = torch.export.Dim("batch", min=1)
-    names = len(model.config.sources)
-    shapes = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in range(2 * names)))
-    grads = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)  # otherwise AOTInductor traces a backward graph too
+    with _without_grad(model):
+        program = torch.export.export(ExportedUpdate(model, folded=True), example, dynamic_shapes=_batch_free(model))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+
+
+def _write_onnx(model, example: tuple[Tensor, ...], path: Path) -> None:
+    """``torch.onnx.export`` of the folded update with a free batch size into the ONNX file ``path``."""
+    import importlib
+    import logging
+
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise RuntimeError(f"Expected the packages {' and '.join(ONNX_PACKAGES)} for format='onnx' (pip install "
+                               f"'distformer[onnx]'), but {name!r} is not installed; format='torchscript' needs "
+                               "neither.") from None
+    # onnxscript warns of each multi-output node it does not fold, onnx_ir of each empty list attribute it types as
+    # ints (the right type here), torch.onnx of each torchvision operator it cannot register: harmless, many lines
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(ExportedUpdate(model, folded=True), example, dynamic_shapes=shapes)
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=options)
+        with _without_grad(model):
+            program = torch.onnx.export(ExportedUpdate(model, folded=True), example, dynamo=True, optimize=True,
+                                        verbose=False, dynamic_shapes=_batch_free(model),
+                                        input_names=onnx_input_names(list(model.config.sources)),
+                                        output_names=list(ONNX_OUTPUT_NAMES))
+            program.save(str(path))
     finally:
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
 
 
 def compile_update(model, cpp_wrapper: bool = True):
