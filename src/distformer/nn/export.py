@@ -9,9 +9,9 @@ The exported function maps raw mixture parameters and padded observations to raw
 
 with shapes ``(B, K)``, ``(B, K, D)``, ``(B, K, D, D)`` and, per source in ``model.config.sources`` order,
 ``z_s`` ``(B, N_s, E_s)`` and boolean masks ``m_s`` ``(B, N_s)``. It includes the chart encoding and decoding, so
-running it needs only ``torch`` (or, for ONNX, any ONNX runtime), not distformer. It performs no input validation and no out-of-family check:
-validate once where the data enter the system. A data set with no present observation returns its prior, as
-``model.posterior`` does.
+running it needs only ``torch`` (or, for ONNX, any ONNX runtime), not distformer. It performs no input validation
+and no out-of-family check: validate once where the data enter the system. A data set with no present observation
+returns its prior, as ``model.posterior`` does.
 
 Both formats run the folded attention (``folded.py``), holding its matrices as constants: a snapshot of the
 weights.
@@ -32,9 +32,9 @@ weights.
   Exporting needs the ``onnx`` and ``onnxscript`` packages (extra ``onnx``, which also installs ``onnxruntime``).
   ``K`` and ``N`` are fixed and the batch size is free, as for ``"aoti"``. Its graph inputs are named
   ``log_weights``, ``loc``, ``scale_tril``, then ``{source}_values`` and ``{source}_mask`` per source; its outputs
-  ``posterior_log_weights``, ``posterior_loc``, ``posterior_scale_tril`` (the contract lists them). On this
-  project's CPU ONNX Runtime ran it slower than the TorchScript program (``benchmarks/speed.md``): choose it for
-  where it runs, not for speed.
+  ``posterior_log_weights``, ``posterior_loc``, ``posterior_scale_tril`` (the contract lists them). In a one-off
+  run on this project's 2-core CPU (README), ONNX Runtime gave 0.73 of the throughput of ``model.posterior`` at
+  batch 100,000: choose it for where it runs, not for speed.
 
 :func:`compile_update` gives the same function, with the same inputs and outputs, compiled in-process with
 ``torch.compile`` (Inductor, C++ wrapper) from the module's own forward, so it reads the live weights; it compiles
@@ -94,9 +94,10 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
 
     ``num_components`` (default: the trained ``K``) and ``max_observations`` fix the example shapes the program
     is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
-    and the ONNX graph other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++ micro-kernels against
-    ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this project's 2-core CPU that
-    took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77 of its time untuned.
+    and the ONNX graph other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++
+    micro-kernels against ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this
+    project's 2-core CPU that took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77
+    of its time untuned.
     """
     if format not in FORMATS:
         raise ValueError(f"Expected format among {FORMATS}, but got {format!r}.")
@@ -134,7 +135,6 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     finally:
         model.train(was_training)
     os.replace(tmp, path)
-    names = list(model.config.sources)
     contract = {"format": format, "dtype": str(dtype).replace("torch.", ""), "dim": D,
                 "num_components": K, "max_observations": max_observations,
                 "inputs": ["log_weights (B, K)", "loc (B, K, D)", "scale_tril (B, K, D, D)"]
@@ -145,7 +145,7 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     if format == "aoti":
         contract["autotune"] = bool(autotune)
     if format == "onnx":
-        contract["input_names"] = onnx_input_names(names)
+        contract["input_names"] = onnx_input_names(list(model.config.sources))
         contract["output_names"] = list(ONNX_OUTPUT_NAMES)
     atomic_write(Path(str(path) + ".json"), (json.dumps(contract, indent=2) + "\n").encode())
     return path
