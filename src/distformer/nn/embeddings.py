@@ -10,10 +10,24 @@ r"""Token embeddings: mixture components, observations, and observation counts.
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from .kernels import dense, gelu_tanh
+
+
+Layers = Sequence[tuple[Tensor, Tensor]]  # an MLP's (weight (out, in), bias (out,)) pairs, first layer first
+
+
+def mlp(x: Tensor, layers: Layers) -> Tensor:
+    """``Linear -> GELU(tanh) -> ... -> Linear`` with the given weights: ``(..., in)`` -> ``(..., out)``."""
+    for i, (weight, bias) in enumerate(layers):
+        if i:
+            x = gelu_tanh(x)
+        x = dense(x, weight, bias)
+    return x
 
 
 class MLP(nn.Module):
@@ -27,12 +41,12 @@ class MLP(nn.Module):
     def last(self) -> nn.Linear:
         return self.layers[-1]
 
+    def weights(self) -> list[tuple[Tensor, Tensor]]:
+        """The layers' ``(weight, bias)`` pairs, for :func:`mlp`."""
+        return [(layer.weight, layer.bias) for layer in self.layers]
+
     def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            if i:
-                x = gelu_tanh(x)
-            x = dense(x, layer.weight, layer.bias)
-        return x
+        return mlp(x, self.weights())
 
 
 SOURCE_TRANSFORMS = ("identity", "asinh")
@@ -47,11 +61,14 @@ class SourceEmbedding(nn.Module):
         self.count = MLP([2, hidden, d_model])
         self.asinh = transform == "asinh"
 
-    def forward(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns tokens ``(B, 1 + N, d)`` and their key mask ``(B, 1 + N)`` (``True`` = attend)."""
+    def forward(self, values: Tensor, mask: Tensor,
+                layers: tuple[Layers, Layers] | None = None) -> tuple[Tensor, Tensor]:
+        """Returns tokens ``(B, 1 + N, d)`` and their key mask ``(B, 1 + N)`` (``True`` = attend); ``layers``
+        replaces the weights of the value and count MLPs (``folded.py`` passes versions derived from them)."""
+        value_layers, count_layers = layers or (self.values.weights(), self.count.weights())
         n = mask.sum(-1, keepdim=True).to(values.dtype)
-        count_token = self.count(torch.cat([torch.log1p(n), 1.0 / (1.0 + n)], -1)).unsqueeze(-2)
-        tokens = torch.cat([count_token, self.values(torch.asinh(values) if self.asinh else values)], dim=-2)
+        count_token = mlp(torch.cat([torch.log1p(n), 1.0 / (1.0 + n)], -1), count_layers).unsqueeze(-2)
+        tokens = torch.cat([count_token, mlp(torch.asinh(values) if self.asinh else values, value_layers)], dim=-2)
         key_mask = torch.cat([torch.ones_like(mask[..., :1]), mask], dim=-1)
         return tokens, key_mask
 
@@ -64,12 +81,12 @@ def relative_values(values: Tensor, anchor: Tensor) -> Tensor:
     return torch.cat([values[..., :w] - anchor[..., :1, :], values[..., w:]], dim=-1)
 
 
-def observation_tokens(sources: nn.ModuleDict, observations,
-                       relative_sources: dict[str, str] | None = None) -> tuple[Tensor, Tensor]:
+def observation_tokens(sources: nn.ModuleDict, observations, relative_sources: dict[str, str] | None = None,
+                       layers: Mapping[str, tuple[Layers, Layers]] | None = None) -> tuple[Tensor, Tensor]:
     """All sources' tokens ``(B, M, d)`` side by side, with their key mask ``(B, M)`` (``True`` = attend).
     ``relative_sources`` maps a source to the anchor source its leading coordinates are read relative to
     (:func:`relative_values`); the anchor itself is read relative to its own first token, so that moving both
-    together changes no token."""
+    together changes no token. ``layers`` (source -> value and count MLP weights) replaces the sources' own."""
     tokens, masks = [], []
     relative = dict(relative_sources or {})
     relative |= {anchor: anchor for anchor in relative.values()}
@@ -77,7 +94,7 @@ def observation_tokens(sources: nn.ModuleDict, observations,
         values = observations.values[name]
         if name in relative:
             values = relative_values(values, observations.values[relative[name]])
-        t, m = embed(values, observations.masks[name])
+        t, m = embed(values, observations.masks[name], None if layers is None else layers[name])
         tokens.append(t)
         masks.append(m)
     return torch.cat(tokens, dim=1), torch.cat(masks, dim=1)
