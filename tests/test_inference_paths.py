@@ -162,6 +162,28 @@ def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(r
         map_chunks(forward, chart, obs, 0)
 
 
+def test_the_worker_pool_is_kept_between_calls_and_made_anew_for_another_thread_count(rng):
+    from distformer.nn import chunks
+
+    model = _perturbed(dtype=torch.float32)
+    prior, z, mask = _masked_problems(100, rng, dtype=torch.float32)
+    obs = as_observations(z, model.config.sources, mask)
+    chart = gmm_to_chart(prior)
+    forward = lambda c, o: folded_forward(model, c, o)  # noqa: E731
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = map_chunks(forward, chart, obs, 16)
+        pool = chunks._POOL["pool"]
+        torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
+        assert chunks._POOL["pool"] is pool
+        torch.set_num_threads(3)
+        torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
+        assert chunks._POOL["pool"] is not pool and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_concurrent_callers_leave_the_thread_count_as_they_found_it(rng):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -34,3 +34,17 @@ def test_a_matrix_that_is_not_positive_definite_gets_nan_entries(rng):
     L = cholesky_factor(A)
     assert bool(torch.isnan(L[7]).any())
     assert bool(torch.isfinite(L[:7]).all()) and bool(torch.isfinite(L[8:]).all())
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_gram_of_the_inverse_factor_is_the_inverse_in_float64(d, rng):
+    """gram_entries(inverse_entries(L)) is the lower triangle of (L L^T)^-1 (the entrywise site update's prior
+    precision)."""
+    from distformer.distributions.small_linalg import cholesky_entries, entries, gram_entries, inverse_entries
+
+    A = _spd(7, d, rng)
+    gram = gram_entries(inverse_entries(cholesky_entries(entries(A))))
+    inverse = torch.linalg.inv(A)
+    for i in range(d):
+        for j in range(i + 1):
+            torch.testing.assert_close(gram[i][j], inverse[..., i, j], rtol=1e-10, atol=1e-10)

@@ -52,16 +52,77 @@ def tracing_with_shortcuts() -> bool:
     return torch.jit.is_tracing() and getattr(_TRACE_SHORTCUTS, "on", False)
 
 
-def _unrolled(matrix: Tensor) -> bool:
-    d = matrix.shape[-1]
-    if d > MAX_UNROLLED_DIM or torch.jit.is_scripting():
+def unrolled(dim: int, count: int) -> bool:
+    """Whether ``count`` matrices of size ``dim x dim`` take the written-out forms (module docstring)."""
+    if dim > MAX_UNROLLED_DIM or torch.jit.is_scripting():
         return False
     if torch.jit.is_tracing():
         return tracing_with_shortcuts()
-    return torch.compiler.is_compiling() or matrix.numel() >= MIN_UNROLLED_BATCH * d * d
+    return torch.compiler.is_compiling() or count >= MIN_UNROLLED_BATCH
 
 
-def _assemble(entries: list[list[Tensor | None]], like: Tensor) -> Tensor:
+def _unrolled(matrix: Tensor) -> bool:
+    d = matrix.shape[-1]
+    return unrolled(d, matrix.numel() // (d * d) if d else 0)
+
+
+Entries = list[list[Tensor]]  # the lower triangle of a matrix: entries[i][j] (...) for j <= i
+
+
+def entries(matrix: Tensor) -> Entries:
+    """The lower-triangle entries of ``matrix`` ``(..., D, D)``."""
+    d = matrix.shape[-1]
+    return [[matrix[..., i, j] for j in range(i + 1)] for i in range(d)]
+
+
+def cholesky_entries(a: Entries) -> Entries:
+    """Lower Cholesky factor of the symmetric matrix with lower triangle ``a`` (module docstring), entrywise."""
+    d = len(a)
+    L: Entries = [[] for _ in range(d)]
+    for j in range(d):
+        s = a[j][j]
+        for k in range(j):
+            s = s - L[j][k] * L[j][k]
+        L[j].append(s.sqrt())
+        for i in range(j + 1, d):
+            s = a[i][j]
+            for k in range(j):
+                s = s - L[i][k] * L[j][k]
+            L[i].append(s / L[j][j])
+    return L
+
+
+def inverse_entries(factor: Entries) -> Entries:
+    """:math:`X = L^{-1}` (lower) of a lower-triangular ``factor``, by forward substitution, entrywise."""
+    d = len(factor)
+    X: Entries = [[] for _ in range(d)]
+    for i in range(d):
+        diagonal = 1.0 / factor[i][i]
+        for j in range(i):
+            s = factor[i][j] * X[j][j]
+            for k in range(j + 1, i):
+                s = s + factor[i][k] * X[k][j]
+            X[i].append(-s * diagonal)
+        X[i].append(diagonal)
+    return X
+
+
+def gram_entries(X: Entries) -> Entries:
+    """Lower triangle of :math:`X^\\top X` for a lower-triangular ``X``: :math:`\\sum_{k\\ge i} X_{ki}X_{kj}`."""
+    d = len(X)
+    out: Entries = []
+    for i in range(d):
+        row = []
+        for j in range(i + 1):
+            s = X[i][i] * X[i][j]
+            for k in range(i + 1, d):
+                s = s + X[k][i] * X[k][j]
+            row.append(s)
+        out.append(row)
+    return out
+
+
+def _assemble(entries: Entries, like: Tensor) -> Tensor:
     """Lower-triangular ``(..., D, D)`` from ``entries[i][j]`` ``(...)`` for ``j <= i``."""
     d = len(entries)
     zero = torch.zeros_like(like[..., 0, 0])
@@ -74,33 +135,12 @@ def cholesky_factor(matrix: Tensor) -> Tensor:
     matrix that is not (see the module docstring)."""
     if not _unrolled(matrix):
         return torch.linalg.cholesky_ex(matrix)[0]
-    d = matrix.shape[-1]
-    L: list[list[Tensor | None]] = [[None] * d for _ in range(d)]
-    for j in range(d):
-        s = matrix[..., j, j]
-        for k in range(j):
-            s = s - L[j][k] * L[j][k]
-        L[j][j] = s.sqrt()
-        for i in range(j + 1, d):
-            s = matrix[..., i, j]
-            for k in range(j):
-                s = s - L[i][k] * L[j][k]
-            L[i][j] = s / L[j][j]
-    return _assemble(L, matrix)
+    return _assemble(cholesky_entries(entries(matrix)), matrix)
 
 
 def inverse_from_factor(factor: Tensor) -> Tensor:
     """:math:`(LL^\\top)^{-1}` ``(..., D, D)`` from the lower factor ``L`` ``(..., D, D)``."""
     if not _unrolled(factor):
         return torch.cholesky_inverse(factor)
-    d = factor.shape[-1]
-    X: list[list[Tensor | None]] = [[None] * d for _ in range(d)]
-    for i in range(d):
-        X[i][i] = 1.0 / factor[..., i, i]
-        for j in range(i):
-            s = factor[..., i, j] * X[j][j]
-            for k in range(j + 1, i):
-                s = s + factor[..., i, k] * X[k][j]
-            X[i][j] = -s * X[i][i]
-    inverse = _assemble(X, factor)
+    inverse = _assemble(inverse_entries(entries(factor)), factor)
     return inverse.transpose(-1, -2) @ inverse

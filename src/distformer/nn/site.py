@@ -16,14 +16,26 @@ chart residual (``c' \leftarrow c' + r_k``, starting at zero) keeps the head ful
 must widen. The site starts at unit precision centred at the origin
 (:math:`\log\operatorname{diag}M = 0`): starting near zero precision instead makes training several times
 slower, because Adam moves the log-precision by about one learning rate per step.
+
+For ``D <= 4`` on large batches (and in traces recorded for them, ``small_linalg.unrolled``) the update runs
+entry by entry on the lower triangles, each entry one operation over the whole batch, instead of assembling
+``D x D`` matrices and multiplying them: on the 2-core AMD EPYC, for chunks of 256 problems of
+``linear-gaussian-2d``, the traced forward then took 0.94 of its time with the matrix form (one thread,
+interleaved medians). Both forms are the same function (tested in float64).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+import functools
+import operator
+
+import torch
+
 from ..distributions.linalg import symmetrize
-from ..distributions.small_linalg import cholesky_factor, inverse_from_factor
+from ..distributions.small_linalg import (Entries, cholesky_entries, cholesky_factor, gram_entries, inverse_entries,
+                                          inverse_from_factor, unrolled)
 from .tokens import chart_from_parts, chart_size, tril_from_parts
 
 SITE_LOG_DIAG_INIT = 0.0
@@ -36,6 +48,8 @@ def head_size(dim: int) -> int:
 
 def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     """Posterior chart from prior chart ``(B, K, C)`` and head outputs ``(B, K, head_size(D))``."""
+    if unrolled(dim, chart.numel() // chart.shape[-1] if chart.shape[-1] else 0):
+        return _apply_site_entrywise(chart, head, dim)
     n_tril = dim * (dim + 1) // 2
     log_w, loc = chart[..., 0], chart[..., 1:1 + dim]
     L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
@@ -49,3 +63,40 @@ def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     new_loc = loc + (cov @ site_force).squeeze(-1)
     new_L = cholesky_factor(cov)
     return chart_from_parts(log_w + d_log_w, new_loc, new_L, dim) + residual
+
+
+def _lower(diagonal: Tensor, off: Tensor, dim: int) -> Entries:
+    """Lower-triangle entries from the diagonal ``(..., D)`` and the strictly-lower entries ``(..., D(D-1)/2)`` in
+    row-major order (the chart's layout)."""
+    rows: Entries = []
+    k = 0
+    for i in range(dim):
+        rows.append([off[..., k + j] for j in range(i)] + [diagonal[..., i]])
+        k += i
+    return rows
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    """The sum of a non-empty list of tensors (no integer start, which a trace would record as one more add)."""
+    return functools.reduce(operator.add, terms)
+
+
+def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int) -> Tensor:
+    """:func:`apply_site` entry by entry (module docstring): the same equations on lower triangles."""
+    D, n_tril = dim, dim * (dim + 1) // 2
+    L = _lower(chart[..., 1 + D:1 + 2 * D].exp(), chart[..., 1 + 2 * D:], D)
+    M = _lower((head[..., 1 + D:1 + 2 * D] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0).exp(),
+               head[..., 1 + 2 * D:1 + D + n_tril], D)
+    prior_precision = gram_entries(inverse_entries(L))                                   # (L L^T)^{-1}
+    precision = [[_sum([prior_precision[i][j]] + [M[i][k] * M[j][k] for k in range(j + 1)]) for j in range(i + 1)]
+                 for i in range(D)]                                                       # + M M^T
+    cov = gram_entries(inverse_entries(cholesky_entries(precision)))
+    gap = [head[..., 1 + i] - chart[..., 1 + i] for i in range(D)]                       # site mean - loc
+    pulled = [_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]           # M^T gap
+    force = [_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]        # M M^T gap
+    loc = [_sum([chart[..., 1 + i]] + [(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)])
+           for i in range(D)]
+    factor = cholesky_entries(cov)
+    columns = ([chart[..., 0] + head[..., 0]] + loc + [factor[i][i].log() for i in range(D)]
+               + [factor[i][j] for i in range(D) for j in range(i)])
+    return torch.stack(columns, -1) + head[..., 1 + D + n_tril:]

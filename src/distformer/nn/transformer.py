@@ -140,7 +140,7 @@ class ModelConfig:
 class DistributionTransformer(nn.Module):
     """Maps (GMM prior, observations) to a GMM posterior; see the module docstring for the equations."""
 
-    chunk_size: int = 256  # problems per forward pass in ``posterior`` for large batches (``chunks.py``)
+    chunk_size: int = 512  # problems per forward pass in ``posterior`` for large batches (``chunks.py``)
     traced_batch_size: int = 32  # up to this many problems, ``posterior`` runs the traced forward (``_trace``)
 
     def __init__(self, config: ModelConfig, card: Mapping[str, Any] | None = None) -> None:
