@@ -64,7 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from .embeddings import Layers, mlp, observation_tokens
-from .kernels import dense, gelu_tanh
+from .kernels import dense, gelu_tanh, normalised
 from .site import apply_site
 
 
@@ -227,12 +227,6 @@ def folded_attend(x: Tensor, memory: Tensor, w: FoldedAttention, bias: Tensor | 
     scores = torch.bmm(memory, keys_first) if bias is None else torch.baddbmm(bias, memory, keys_first)  # (B, M, T H)
     averages = torch.bmm(torch.softmax(scores, 1).transpose(1, 2), memory)              # (B, T H, d)
     return dense(averages.unflatten(1, (-1, w.heads)).flatten(2), w.output, w.output_bias)
-
-
-def normalised(x: Tensor, eps: float) -> Tensor:
-    """:math:`x/\\sqrt{\\overline{x^2} + \\epsilon}` over the last dimension: a layer norm without its affine, for a
-    centred ``x`` (module docstring)."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def _feed_forward(w: FoldedBlock, h: Tensor) -> Tensor:

@@ -19,8 +19,8 @@ slower, because Adam moves the log-precision by about one learning rate per step
 
 For ``D <= 4`` on large batches (and in traces recorded for them, ``small_linalg.unrolled``) the update runs
 entry by entry on the lower triangles, each entry one operation over the whole batch, instead of assembling
-``D x D`` matrices and multiplying them: on the 2-core AMD EPYC, for chunks of 256 problems of
-``linear-gaussian-2d``, the traced forward then took 0.94 of its time with the matrix form (one thread,
+``D x D`` matrices and multiplying them: on the 2-core AMD EPYC, for chunks of 512 problems of
+``linear-gaussian-2d``, the traced forward then took 0.95 of its time with the matrix form (one thread,
 interleaved medians). Both forms are the same function (tested in float64).
 """
 
