@@ -47,10 +47,11 @@ for a linear layer or a query projection; for attention over a memory :math:`\ga
 scores :math:`(\gamma_m\odot n_j)^\top\tilde q + \beta_m^\top\tilde q` lose the second term (constant in :math:`j`),
 so :math:`\gamma_m` scales the rows of each :math:`A_h`; and since the softmax weights sum to one the averages are
 :math:`\gamma_m\odot\bar n_h + \beta_m`, so :math:`\gamma_m` scales the columns of each :math:`B_h` and
-:math:`\sum_h B_h\beta_m` joins the output bias. Tested to 1e-10 in float64 against the training forward. On the
-2-core AMD EPYC, chunks of 256 problems of ``linear-gaussian-2d`` on one thread, this and the mask added inside the
-score product (``baddbmm``) took 0.91 of the time of the folded forward with torch's layer norms (interleaved
-medians), whose kernel is slow for rows of 32.
+:math:`\sum_h B_h\beta_m` joins the output bias. Tested to 1e-10 in float64 against the training forward. In a
+development run on the 2-core AMD EPYC (one thread, chunks of 256 problems of ``linear-gaussian-2d``, interleaved
+medians) this and the mask added inside the score product (``baddbmm``) took 0.91 of the time of the folded forward
+with torch's layer norms, whose CPU kernel is slow for rows of 32; on two threads, 1.05x its throughput at batch
+100,000 (``kernels.normalised`` keeps the single layer-norm operator where dispatch dominates).
 
 The folded matrices are derived from the parameters; :func:`folded_weights` rebuilds them whenever a parameter
 changed in place (an optimiser step, ``load_state_dict``), which the parameters' version counters record.
