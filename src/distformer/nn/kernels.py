@@ -5,7 +5,10 @@ r"""Four exact shortcuts for inference on a CPU, each with its plain form for tr
   as fast as ``F.gelu(approximate="tanh")`` on this project's CPUs.
 * A linear layer :math:`xW^\top + b` as a matrix product followed by an in-place bias add: ``F.linear`` first
   copies the bias into every output row and then accumulates the product onto it, which for the model's
-  ``(n, 64) x (64, 256)`` shapes measured 1.8x the time of the product and add.
+  ``(n, 64) x (64, 256)`` shapes measured 1.8x the time of the product and add on the Intel Xeon. On the AMD EPYC
+  it is the other way round (``F.linear`` 0.87 of the time for ``(1024, 32) x (32, 128)``, and 1.04-1.08x the
+  batched throughput of ``linear-gaussian-2d`` on two threads), so :func:`bias_add_pays` times both once per
+  process and :func:`dense` takes the faster; both add the same bias to the same product.
 * Normalisation of a centred ``x`` (mean zero over the last dimension, as on ``folded.py``'s streams),
   :math:`x/\sqrt{\overline{x^2} + \epsilon}`: written out as its four elementwise operators, where
   ``F.layer_norm`` (without affine, the same function for a centred ``x``) is one operator whose CPU kernel is slow
@@ -32,6 +35,8 @@ size: it is for large chunks only, and each shortcut computes the same function 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 from torch import Tensor
@@ -68,10 +73,40 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return torch.addcmul(k, x, x, value=_GELU_A).mul_(x).sigmoid_().mul_(x)
 
 
+_BIAS_ADD_PAYS: dict[str, bool] = {}  # "cpu" -> bias_add_pays()'s answer, measured once per process
+
+
+def bias_add_pays() -> bool:
+    """Whether a matrix product followed by an in-place bias add is faster than ``F.linear`` on this CPU: timed
+    once per process on a ``(2048, 32) x (32, 128)`` product with its bias (the shape of a chunk's largest products),
+    interleaved, median of 15 calls each. Not measured while a graph is recorded (the timing would be recorded with
+    it): there the answer so far, or the product and add, is used; ``DistributionTransformer`` asks before it
+    traces."""
+    answer = _BIAS_ADD_PAYS.get("cpu")
+    if answer is not None:
+        return answer
+    if _capturing():
+        return True
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator) for shape in ((2048, 32), (128, 32), (128,)))
+    forms = (lambda: torch.matmul(x, weight.t()).add_(bias), lambda: F.linear(x, weight, bias))
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for repeat in range(18):
+            for form, record in zip(forms, times):
+                start = time.perf_counter()
+                form()
+                if repeat >= 3:  # the first calls warm up
+                    record.append(time.perf_counter() - start)
+    answer = statistics.median(times[0]) < statistics.median(times[1])
+    _BIAS_ADD_PAYS["cpu"] = answer
+    return answer
+
+
 def dense(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x`` ``(..., in)``, ``weight`` ``(out, in)``, ``bias`` ``(out,)`` (module
     docstring)."""
-    if bias is None or not _shortcut(x):
+    if bias is None or not _shortcut(x) or x.device.type != "cpu" or not bias_add_pays():
         return F.linear(x, weight, bias)
     return torch.matmul(x, weight.t()).add_(bias)
 

@@ -48,7 +48,7 @@ def head_size(dim: int) -> int:
 
 def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     """Posterior chart from prior chart ``(B, K, C)`` and head outputs ``(B, K, head_size(D))``."""
-    if unrolled(dim, chart.numel() // chart.shape[-1] if chart.shape[-1] else 0):
+    if unrolled(dim, chart[..., 0].numel()):
         return _apply_site_entrywise(chart, head, dim)
     n_tril = dim * (dim + 1) // 2
     log_w, loc = chart[..., 0], chart[..., 1:1 + dim]

@@ -41,6 +41,7 @@ from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
+from .kernels import bias_add_pays
 from .folded import folded_forward, folded_weights, folding_pays
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
@@ -377,6 +378,7 @@ class DistributionTransformer(nn.Module):
         if cached is None or cached[0] is not folded:
             weight = self.prior_embedding.last.weight
             _tril_index(self.dim, str(weight.device))  # cached first: the trace then holds it as a constant
+            bias_add_pays()  # measured before tracing, which records the faster form of the linear layers
             with shortcuts_in_trace() if chunks else contextlib.nullcontext():
                 cached = (folded, self._trace(weight))
             self.__dict__[key] = cached
