@@ -152,12 +152,16 @@ def test_short_memory_attention_equals_scaled_dot_product_attention_in_float64(k
         assert (attention(q, k, moved, 4, None) - attention(q, k, v, 4, None)).abs().max() > 1.0
 
 
-def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng):
+def _folded_chunk_inputs(n, rng):
+    """Charts and observations of ``n`` masked problems, and a float32 perturbed model's folded forward."""
     model = _perturbed(dtype=torch.float32)
-    prior, z, mask = _masked_problems(300, rng, dtype=torch.float32)
-    obs = as_observations(z, model.config.sources, mask)
-    chart = gmm_to_chart(prior)
-    forward = lambda c, o: folded_forward(model, c, o)  # noqa: E731
+    prior, z, mask = _masked_problems(n, rng, dtype=torch.float32)
+    return (gmm_to_chart(prior), as_observations(z, model.config.sources, mask),
+            lambda c, o: folded_forward(model, c, o))
+
+
+def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng):
+    chart, obs, forward = _folded_chunk_inputs(300, rng)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -176,11 +180,7 @@ def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(r
 def test_the_worker_pool_is_kept_between_calls_and_made_anew_for_another_thread_count(rng):
     from distformer.nn import chunks
 
-    model = _perturbed(dtype=torch.float32)
-    prior, z, mask = _masked_problems(100, rng, dtype=torch.float32)
-    obs = as_observations(z, model.config.sources, mask)
-    chart = gmm_to_chart(prior)
-    forward = lambda c, o: folded_forward(model, c, o)  # noqa: E731
+    chart, obs, forward = _folded_chunk_inputs(100, rng)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
