@@ -63,9 +63,9 @@ def test_untrained_model_multiplies_each_component_by_a_unit_site_at_the_origin(
 
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 def test_the_entrywise_site_update_is_the_matrix_form_and_the_closed_form_in_float64(d, rng):
-    """Large batches of small D take the entrywise site update: it equals the matrix form (LAPACK, small batches) on
-    random charts and heads, and with a zero head (a unit site at the origin) it is the closed-form product
-    N(mu, Sigma) N(0; x, I): Sigma' = (Sigma^-1 + I)^-1, mu' = Sigma' Sigma^-1 mu."""
+    """Large batches of small D take the entrywise site update at inference: it equals the matrix form (LAPACK, small
+    batches) on random charts and heads, and with a zero head (a unit site at the origin) it is the closed-form
+    product N(mu, Sigma) N(0; x, I): Sigma' = (Sigma^-1 + I)^-1, mu' = Sigma' Sigma^-1 mu."""
     from distformer.distributions.small_linalg import MIN_UNROLLED_BATCH
     from distformer.nn.site import _apply_site_entrywise, apply_site, head_size
 
@@ -74,7 +74,8 @@ def test_the_entrywise_site_update_is_the_matrix_form_and_the_closed_form_in_flo
     torch.testing.assert_close(_apply_site_entrywise(chart, head, d), apply_site(chart, head, d), rtol=0, atol=1e-10)
     prior = random_mixture((MIN_UNROLLED_BATCH,), 2, d, rng)
     chart = gmm_to_chart(prior)
-    post = chart_to_gmm(apply_site(chart, torch.zeros(*chart.shape[:-1], head_size(d), dtype=torch.float64), d), d)
+    with torch.inference_mode():
+        post = chart_to_gmm(apply_site(chart, torch.zeros(*chart.shape[:-1], head_size(d), dtype=torch.float64), d), d)
     precision = torch.linalg.inv(prior.component_covariance_matrix)
     cov = torch.linalg.inv(precision + torch.eye(d, dtype=torch.float64))
     torch.testing.assert_close(post.component_covariance_matrix, cov, rtol=0, atol=1e-10)

@@ -17,8 +17,8 @@ must widen. The site starts at unit precision centred at the origin
 (:math:`\log\operatorname{diag}M = 0`): starting near zero precision instead makes training several times
 slower, because Adam moves the log-precision by about one learning rate per step.
 
-For ``D <= 4`` on large batches (and in traces recorded for them, ``small_linalg.unrolled``) the update runs
-entry by entry on the lower triangles, each entry one operation over the whole batch, instead of assembling
+For inference (no autograd) with ``D <= 4`` on large batches (and in traces recorded for them,
+``small_linalg.unrolled``) the update runs entry by entry on the lower triangles, each entry one operation over the whole batch, instead of assembling
 ``D x D`` matrices and multiplying them: on the 2-core AMD EPYC, for chunks of 512 problems of
 ``linear-gaussian-2d``, the traced forward then took 0.95 of its time with the matrix form (one thread,
 interleaved medians). Both forms are the same function (tested in float64).
@@ -26,12 +26,11 @@ interleaved medians). Both forms are the same function (tested in float64).
 
 from __future__ import annotations
 
-from torch import Tensor
-
 import functools
 import operator
 
 import torch
+from torch import Tensor
 
 from ..distributions.linalg import symmetrize
 from ..distributions.small_linalg import (Entries, cholesky_entries, cholesky_factor, gram_entries, inverse_entries,
@@ -48,7 +47,7 @@ def head_size(dim: int) -> int:
 
 def apply_site(chart: Tensor, head: Tensor, dim: int) -> Tensor:
     """Posterior chart from prior chart ``(B, K, C)`` and head outputs ``(B, K, head_size(D))``."""
-    if unrolled(dim, chart[..., 0].numel()):
+    if not torch.is_grad_enabled() and unrolled(dim, chart[..., 0].numel()):
         return _apply_site_entrywise(chart, head, dim)
     n_tril = dim * (dim + 1) // 2
     log_w, loc = chart[..., 0], chart[..., 1:1 + dim]
