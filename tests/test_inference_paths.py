@@ -152,6 +152,14 @@ def test_short_memory_attention_equals_scaled_dot_product_attention_in_float64(k
         assert (attention(q, k, moved, 4, None) - attention(q, k, v, 4, None)).abs().max() > 1.0
 
 
+@pytest.fixture
+def restores_threads():
+    """Puts torch's intra-op thread count back as the test found it, whatever the test set it to."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _folded_chunk_inputs(n, rng):
     """Charts and observations of ``n`` masked problems, and a float32 perturbed model's folded forward."""
     model = _perturbed(dtype=torch.float32)
@@ -160,73 +168,57 @@ def _folded_chunk_inputs(n, rng):
             lambda c, o: folded_forward(model, c, o))
 
 
-def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng):
+def test_chunks_side_by_side_equal_chunks_in_turn_and_restore_the_thread_count(rng, restores_threads):
     chart, obs, forward = _folded_chunk_inputs(300, rng)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        in_turn = map_chunks(forward, chart, obs, 64)
-        torch.set_num_threads(2)
-        side_by_side = map_chunks(forward, chart, obs, 64)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)
+    in_turn = map_chunks(forward, chart, obs, 64)
+    torch.set_num_threads(2)
+    side_by_side = map_chunks(forward, chart, obs, 64)
+    assert torch.get_num_threads() == 2
     assert not side_by_side.requires_grad  # the workers ran under inference mode
     torch.testing.assert_close(side_by_side, in_turn, rtol=0, atol=0)
     with pytest.raises(ValueError, match="positive chunk_size"):
         map_chunks(forward, chart, obs, 0)
 
 
-def test_the_worker_pool_is_kept_between_calls_and_made_anew_for_another_thread_count(rng):
+def test_the_worker_pool_is_kept_between_calls_and_made_anew_for_another_thread_count(rng, restores_threads):
     from distformer.nn import chunks
 
     chart, obs, forward = _folded_chunk_inputs(100, rng)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        first = map_chunks(forward, chart, obs, 16)
-        pool = chunks._POOL["pool"]
-        torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
-        assert chunks._POOL["pool"] is pool
-        torch.set_num_threads(3)
-        torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
-        assert chunks._POOL["pool"] is not pool and torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    first = map_chunks(forward, chart, obs, 16)
+    pool = chunks._POOL["pool"]
+    torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
+    assert chunks._POOL["pool"] is pool
+    torch.set_num_threads(3)
+    torch.testing.assert_close(map_chunks(forward, chart, obs, 16), first, rtol=0, atol=0)
+    assert chunks._POOL["pool"] is not pool and torch.get_num_threads() == 3
 
 
-def test_concurrent_callers_leave_the_thread_count_as_they_found_it(rng):
+def test_concurrent_callers_leave_the_thread_count_as_they_found_it(rng, restores_threads):
     from concurrent.futures import ThreadPoolExecutor
 
     model = _perturbed(dtype=torch.float32)
     prior, z, mask = _masked_problems(200, rng, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        expected = model.posterior(prior, z, mask, check=False).loc
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: model.posterior(prior, z, mask, check=False).loc, range(8)))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    expected = model.posterior(prior, z, mask, check=False).loc
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: model.posterior(prior, z, mask, check=False).loc, range(8)))
+    assert torch.get_num_threads() == 2
     for loc in results:  # a caller that found the count lowered by another ran its chunks in turn: same function
         torch.testing.assert_close(loc, expected, rtol=0, atol=1e-5)
 
 
-def test_a_failing_chunk_raises_and_restores_the_thread_count(rng):
+def test_a_failing_chunk_raises_and_restores_the_thread_count(rng, restores_threads):
     obs = Observations({"z": torch.zeros(10, 3, 2)}, {"z": torch.ones(10, 3, dtype=torch.bool)})
 
     def forward(c, o):
         raise RuntimeError("boom")
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with pytest.raises(RuntimeError, match="boom"):
-            map_chunks(forward, torch.zeros(10, 4, 6), obs, 3)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    with pytest.raises(RuntimeError, match="boom"):
+        map_chunks(forward, torch.zeros(10, 4, 6), obs, 3)
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("size", [1, 33, 700])
