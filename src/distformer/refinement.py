@@ -108,26 +108,7 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
         raise ValueError(f"Expected num_components to be a positive int, but got {k!r}.")
     with torch.no_grad():
         proposal = posterior.to(torch.float64)
-        n_prior = round(defensive * n)
-        x = proposal.sample((n - n_prior,), generator=generator)  # (S, *B, D)
-        if n_prior:
-            from_prior = _sample(prior, n_prior, generator).to(torch.float64)
-            x = torch.cat([x, from_prior.expand(n_prior, *x.shape[1:])])
-        shape = x.shape[:-1]
-        log_q = proposal.log_prob(x)
-        log_p = _log_density(prior, x, shape)
-        if n_prior:
-            log_q = torch.logaddexp(log_q + math.log1p(-n_prior / n), log_p + math.log(n_prior / n))
-        log_l = log_likelihood(x, observations)
-        _check_shape(log_l, shape, "the log-likelihood")
-        log_ratio = log_p + log_l.to(torch.float64) - log_q
-        if bool(torch.isnan(log_ratio).any()) or bool((log_ratio == math.inf).any()):
-            raise ValueError("Expected finite log prior and log-likelihood values at the proposal's draws, but got "
-                             "NaN or +inf.")
-        impossible = ~torch.isfinite(log_ratio).any(0)
-        if bool(impossible.any()):
-            raise ValueError(f"Expected the proposal to put some draws where prior × likelihood is positive, but in "
-                             f"{int(impossible.sum())} problem(s) every draw has zero target density.")
+        x, log_ratio = importance_ratios(proposal, prior, log_likelihood, observations, n, defensive, generator)
         log_evidence = torch.logsumexp(log_ratio, 0) - math.log(n)
         smoothed, k_hat = pareto_smooth(log_ratio)
         log_w = smoothed - torch.logsumexp(smoothed, 0, keepdim=True)
@@ -136,6 +117,34 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
         refit = GaussianMixture.fit(x, k, sample_weights=log_w.exp(), init=init, generator=generator,
                                     max_iterations=max_iterations, tol=1e-8)
     return Refinement(x, log_w, ess, k_hat, khat_threshold(n), log_evidence, refit)
+
+
+def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observations, n: int, defensive: float,
+                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Draws ``x`` ``(S, *B, D)`` from the defensive mixture of ``proposal`` (float64) and ``prior`` (module
+    docstring) and their log ratios :math:`r_s` ``(S, *B)``; raises where a ratio is NaN or +inf, or where every
+    draw of a problem has zero target density."""
+    n_prior = round(defensive * n)
+    x = proposal.sample((n - n_prior,), generator=generator)  # (S, *B, D)
+    if n_prior:
+        from_prior = _sample(prior, n_prior, generator).to(torch.float64)
+        x = torch.cat([x, from_prior.expand(n_prior, *x.shape[1:])])
+    shape = x.shape[:-1]
+    log_q = proposal.log_prob(x)
+    log_p = _log_density(prior, x, shape)
+    if n_prior:
+        log_q = torch.logaddexp(log_q + math.log1p(-n_prior / n), log_p + math.log(n_prior / n))
+    log_l = log_likelihood(x, observations)
+    _check_shape(log_l, shape, "the log-likelihood")
+    log_ratio = log_p + log_l.to(torch.float64) - log_q
+    if bool(torch.isnan(log_ratio).any()) or bool((log_ratio == math.inf).any()):
+        raise ValueError("Expected finite log prior and log-likelihood values at the proposal's draws, but got "
+                         "NaN or +inf.")
+    impossible = ~torch.isfinite(log_ratio).any(0)
+    if bool(impossible.any()):
+        raise ValueError(f"Expected the proposal to put some draws where prior × likelihood is positive, but in "
+                         f"{int(impossible.sum())} problem(s) every draw has zero target density.")
+    return x, log_ratio
 
 
 def _as_log_likelihood(likelihood) -> Callable[[Tensor, object], Tensor]:

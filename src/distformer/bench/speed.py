@@ -70,7 +70,7 @@ def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
     support = model.support
     fns = {
         "input checks and chart encoding": lambda: (as_observations(z, model.config.sources), gmm_to_chart(prior)),
-        "out-of-family check": lambda: support.any_violation(chart, obs),
+        "per-problem typicality check": lambda: support.outside(chart, obs),
         "observation embedding": embed_sources,
         "prior embedding": lambda: model.prior_embedding(chart),
         "decoder blocks (attention + feed-forward)": blocks,

@@ -59,6 +59,8 @@ class GaussianMixture(Distribution):
 
     arg_constraints: dict = {}
     has_rsample = False
+    reliable: Tensor | None = None  # set by ``model.posterior``: booleans with the batch shape (``support.py``)
+    reliability = None  # set by ``model.posterior``: the verdict with its reasons (``support.Reliability``)
 
     def __init__(
         self,

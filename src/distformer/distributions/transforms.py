@@ -99,6 +99,8 @@ class WarpedGaussianMixture(Distribution):
 
     arg_constraints: dict = {}
     has_rsample = False
+    reliable: Tensor | None = None  # set by ``model.posterior`` (``support.py``)
+    reliability = None
 
     def __init__(self, base: GaussianMixture, warp: Warp | Sequence[str]) -> None:
         if not isinstance(base, GaussianMixture):

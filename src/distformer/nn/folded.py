@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from .embeddings import Layers, mlp, observation_tokens
 from .kernels import dense, gelu_tanh, normalised
 from .site import apply_site
+from .structure import framed, moved, prior_features
 
 
 @dataclass(frozen=True)
@@ -261,17 +262,20 @@ def folded_forward(model: nn.Module, chart: Tensor, observations) -> Tensor:
     """``DistributionTransformer.forward`` with folded attention on centred streams: posterior chart ``(B, K, C)``
     from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
     w = folded_weights(model)
-    tokens, key_mask = observation_tokens(model.sources, observations, model.config.relative_sources, w.embeddings)
+    config = model.config
+    chart, observations, shift = framed(config, chart, observations)
+    tokens, key_mask = observation_tokens(model.sources, observations, config.relative_sources, w.embeddings)
     bias = torch.zeros(key_mask.shape, dtype=tokens.dtype, device=tokens.device).masked_fill_(
         ~key_mask, -torch.inf).unsqueeze(-1)
     for block in w.encoder:
         x = normalised(tokens, block.eps[0])
         tokens = _feed_forward(block, tokens + folded_attend(x, x, block.attention, bias))
     memory = normalised(tokens, w.memory_eps)
-    h = mlp(chart, w.prior_embedding)
+    h = mlp(prior_features(chart, model.dim) if config.bounded_prior_features else chart, w.prior_embedding)
     for block in w.decoder:
         x = normalised(h, block.eps[0])
         h = h + folded_attend(x, x, block.attention, None)
         h = h + folded_attend(normalised(h, block.eps[1]), memory, block.cross, bias)
         h = _feed_forward(block, h)
-    return apply_site(chart, mlp(normalised(h, w.final_eps), w.head), model.dim)
+    out = apply_site(chart, mlp(normalised(h, w.final_eps), w.head), model.dim, config.site_evidence)
+    return out if shift is None else moved(out, shift, model.dim)

@@ -35,17 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions.gmm import GaussianMixture
-from ..distributions.linalg import broadcast_shapes
 from ..distributions.small_linalg import shortcuts_in_trace
 from ..distributions.transforms import Warp, WarpedGaussianMixture
-from ..observations import Observations, as_observations
+from ..observations import Observations
 from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
 from .kernels import bias_add_pays
 from .folded import folded_forward, folded_weights, folding_pays
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
-from .tokens import _tril_index, chart_size, chart_to_gmm, gmm_to_chart
+from .structure import framed, moved, prior_features
+from .tokens import _tril_index, chart_size, chart_to_gmm
 
 
 PRIOR_LOGITS = ("normalized", "raw")
@@ -76,6 +76,21 @@ class ModelConfig:
             ``gmm_to_chart`` of the decoded prior and a prior approximation fed back gives the same posterior
             as its parameters) or ``"raw"`` (the encoder's logits as they are: how models saved before this
             field existed were trained, and what ``from_dict`` assumes when the field is absent).
+        anchor: for a location problem, the source whose observations move with the latent (``z = x + noise``
+            in its first ``D`` coordinates): the network reads every problem centred on that source's data mean
+            (``structure.py``), which makes the model translation-equivariant; empty means no anchoring.
+        site_evidence: the weight change includes the site's Gaussian evidence (``site.py``): Bayes' rule for
+            the weights wherever the site is right.
+        bounded_prior_features: the component embedding reads bounded features of the chart
+            (``structure.prior_features``) instead of the chart itself.
+        scale_source, scale_power: for a scale problem (one latent coordinate, log warp), the source whose values
+            scale as :math:`e^{pt}` when the latent moves by :math:`t`: the network reads every problem at unit mean
+            square of that source (``structure.py``), which makes the model scale-equivariant; empty for none.
+        scale_parameter: for a parametric prior, the parameter that is a scale of the latent on the original
+            space (``beta`` of an inverse-gamma): the encoder reads the prior with it set to 1, and the encoded
+            means move by its log.
+        split_observations: the observations (one source) are conditionally independent given the latent, so
+            ``posterior`` takes a data set larger than the trained count in consecutive parts (``inference.py``).
     """
 
     dim: int
@@ -92,6 +107,13 @@ class ModelConfig:
     source_transforms: Mapping[str, str] = field(default_factory=dict)
     relative_sources: Mapping[str, str] = field(default_factory=dict)
     prior_logits: str = "normalized"
+    anchor: str = ""
+    site_evidence: bool = False
+    bounded_prior_features: bool = False
+    scale_source: str = ""
+    scale_power: float = 0.5
+    scale_parameter: str = ""
+    split_observations: bool = False
 
     def __post_init__(self) -> None:
         if self.prior_logits not in PRIOR_LOGITS:
@@ -114,6 +136,22 @@ class ModelConfig:
         if bad:
             raise ValueError(f"Expected source_transforms to map sources {sorted(self.sources)} to one of "
                              f"{SOURCE_TRANSFORMS}, but got {bad}.")
+        if self.anchor and (self.sources.get(self.anchor, 0) < self.dim or self.prior_parameters):
+            raise ValueError(f"Expected anchor to name a source of at least D={self.dim} coordinates of a model with "
+                             f"GMM priors, but got {self.anchor!r} with sources {dict(self.sources)}.")
+        if self.scale_source and (self.sources.get(self.scale_source) is None or self.dim != 1 or self.anchor
+                                  or list(self.warp) != ["log"] or not self.scale_power > 0):
+            raise ValueError(f"Expected scale_source to name a source of a one-dimensional model with a log warp and "
+                             f"no location anchor, and scale_power > 0, but got {self.scale_source!r} with sources "
+                             f"{dict(self.sources)}, warp {list(self.warp)} and power {self.scale_power}.")
+        if self.scale_parameter and (self.prior_parameters.get(self.scale_parameter) != "log" or self.dim != 1
+                                     or list(self.warp) != ["log"]):
+            raise ValueError(f"Expected scale_parameter to name a log-warped prior parameter of a one-dimensional "
+                             f"model with a log warp, but got {self.scale_parameter!r} with prior parameters "
+                             f"{dict(self.prior_parameters)} and warp {list(self.warp)}.")
+        if self.split_observations and (len(self.sources) != 1 or self.prior_parameters):
+            raise ValueError(f"Expected one observation source and GMM priors for split_observations, but got "
+                             f"sources {dict(self.sources)} and prior parameters {dict(self.prior_parameters)}.")
         object.__setattr__(self, "relative_sources", {str(k): str(v) for k, v in dict(self.relative_sources).items()})
         bad = {k: v for k, v in self.relative_sources.items()
                if k not in self.sources or v not in self.sources or k == v or self.sources[v] > self.sources[k]}
@@ -188,11 +226,16 @@ class DistributionTransformer(nn.Module):
 
     def encode_prior(self, parameters: Tensor) -> Tensor:
         """Chart ``(B, K, C)`` of the GMM fit to parametric priors ``(B, P)`` (module docstring)."""
+        shift = None
+        if self.config.scale_parameter:  # encode at unit scale, then move: exactly scale-equivariant
+            column = list(self.config.prior_parameters).index(self.config.scale_parameter)
+            shift = torch.log(parameters[..., column:column + 1])
+            parameters = torch.cat([parameters[..., :column], torch.ones_like(shift), parameters[..., column + 1:]], -1)
         features = self._parameter_warp.forward(parameters)
         chart = self.prior_encoder(features).unflatten(-1, (self.config.num_components, chart_size(self.dim)))
-        if self.config.prior_logits == "raw":
-            return chart
-        return torch.cat([torch.log_softmax(chart[..., :1], dim=-2), chart[..., 1:]], dim=-1)
+        if self.config.prior_logits != "raw":
+            chart = torch.cat([torch.log_softmax(chart[..., :1], dim=-2), chart[..., 1:]], dim=-1)
+        return chart if shift is None else moved(chart, shift, self.dim)
 
     def _wrap(self, mixture: GaussianMixture):
         warp = self.warp
@@ -237,14 +280,17 @@ class DistributionTransformer(nn.Module):
 
     def forward(self, chart: Tensor, observations: Observations) -> Tensor:
         """Posterior chart ``(B, K, C)`` from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
-        tokens, key_mask = observation_tokens(self.sources, observations, self.config.relative_sources)
+        config = self.config
+        chart, observations, shift = framed(config, chart, observations)
+        tokens, key_mask = observation_tokens(self.sources, observations, config.relative_sources)
         for block in self.encoder:
             tokens = block(tokens, key_mask)
         memory = layer_norm(self.memory_norm, tokens)
-        h = self.prior_embedding(chart)
+        h = self.prior_embedding(prior_features(chart, self.dim) if config.bounded_prior_features else chart)
         for block in self.blocks:
             h = block(h, memory, key_mask)
-        return apply_site(chart, self.head(layer_norm(self.final_norm, h)), self.dim)
+        out = apply_site(chart, self.head(layer_norm(self.final_norm, h)), self.dim, config.site_evidence)
+        return out if shift is None else moved(out, shift, self.dim)
 
     @property
     def support(self):
@@ -258,8 +304,9 @@ class DistributionTransformer(nn.Module):
             self.__dict__["_support"] = cached
         return cached[1]
 
-    def posterior(self, prior, observations, mask=None, *, grad: bool = False,
-                  strict: bool = False, check: bool = True):
+    def posterior(self, prior, observations, mask=None, *, grad: bool = False, strict: bool = False,
+                  check: bool | str = True, likelihood=None, importance_draws: int = 256,
+                  generator: torch.Generator | None = None):
         """Approximate posterior ``p(x | observations)`` under ``prior``.
 
         Args:
@@ -270,80 +317,31 @@ class DistributionTransformer(nn.Module):
                 or :class:`~distformer.Observations`; ``B`` broadcasts against the prior's batch shape.
             mask: optional booleans ``(*B, N)`` (or a dict of them), ``True`` where an observation is present.
             grad: track gradients (default: run under ``torch.inference_mode``).
-            strict: raise ``ValueError`` instead of warning when the prior or data lie outside the training
-                family recorded in ``model.card["support"]``.
-            check: run that out-of-family check at all (it warns once per kind of violation).
+            strict: raise ``ValueError`` instead of warning when any problem is flagged unreliable.
+            check: judge each problem against the training support in ``model.card["support"]``
+                (``support.py``); the verdict is ``post.reliable`` and ``post.reliability``, and a batch with
+                flagged problems warns (on every call) with how many and why. ``"importance"`` also flags
+                problems whose importance ratios against prior times likelihood have a Pareto ``k̂`` above its
+                threshold (``reliability.py``; ``importance_draws`` draws per problem, ``likelihood`` a problem
+                or callable, by default the card's problem).
+            likelihood, importance_draws, generator: for ``check="importance"``.
+
+        The steps (prepare, judge, run, finish) are in ``inference.py``.
 
         Returns:
             ``GaussianMixture`` with the broadcast batch shape, ``K`` components and the prior's dtype, or for a
-            model with a warp the ``WarpedGaussianMixture`` on the original space. A data set with no present
-            observation (all masked, or ``N = 0``) gets its prior (or its prior approximation) back exactly.
+            model with a warp the ``WarpedGaussianMixture`` on the original space; ``reliable`` (booleans, the
+            batch shape) and ``reliability`` (:class:`~distformer.support.Reliability`) are ``None`` when
+            unchecked. A data set with no present observation (all masked, or ``N = 0``) gets its prior (or its
+            prior approximation) back exactly, and a component of prior weight 0 keeps weight 0.
         """
-        encoded = None  # a parametric prior's encoder chart, which is what the network reads (training's input)
-        if self.is_parametric and torch.is_tensor(prior):
-            with torch.enable_grad() if grad else torch.inference_mode():
-                encoded = self._encoded_prior_chart(prior)
-                prior = chart_to_gmm(encoded.to(prior.dtype), self.dim)
-        if isinstance(prior, WarpedGaussianMixture):
-            if self.warp is None or prior.warp != self.warp:
-                raise ValueError(f"Expected a prior with this model's warp {self.warp!r}, but got {prior.warp!r}.")
-            prior = prior.base
-        if not isinstance(prior, GaussianMixture):
-            kind = " or its prior parameters as a tensor" if self.is_parametric else ""
-            raise TypeError(f"Expected prior to be a distformer.GaussianMixture{kind}, but got "
-                            f"{type(prior).__name__}.")
-        if prior.dim != self.dim:
-            raise ValueError(f"Expected a prior over D={self.dim} dimensions for this model, but got D={prior.dim}.")
-        obs = as_observations(observations, self.config.sources, mask)
-        for source, anchor in self.config.relative_sources.items():
-            present = obs.masks[anchor][..., :1]
-            if present.shape[-1] == 0 or not bool(present.all()):
-                raise ValueError(f"Expected the first {anchor!r} observation to be present in every data set (this "
-                                 f"model reads {source!r} relative to it), but it is missing or masked in some.")
-        try:
-            batch = broadcast_shapes(prior.batch_shape, obs.batch_shape)
-        except RuntimeError:
-            raise ValueError(f"Expected the prior's batch shape {tuple(prior.batch_shape)} to broadcast with the "
-                             f"observations' {tuple(obs.batch_shape)}.") from None
-        weight = self.prior_embedding.last.weight
-        context = torch.enable_grad() if grad else torch.inference_mode()
-        with context:
-            chart = gmm_to_chart(prior) if encoded is None else encoded
-            K, C = chart.shape[-2:]
-            if chart.shape[:-2] != batch:
-                chart = chart.expand(*batch, K, C)
-                obs = obs.expand(batch)
-            chart = chart.reshape(-1, K, C)
-            flat_obs = obs.reshape((chart.shape[0],))
-            if chart.dtype != weight.dtype or chart.device != weight.device:
-                chart = chart.to(dtype=weight.dtype, device=weight.device)
-            flat_obs = flat_obs.to(dtype=weight.dtype, device=weight.device)
-            present = flat_obs.any_present()
-            if present is None:  # every data set has observations: the common, fast path
-                out = self._decode(chart, flat_obs, grad, strict, check)
-            else:  # only data sets with observations go through the network
-                rows = present.nonzero().squeeze(-1)
-                out = chart.clone()
-                if rows.numel():
-                    out[rows] = self._decode(chart[rows], flat_obs.index(rows), grad, strict, check)
-            out = out.reshape(*batch, K, C)
-            posterior = chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), self.dim)
-            if present is None:
-                return self._wrap(posterior)
-            # a data set without any observation keeps its prior exactly: p(x | {}) = p(x)
-            keep = present.reshape(batch).to(posterior.device)
-            prior = prior.expand(batch)
-            return self._wrap(GaussianMixture(
-                logits=torch.where(keep[..., None], posterior.log_weights, prior.log_weights),
-                loc=torch.where(keep[..., None, None], posterior.loc, prior.loc),
-                scale_tril=torch.where(keep[..., None, None, None], posterior.scale_tril, prior.scale_tril),
-                validate_args=False))
+        from .inference import posterior
 
-    def _decode(self, chart: Tensor, obs: Observations, grad: bool, strict: bool, check: bool) -> Tensor:
+        return posterior(self, prior, observations, mask, grad=grad, strict=strict, check=check,
+                         likelihood=likelihood, importance_draws=importance_draws, generator=generator)
+
+    def _decode(self, chart: Tensor, obs: Observations, grad: bool) -> Tensor:
         """The network's posterior chart ``(n, K, C)`` for charts ``(n, K, C)`` and a flat batch of data sets."""
-        support = self.support if check else None
-        if support is not None:
-            support.check(chart, obs, strict, self.__dict__.setdefault("_warned", set()))
         size = chart.shape[0]
         if grad:
             out = self.forward(chart, obs)

@@ -45,6 +45,10 @@ class Problem(ABC):
     prior_parameters: Mapping[str, str] = {}
     source_transforms: Mapping[str, str] = {}
     relative_sources: Mapping[str, str] = {}  # source -> anchor source (ModelConfig.relative_sources)
+    location_source: str = ""  # a source that moves with the latent, z = x + noise (ModelConfig.anchor)
+    independent_observations: bool = False  # one source, conditionally independent given the latent
+    scale_source: str = ""  # a source scaling as sqrt of the (log-warped, 1-D) latent (ModelConfig.scale_source)
+    scale_parameter: str = ""  # a prior parameter that scales the latent (ModelConfig.scale_parameter)
 
     @abstractmethod
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture | Tensor:

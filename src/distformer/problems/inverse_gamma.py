@@ -12,7 +12,10 @@ with the conjugate posterior in closed form
 
 Meta-priors over :math:`(\alpha, \beta)`, independent: ``wide`` :math:`\mathrm{InvGamma}(4, 6)` for each (mean 2,
 standard deviation 1.4), ``narrow`` :math:`\mathrm{InvGamma}(10000, 20000)` for each (the same mean, almost a
-point mass). The prior is parametric: the model reads :math:`(\log\alpha, \log\beta)` through its prior encoder
+point mass), and ``broad``: :math:`\log\alpha` and :math:`\log\beta` uniform on :math:`[\log 0.1, \log 500]` and
+:math:`[\log 0.01, \log 100]`. The problem is scale-equivariant (:math:`\sigma^2\mapsto c\sigma^2` maps
+:math:`z\mapsto\sqrt c z` and :math:`\beta\mapsto c\beta`), which anchored models use exactly
+(``nn/structure.py``). The prior is parametric: the model reads :math:`(\log\alpha, \log\beta)` through its prior encoder
 and works on :math:`\log\sigma^2` (a ``log`` warp); observations are read through :math:`\operatorname{asinh}`
 because :math:`z` spans several orders of magnitude under the wide meta-prior.
 """
@@ -29,7 +32,9 @@ from ..observations import Observations, as_observations
 from .base import Problem
 from .sampling import inverse_gamma
 
-META_PRIORS = {"wide": (4.0, 6.0), "narrow": (10000.0, 20000.0)}
+META_PRIORS = {"wide": (4.0, 6.0), "narrow": (10000.0, 20000.0), "broad": None}
+BROAD_ALPHA = (0.1, 500.0)  # the broad meta-prior: log alpha and log beta uniform on these ranges
+BROAD_BETA = (0.01, 100.0)
 
 
 class InverseGammaPosterior(Distribution):
@@ -79,6 +84,8 @@ class InverseGammaVariance(Problem):
     warp = ("log",)
     prior_parameters = {"alpha": "log", "beta": "log"}
     source_transforms = {"z": "asinh"}
+    scale_source = "z"  # sigma^2 -> c sigma^2 maps z -> sqrt(c) z
+    scale_parameter = "beta"  # and InvGamma(alpha, beta) -> InvGamma(alpha, c beta)
 
     def __init__(self, meta_prior: str = "wide", num_components: int = 5, num_observations: int = 1) -> None:
         if meta_prior not in META_PRIORS:
@@ -96,9 +103,14 @@ class InverseGammaVariance(Problem):
                 "num_observations": self.num_observations}
 
     def describe(self) -> dict:
-        a, b = META_PRIORS[self.meta_prior]
+        if self.meta_prior == "broad":
+            meta = (f"log alpha ~ U(log {BROAD_ALPHA[0]:g}, log {BROAD_ALPHA[1]:g}), log beta ~ U(log "
+                    f"{BROAD_BETA[0]:g}, log {BROAD_BETA[1]:g}) (broad)")
+        else:
+            a, b = META_PRIORS[self.meta_prior]
+            meta = f"alpha ~ InvGamma({a:g}, {b:g}), beta ~ InvGamma({a:g}, {b:g}) ({self.meta_prior})"
         return super().describe() | {
-            "meta_prior": f"alpha ~ InvGamma({a:g}, {b:g}), beta ~ InvGamma({a:g}, {b:g}) ({self.meta_prior})",
+            "meta_prior": meta,
             "prior": "sigma^2 ~ InvGamma(alpha, beta); model works on log sigma^2",
             "likelihood": f"N={self.num_observations} readings z_i ~ N(0, sigma^2)",
             "exact_posterior": "InvGamma(alpha + N/2, beta + sum z^2 / 2)",
@@ -106,14 +118,19 @@ class InverseGammaVariance(Problem):
 
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Prior parameters ``(n, 2)``: columns ``alpha``, ``beta``."""
+        if self.meta_prior == "broad":
+            lo = torch.tensor([BROAD_ALPHA[0], BROAD_BETA[0]], dtype=torch.float64).log()
+            hi = torch.tensor([BROAD_ALPHA[1], BROAD_BETA[1]], dtype=torch.float64).log()
+            return torch.exp(lo + (hi - lo) * torch.rand(n, 2, generator=generator, dtype=torch.float64)).float()
         a, b = META_PRIORS[self.meta_prior]
         shape = torch.full((n, 2), a, dtype=torch.float64)
         return inverse_gamma(shape, torch.full_like(shape, b), generator).float()
 
     def sample_parameters(self, prior: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``sigma^2`` ``(n, 1)`` from the priors ``(n, 2)``."""
+        """``sigma^2`` ``(n, 1)`` from the priors ``(n, 2)``, kept inside ``[1e-30, 1e30]`` (a heavy-tailed prior,
+        small ``alpha``, can draw values beyond float32's range)."""
         p = prior.double()
-        return inverse_gamma(p[:, :1], p[:, 1:], generator).to(prior.dtype)
+        return inverse_gamma(p[:, :1], p[:, 1:], generator).clamp(1e-30, 1e30).to(prior.dtype)
 
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
         n = theta.shape[0]

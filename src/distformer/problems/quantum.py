@@ -2,7 +2,9 @@ r"""A two-level quantum system: infer :math:`\Delta` in :math:`H = \Delta\sigma_
 (the paper's experiment 4.2.2).
 
 Prior and meta-prior: :math:`\Delta\sim\mathrm{Beta}(a, b)`, with :math:`a, b \sim \mathrm{InvGamma}(4, 6)`
-independently. :math:`\Delta` is used as stated (no sigmoid; the paper's code squashes it, see the reference).
+independently; ``meta_prior="broad"`` draws half the priors so and the other half with :math:`\log a, \log b`
+uniform on :math:`[\log 0.3, \log 300]`, which covers the concentrated priors users write. :math:`\Delta` is used
+as stated (no sigmoid; the paper's code squashes it, see the reference).
 
 Ten shots at fixed nominal settings (state, time): :math:`|0\rangle` at :math:`t = 1..5`, :math:`|1\rangle` at
 :math:`t = 1, 2`, :math:`(|0\rangle + |1\rangle)/\sqrt2` at :math:`t = 1..3`. Each shot starts from the nominal
@@ -44,6 +46,8 @@ SETTINGS = torch.tensor([[1.0, 0.0, t] for t in (1, 2, 3, 4, 5)] + [[0.0, 1.0, t
                         + [[SQRT_HALF, SQRT_HALF, t] for t in (1, 2, 3)], dtype=torch.float64)
 STATE_SD = 0.1  # amplitude noise N(0, 0.01 I)
 TIME_SD = 0.05
+META_PRIORS = ("inverse-gamma", "broad")
+BROAD_RANGE = (0.3, 300.0)  # the broad meta-prior's log-uniform range for a and b
 
 
 def state_moments(p: float, q: float, sd: float = STATE_SD, order: int = 60) -> tuple[float, float, float]:
@@ -98,22 +102,29 @@ class TwoLevelSystem(Problem):
     warp = ("logit",)
     prior_parameters = {"a": "log", "b": "log"}
 
-    def __init__(self, num_components: int = 5, meta_shape: float = 4.0, meta_rate: float = 6.0) -> None:
-        if num_components < 1 or meta_shape <= 0 or meta_rate <= 0:
-            raise ValueError(f"Expected num_components >= 1 and a positive meta-prior, but got {num_components}, "
-                             f"{meta_shape}, {meta_rate}.")
+    def __init__(self, num_components: int = 5, meta_shape: float = 4.0, meta_rate: float = 6.0,
+                 meta_prior: str = "inverse-gamma") -> None:
+        if num_components < 1 or meta_shape <= 0 or meta_rate <= 0 or meta_prior not in META_PRIORS:
+            raise ValueError(f"Expected num_components >= 1, a positive meta-prior and meta_prior among "
+                             f"{META_PRIORS}, but got {num_components}, {meta_shape}, {meta_rate}, {meta_prior!r}.")
         self.num_components = num_components
         self.meta_shape, self.meta_rate = meta_shape, meta_rate
+        self.meta_prior = meta_prior
         self.sources = {"shots": 4}
         self._moments = _moments_for(SETTINGS)
 
     def options(self) -> dict:
-        return {"num_components": self.num_components, "meta_shape": self.meta_shape, "meta_rate": self.meta_rate}
+        options = {"num_components": self.num_components, "meta_shape": self.meta_shape, "meta_rate": self.meta_rate}
+        return options | ({"meta_prior": self.meta_prior} if self.meta_prior != "inverse-gamma" else {})
 
     def describe(self) -> dict:
+        meta = (f"a ~ InvGamma({self.meta_shape:g}, {self.meta_rate:g}), b ~ InvGamma({self.meta_shape:g}, "
+                f"{self.meta_rate:g})")
+        if self.meta_prior == "broad":
+            meta = (f"half the priors: {meta}; the other half: log a, log b ~ U(log {BROAD_RANGE[0]:g}, "
+                    f"log {BROAD_RANGE[1]:g})")
         return super().describe() | {
-            "meta_prior": f"a ~ InvGamma({self.meta_shape:g}, {self.meta_rate:g}), b ~ InvGamma({self.meta_shape:g}, "
-                          f"{self.meta_rate:g})",
+            "meta_prior": meta,
             "prior": "Delta ~ Beta(a, b); model works on logit Delta",
             "likelihood": ("10 single shots at settings |0> t=1..5, |1> t=1,2, (|0>+|1>)/sqrt2 t=1..3; state noise "
                            f"N(0, {STATE_SD ** 2:g} I) renormalised, time noise sd {TIME_SD}; reading 1 = found in |1>; "
@@ -123,7 +134,12 @@ class TwoLevelSystem(Problem):
     def sample_meta_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Beta parameters ``(n, 2)``: columns ``a``, ``b``."""
         shape = torch.full((n, 2), self.meta_shape, dtype=torch.float64)
-        return inverse_gamma(shape, torch.full_like(shape, self.meta_rate), generator).float()
+        draws = inverse_gamma(shape, torch.full_like(shape, self.meta_rate), generator)
+        if self.meta_prior == "broad":
+            lo, hi = math.log(BROAD_RANGE[0]), math.log(BROAD_RANGE[1])
+            spread = torch.exp(lo + (hi - lo) * torch.rand(n, 2, generator=generator, dtype=torch.float64))
+            draws = torch.where(torch.rand(n, 1, generator=generator, dtype=torch.float64) < 0.5, draws, spread)
+        return draws.float()
 
     def sample_parameters(self, prior: Tensor, generator: torch.Generator | None = None) -> Tensor:
         p = prior.double()

@@ -37,6 +37,9 @@ class ArchitectureConfig:
     ff_dim: int = 256
     hidden: int = 64
     encoder_layers: int = 0  # self-attention blocks over the observation tokens (ModelConfig.encoder_layers)
+    anchored: bool = False  # centre on the problem's location source (ModelConfig.anchor); needs a location problem
+    site_evidence: bool = False  # ModelConfig.site_evidence
+    bounded_prior_features: bool = False  # ModelConfig.bounded_prior_features
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,11 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                hidden=a.hidden, encoder_layers=a.encoder_layers, warp=tuple(problem.warp),
                                prior_parameters=dict(problem.prior_parameters),
                                source_transforms=dict(problem.source_transforms),
-                               relative_sources=dict(problem.relative_sources))
+                               relative_sources=dict(problem.relative_sources), anchor=_anchor(problem, a),
+                               site_evidence=a.site_evidence, bounded_prior_features=a.bounded_prior_features,
+                               split_observations=problem.independent_observations,
+                               scale_source=problem.scale_source if a.anchored else "",
+                               scale_parameter=problem.scale_parameter if a.anchored else "")
     if config.init is not None:  # the saved model itself: no fresh initialisation to overwrite
         model = load_named_or_path(config.init)
         if config.init_blocks is not None:
@@ -70,6 +74,15 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return DistributionTransformer(model_config)
+
+
+def _anchor(problem: Problem, architecture) -> str:
+    if not architecture.anchored:
+        return ""
+    if not (problem.location_source or problem.scale_source):
+        raise ValueError(f"Expected a location or scale problem (one with a location_source or scale_source) for "
+                         f"architecture.anchored, but problem {problem.name!r} has neither.")
+    return problem.location_source
 
 
 def keep_blocks(model: DistributionTransformer, blocks: Sequence[int]) -> DistributionTransformer:

@@ -1,0 +1,113 @@
+"""Benchmark ``stress``: every shipped model with an exact or reference posterior, on families of priors that users
+write, with the per-problem reliability flag.
+
+For each model and family (``stress_families.py`` for the mixture models, ``stress_parametric.py`` for the
+parametric ones), on ``n`` fresh problems: KL(exact or reference ‖ model) per problem (mean, median, 95th
+percentile), the share of problems the flag marks unreliable (``post.reliable`` is ``False``), **silent failures**
+(KL > 0.1 and not flagged, as a share of all problems) and **false alarms** (flagged among the accurate problems,
+KL < 0.02, as a share of those). KL is by Monte Carlo with draws from the exact posterior for the linear-Gaussian
+and inverse-gamma models, and by quadrature on the reference grid for ``quantum``.
+
+Command: ``distformer bench stress`` (``--quick`` for a small run).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..diagnostics import kl_divergence
+from ..problems import get
+from ..support import OutOfFamilyWarning
+from .report import stage, write_report
+from .timing import machine
+
+SEED = 2727
+SILENT_KL = 0.1
+ACCURATE_KL = 0.02
+
+
+def posterior_quietly(model, prior, observations, **options):
+    """``model.posterior`` with its out-of-family warnings silenced (the flag is read from ``post.reliable``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        return model.posterior(prior, observations, **options)
+
+
+def mixture_rows(name: str, n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
+    """Every mixture family for the linear-Gaussian model ``name``: per-problem KL and flags."""
+    import distformer
+
+    from .stress_families import FAMILIES
+
+    model = distformer.pretrained(name)
+    problem = get("linear-gaussian", dim=model.dim)
+    rows = []
+    for family, draw in FAMILIES.items():
+        if family == "correlated" and model.dim == 1:
+            continue
+        stage("stress", f"{name}: {family}")
+        groups = draw(n, model.dim, generator)
+        kls, flags = [], []
+        for p in groups if isinstance(groups, list) else [groups]:
+            exact = problem.exact_posterior(p.prior.to(torch.float64), p.observations)
+            post = posterior_quietly(model, p.prior, p.observations)
+            kls.append(kl_divergence(exact, post, kl_samples, generator))
+            flags.append(~post.reliable)
+        rows.append(summarise(name, family, torch.cat(kls), torch.cat(flags)))
+    return rows
+
+
+def summarise(model: str, family: str, kl: torch.Tensor, flagged: torch.Tensor) -> dict:
+    """The row of one (model, family): KL statistics, flagged share, silent failures and false alarms."""
+    kl = kl.double()
+    finite = torch.isfinite(kl)
+    accurate = kl < ACCURATE_KL
+    return {
+        "model": model, "family": family, "n": kl.numel(),
+        "kl_mean": float(kl[finite].mean()) if bool(finite.any()) else math.inf,
+        "kl_median": float(kl.median()), "kl_p95": float(kl.quantile(0.95)) if bool(finite.all()) else math.inf,
+        "flagged": float(flagged.double().mean()),
+        "silent": float(((kl > SILENT_KL) & ~flagged).double().mean()),
+        "false_alarm": float((flagged & accurate).double().sum() / accurate.double().sum().clamp_min(1)),
+        "accurate": int(accurate.sum()),
+    }
+
+
+def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+    """Run the benchmark and write ``out_dir/stress.{md,json}``."""
+    from .stress_parametric import parametric_rows
+
+    generator = torch.Generator().manual_seed(SEED)
+    n, kl_samples = (50, 128) if quick else (300, 512)
+    rows = []
+    for name in ("linear-gaussian-2d", "linear-gaussian-1d"):
+        rows += mixture_rows(name, n, kl_samples, generator)
+    rows += parametric_rows(n, kl_samples, generator)
+    command = "distformer bench stress" + (" --quick" if quick else "")
+    lines = [
+        "# stress: priors users write, and the per-problem reliability flag",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Problems: {n} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. Flagged: "
+        f"`post.reliable` is False. Silent: KL > {SILENT_KL} and not flagged (share of all problems). False alarm: "
+        f"flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families are described in "
+        "`src/distformer/bench/stress_families.py` and `stress_parametric.py`.",
+        "",
+        "| model | family | KL mean | KL median | KL p95 | flagged | silent | false alarms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['family']} | {r['kl_mean']:.4f} | {r['kl_median']:.4f} | "
+                     f"{r['kl_p95']:.4f} | {r['flagged']:.1%} | {r['silent']:.1%} | {r['false_alarm']:.1%} "
+                     f"(of {r['accurate']}) |")
+    worst_silent = max(rows, key=lambda r: r["silent"])
+    worst_alarm = max(rows, key=lambda r: r["false_alarm"])
+    lines += ["", f"Largest silent-failure share: {worst_silent['silent']:.1%} ({worst_silent['model']}, "
+              f"{worst_silent['family']}); largest false-alarm share: {worst_alarm['false_alarm']:.1%} "
+              f"({worst_alarm['model']}, {worst_alarm['family']})."]
+    return write_report(out_dir, "stress", lines, {"command": command, "rows": rows})

@@ -1,0 +1,194 @@
+r"""Families of priors that users write, for the mixture models (``z_i = x + v_i``, ``v_i ~ N(0, I)``).
+
+Each family draws ``n`` problems ``(prior, theta, observations)`` with an explicit generator; ``theta`` comes
+from the prior unless the family is about data that contradict the prior. The families differ from the training
+meta-prior (:func:`~distformer.problems.linear_gaussian.random_gmm_priors`, ``K = 4``, means ``N(0, 3^2 I)``,
+component sds ``[0.1, 3]``, 1..20 observations) in one respect each:
+
+* ``meta``: the training meta-prior itself (the false-alarm baseline);
+* ``translated``: the whole problem moved by ``t``, :math:`\|t\|\sim\mathcal U(5, 25)`;
+* ``wide`` / ``narrow``: component sds 5-30 / 0.01-0.05 times the noise sd;
+* ``correlated``: every component's correlation :math:`|\rho|` up to 0.999 (``1-|\rho|`` log-uniform on
+  :math:`[10^{-3}, 1]`);
+* ``separated``: four components on a square (a line in 1-D) of half-side 4-10, sds 0.3-1;
+* ``tiny-weights``: one or two components of weight :math:`10^{-8}` to :math:`10^{-2}`; theta from a tiny
+  component in half the problems;
+* ``zero-weights``: one or two components of weight exactly 0;
+* ``components``: ``K`` uniform on 1..16;
+* ``observations``: ``N`` log-uniform on 1..200;
+* ``conflict``: theta 6-12 prior sds from the prior mean (along a random direction of the prior covariance);
+* ``uniform-in-range``: every chart coordinate uniform inside the training ranges a range check would accept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..distributions.gmm import GaussianMixture
+from ..observations import Observations, as_observations
+from ..problems.linear_gaussian import random_gmm_priors, random_rotation
+
+
+@dataclass(frozen=True)
+class Problems:
+    """``n`` problems: a prior with batch ``(n,)``, parameters ``(n, D)`` and observations with batch ``(n,)``."""
+
+    prior: GaussianMixture
+    theta: Tensor
+    observations: Observations
+
+
+def _log_uniform(shape, low: float, high: float, g: torch.Generator) -> Tensor:
+    return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * torch.rand(shape, generator=g))
+
+
+def _observe(theta: Tensor, counts: Tensor, g: torch.Generator) -> Observations:
+    """``counts[i]`` observations ``theta_i + N(0, I)`` per problem, padded to the largest count and masked."""
+    n, D = theta.shape
+    N = int(counts.max())
+    z = theta.unsqueeze(-2) + torch.randn(n, N, D, generator=g)
+    mask = torch.arange(N).unsqueeze(0) < counts.unsqueeze(-1)
+    return as_observations(z, {"z": D}, mask)
+
+
+def _counts(n: int, g: torch.Generator, low: int = 1, high: int = 20) -> Tensor:
+    return torch.randint(low, high + 1, (n,), generator=g)
+
+
+def _priors(n: int, K: int, D: int, g: torch.Generator, mean_scale: float = 3.0, low: float = 0.1,
+            high: float = 3.0) -> GaussianMixture:
+    return random_gmm_priors(n, K, D, mean_scale, low, high, g)
+
+
+def _from_prior(prior: GaussianMixture, g: torch.Generator, counts: Tensor | None = None) -> Problems:
+    theta = prior.sample(generator=g)
+    counts = _counts(theta.shape[0], g) if counts is None else counts
+    return Problems(prior, theta, _observe(theta, counts, g))
+
+
+def meta(n, D, g):
+    return _from_prior(_priors(n, 4, D, g), g)
+
+
+def translated(n, D, g):
+    prior = _priors(n, 4, D, g)
+    direction = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    shift = direction * (5 + 20 * torch.rand(n, 1, generator=g))
+    prior = GaussianMixture(prior.weights, prior.loc + shift.unsqueeze(-2), scale_tril=prior.scale_tril)
+    return _from_prior(prior, g)
+
+
+def wide(n, D, g):
+    return _from_prior(_priors(n, int(torch.randint(1, 5, (), generator=g)), D, g, 10.0, 5.0, 30.0), g)
+
+
+def narrow(n, D, g):
+    return _from_prior(_priors(n, int(torch.randint(1, 5, (), generator=g)), D, g, 3.0, 0.01, 0.05), g)
+
+
+def correlated(n, D, g):
+    K = 4
+    prior = _priors(n, K, D, g)
+    if D == 1:
+        return _from_prior(prior, g)
+    std = _log_uniform((n, K, D), 0.1, 3.0, g)
+    rho = (1 - _log_uniform((n, K), 1e-3, 1.0, g)) * torch.where(torch.rand(n, K, generator=g) < 0.5, -1.0, 1.0)
+    corr = torch.eye(D).expand(n, K, D, D).clone()
+    corr[..., 0, 1] = corr[..., 1, 0] = rho  # first two coordinates; a random rotation spreads it
+    U = random_rotation(n * K, D, g).reshape(n, K, D, D) if D > 2 else torch.eye(D).expand(n, K, D, D)
+    cov = std.unsqueeze(-1) * corr * std.unsqueeze(-2)
+    cov = U @ cov @ U.transpose(-1, -2)
+    return _from_prior(GaussianMixture(prior.weights, prior.loc, covariance_matrix=0.5 * (cov + cov.mT)), g)
+
+
+def separated(n, D, g):
+    half = 4 + 6 * torch.rand(n, 1, 1, generator=g)
+    if D == 1:
+        corners = torch.tensor([[-3.0], [-1.0], [1.0], [3.0]]) / 3
+    else:
+        signs = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+        corners = torch.cat([signs, torch.zeros(4, D - 2)], -1)
+    loc = half * corners
+    std = 0.3 + 0.7 * torch.rand(n, 4, D, generator=g)
+    prior = GaussianMixture(torch.full((n, 4), 0.25), loc, scale_tril=torch.diag_embed(std))
+    return _from_prior(prior, g)
+
+
+def _reweighted(prior: GaussianMixture, weights: Tensor) -> GaussianMixture:
+    return GaussianMixture(weights / weights.sum(-1, keepdim=True), prior.loc, scale_tril=prior.scale_tril)
+
+
+def tiny_weights(n, D, g):
+    prior = _priors(n, 4, D, g)
+    w = prior.weights.clone()
+    tiny = _log_uniform((n,), 1e-8, 1e-2, g)
+    w[:, 0] = tiny
+    two = torch.rand(n, generator=g) < 0.5
+    w[:, 1] = torch.where(two, _log_uniform((n,), 1e-8, 1e-2, g), w[:, 1])
+    w[:, 2:] = w[:, 2:] * ((1 - w[:, :2].sum(-1)) / w[:, 2:].sum(-1)).unsqueeze(-1)
+    prior = _reweighted(prior, w)
+    theta = prior.sample(generator=g)
+    from_tiny = torch.rand(n, generator=g) < 0.5
+    tiny_draw = prior.loc[:, 0] + (prior.scale_tril[:, 0] @ torch.randn(n, D, 1, generator=g)).squeeze(-1)
+    theta = torch.where(from_tiny.unsqueeze(-1), tiny_draw, theta)
+    return Problems(prior, theta, _observe(theta, _counts(n, g), g))
+
+
+def zero_weights(n, D, g):
+    prior = _priors(n, 4, D, g)
+    w = prior.weights.clone()
+    w[:, 0] = 0.0
+    w[:, 1] = torch.where(torch.rand(n, generator=g) < 0.5, 0.0, w[:, 1])
+    return _from_prior(_reweighted(prior, w), g)
+
+
+def components(n, D, g):
+    K = torch.randint(1, 17, (n,), generator=g)
+    prior = _priors(n, 16, D, g)
+    # a K-component prior written with K components: problems are grouped by K and stacked back below
+    groups = [(k, (K == k).nonzero().squeeze(-1)) for k in range(1, 17)]
+    out = []
+    for k, rows in groups:
+        if rows.numel():
+            w = prior.weights[rows, :k]
+            sub = GaussianMixture(w / w.sum(-1, keepdim=True), prior.loc[rows, :k],
+                                  scale_tril=prior.scale_tril[rows, :k])
+            out.append(_from_prior(sub, g))
+    return out  # a list of Problems, one per K
+
+
+def observations(n, D, g):
+    counts = torch.exp(math.log(200) * torch.rand(n, generator=g)).round().long().clamp(1, 200)
+    return _from_prior(_priors(n, 4, D, g), g, counts)
+
+
+def conflict(n, D, g):
+    prior = _priors(n, 4, D, g)
+    cov = prior.covariance_matrix
+    direction = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    L = torch.linalg.cholesky(cov)
+    distance = 6 + 6 * torch.rand(n, 1, generator=g)
+    theta = prior.mean + distance * (L @ direction.unsqueeze(-1)).squeeze(-1)
+    return Problems(prior, theta, _observe(theta, _counts(n, g), g))
+
+
+def uniform_in_range(n, D, g):
+    """Chart coordinates uniform inside the per-coordinate ranges of 20,000 training-meta-prior draws."""
+    from ..nn.tokens import chart_to_gmm, gmm_to_chart
+
+    seen = gmm_to_chart(_priors(20000, 4, D, torch.Generator().manual_seed(7))).reshape(-1, 1 + D + D * (D + 1) // 2)
+    low, high = seen.amin(0), seen.amax(0)
+    chart = low + (high - low) * torch.rand(n, 4, low.numel(), generator=g)
+    return _from_prior(chart_to_gmm(chart, D), g)
+
+
+FAMILIES: dict[str, Callable] = {
+    "meta": meta, "translated": translated, "wide": wide, "narrow": narrow, "correlated": correlated,
+    "separated": separated, "tiny-weights": tiny_weights, "zero-weights": zero_weights, "components": components,
+    "observations": observations, "conflict": conflict, "uniform-in-range": uniform_in_range,
+}

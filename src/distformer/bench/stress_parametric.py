@@ -1,0 +1,160 @@
+r"""Stress families for the parametric-prior models, each with its exact or reference posterior.
+
+* ``inverse-gamma`` (:math:`\sigma^2\sim\mathrm{InvGamma}(\alpha,\beta)`, one reading): ``wide`` and ``narrow``
+  (the paper's meta-priors, :math:`\mathrm{InvGamma}(4, 6)` and :math:`\mathrm{InvGamma}(10^4, 2\cdot10^4)` for each
+  parameter), ``C.2`` (the paper's appendix C.2 shift, :math:`\mathrm{InvGamma}(24, 6)` for each), ``up-to-100``
+  (:math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]`) and ``equal-100`` (:math:`\alpha = \beta = 100`).
+  KL by Monte Carlo with draws from the closed-form posterior.
+* ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
+  ``a, b in [0.5, 100]`` (log-uniform). KL by quadrature on the reference grid in logit space.
+* ``gp-hyperprior-5d``: its meta-prior, and each prior parameter moved outside its training interval (one at a
+  time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
+  quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite nodes in :math:`f`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..problems import get
+from ..problems.sampling import inverse_gamma
+from .report import stage
+
+
+def _log_uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * torch.rand(n, 2, generator=g,
+                                                                                    dtype=torch.float64))
+
+
+def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
+    import distformer
+
+    from .inverse_gamma import _kl
+    from .stress import posterior_quietly, summarise
+
+    model = distformer.pretrained("inverse-gamma")
+    problem = get("inverse-gamma", **model.card["problem"]["options"])
+    families = {
+        "wide": lambda: inverse_gamma(torch.full((n, 2), 4.0, dtype=torch.float64),
+                                      torch.full((n, 2), 6.0, dtype=torch.float64), generator),
+        "narrow": lambda: inverse_gamma(torch.full((n, 2), 1e4, dtype=torch.float64),
+                                        torch.full((n, 2), 2e4, dtype=torch.float64), generator),
+        "C.2": lambda: inverse_gamma(torch.full((n, 2), 24.0, dtype=torch.float64),
+                                     torch.full((n, 2), 6.0, dtype=torch.float64), generator),
+        "up-to-100": lambda: _log_uniform(n, 0.5, 100.0, generator),
+        "equal-100": lambda: torch.full((n, 2), 100.0, dtype=torch.float64),
+    }
+    rows = []
+    for family, draw in families.items():
+        stage("stress", f"inverse-gamma: {family}")
+        prior = draw().float()
+        theta = problem.sample_parameters(prior, generator)
+        obs = problem.simulate(theta, generator)
+        exact = problem.exact_posterior(prior.double(), obs)
+        post = posterior_quietly(model, prior, obs)
+        kl = _kl(exact.concentration, exact.rate, lambda x: post.log_prob(x.to(torch.float64)), kl_samples,
+                 generator)
+        rows.append(summarise("inverse-gamma", family, kl, ~post.reliable))
+    return rows
+
+
+def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
+    import distformer
+
+    from .stress import posterior_quietly, summarise
+
+    model = distformer.pretrained("quantum")
+    problem = get("quantum", **model.card["problem"]["options"])
+    families = {"meta": lambda: problem.sample_meta_prior(n, generator).double(),
+                "a, b in [0.5, 100]": lambda: _log_uniform(n, 0.5, 100.0, generator)}
+    rows = []
+    for family, draw in families.items():
+        stage("stress", f"quantum: {family}")
+        prior = draw().float()
+        theta = problem.sample_parameters(prior, generator)
+        obs = problem.simulate(theta, generator)
+        post = posterior_quietly(model, prior, obs)
+        delta, log_p = problem.reference_posterior(prior, obs, grid_size=2001)  # (G,), (G, n) on Delta
+        u = torch.log(delta) - torch.log1p(-delta)
+        du = float(u[1] - u[0])
+        log_p_u = log_p + (torch.log(delta) + torch.log1p(-delta)).unsqueeze(-1)  # density of logit Delta
+        log_q_u = post.base.to(torch.float64).log_prob(u.view(-1, 1, 1).expand(-1, n, 1))
+        p_u = log_p_u.exp()
+        kl = (p_u * (log_p_u - log_q_u)).nan_to_num(0.0).sum(0) * du
+        rows.append(summarise("quantum", family, kl, ~post.reliable))
+    return rows
+
+
+def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int = 24) -> list[dict]:
+    import distformer
+
+    from ..problems.base import Batch
+    from .stress import posterior_quietly, summarise
+
+    model = distformer.pretrained("gp-hyperprior-5d")
+    problem = get("gp-hyperprior", **model.card["problem"]["options"])
+    names = ("mean", "scale", "alpha", "beta")
+    ranges = {k: problem.settings[k] for k in names}
+    families = {"meta": None} | {f"{k} outside": k for k in names}
+    x_gh, w_gh = _hermite(nodes)
+    rows = []
+    for family, moved in families.items():
+        stage("stress", f"gp-hyperprior-5d: {family}")
+        batch = problem.sample_batch(n, generator)
+        prior = batch.prior.clone()
+        if moved is not None:
+            lo, hi = ranges[moved]
+            width = hi - lo
+            beyond = width * (1.5 + 1.5 * torch.rand(n, generator=generator))
+            up = torch.rand(n, generator=generator) < 0.5
+            value = torch.where(up, hi + beyond, lo - beyond)
+            if moved != "mean":
+                value = torch.where(value > 0, value, hi + beyond)  # positive parameters stay positive
+            prior[:, names.index(moved)] = value.float()
+            batch = _resimulated(problem, prior, batch, generator)
+        post = posterior_quietly(model, batch.prior, batch.observations)
+        u, log_w, mean, var, _ = problem._grid(batch.prior.double(), batch.observations, grid_size)  # (G, n)
+        f = mean.unsqueeze(-1) + var.sqrt().unsqueeze(-1) * x_gh  # (G, n, H)
+        du = (u[1] - u[0])  # (n,)
+        log_ref = log_w.unsqueeze(-1) - torch.log(du).unsqueeze(-1) - 0.5 * (
+            (f - mean.unsqueeze(-1)) ** 2 / var.unsqueeze(-1) + torch.log(2 * math.pi * var.unsqueeze(-1)))
+        points = torch.stack([f, u.unsqueeze(-1).expand_as(f)], -1)  # (f, log l)
+        log_q = post.base.to(torch.float64).log_prob(points.permute(0, 2, 1, 3))  # (G, H, n)
+        weight = log_w.exp().unsqueeze(1) * w_gh.view(1, -1, 1)
+        kl = (weight * (log_ref.permute(0, 2, 1) - log_q)).sum((0, 1))
+        rows.append(summarise("gp-hyperprior-5d", family, kl, ~post.reliable))
+    return rows
+
+
+def _hermite(nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights of Gauss-Hermite quadrature for a standard normal (probabilists' form)."""
+    import numpy as np
+
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    return torch.tensor(x), torch.tensor(w / w.sum())
+
+
+def _resimulated(problem, prior, batch, generator):
+    """The batch's inputs with ``f`` and ``y`` drawn anew under ``prior`` (``(n, 4)``)."""
+    from ..observations import as_observations
+    from ..problems.base import Batch
+    from ..problems.gp_hyperprior import NOISE_VARIANCE, rbf
+
+    p = prior.double()
+    ell = inverse_gamma(p[:, 2], p[:, 3], generator)
+    data, query = batch.observations.values["data"].double(), batch.observations.values["query"].double()
+    x = torch.cat([data[..., :-1], query], 1)
+    N = data.shape[1]
+    K = rbf(x, x, ell, p[:, 1]) + 1e-9 * torch.eye(N + 1, dtype=torch.float64)
+    f = p[:, :1] + (torch.linalg.cholesky(K) @ torch.randn(len(p), N + 1, 1, generator=generator,
+                                                            dtype=torch.float64))[..., 0]
+    y = f[:, :N] + math.sqrt(NOISE_VARIANCE) * torch.randn(len(p), N, generator=generator, dtype=torch.float64)
+    obs = as_observations({"data": torch.cat([x[:, :N], y.unsqueeze(-1)], -1).float(), "query": query.float()},
+                          problem.sources)
+    return Batch(prior, torch.stack([f[:, N], ell], -1).float(), obs)
+
+
+def parametric_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
+    return inverse_gamma_rows(n, kl_samples, generator) + quantum_rows(n, generator) + gp_rows(n, generator)

@@ -1,0 +1,198 @@
+r"""``model.posterior``: prepare the prior and data, judge each problem, run the network, finish the mixture.
+
+Steps, for a batch ``B`` of (prior, data) problems:
+
+1. **prepare**: a parametric prior goes through the prior encoder; the GMM prior becomes its chart (``tokens.py``);
+   prior and data are broadcast to ``B`` and flattened.
+2. **judge** (``check``): each problem against the training support (``support.py``), and with
+   ``check="importance"`` also the Pareto :math:`\hat k` of importance ratios against the prior times the
+   likelihood (``reliability.py``); the verdict is ``post.reliable`` and ``post.reliability``.
+3. **run**: data sets with an observation go through the network (``DistributionTransformer._decode`` chooses the
+   traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`.
+4. **finish**: Bayes' rule for the weights that the chart floors (:math:`\log w < -16`): the network's weight
+   change is added to the true log weight, so a component of prior weight 0 keeps weight 0.
+
+**Data sets larger than the training counts** (``ModelConfig.split_observations``, one source, conditionally
+independent observations): :math:`p(x\mid A\cup B) \propto p(x\mid A)\,p(B\mid x)`, so the observations are taken
+in consecutive parts of at most the trained count, each part's posterior the next part's prior. This is exact
+Bayes; the model's error adds up over the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor
+
+from ..distributions.gmm import GaussianMixture
+from ..distributions.linalg import broadcast_shapes
+from ..distributions.transforms import WarpedGaussianMixture
+from ..observations import Observations, as_observations
+from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
+
+CHECKS = (True, False, "importance")
+
+
+def posterior(model, prior, observations, mask=None, *, grad: bool = False, strict: bool = False, check=True,
+              likelihood=None, importance_draws: int = 256, generator: torch.Generator | None = None):
+    """See ``DistributionTransformer.posterior``."""
+    if check not in CHECKS:
+        raise ValueError(f"Expected check among {CHECKS}, but got {check!r}.")
+    prior, encoded, parameters = prepared_prior(model, prior, grad)
+    obs = as_observations(observations, model.config.sources, mask)
+    for source, anchor in model.config.relative_sources.items():
+        present = obs.masks[anchor][..., :1]
+        if present.shape[-1] == 0 or not bool(present.all()):
+            raise ValueError(f"Expected the first {anchor!r} observation to be present in every data set (this "
+                             f"model reads {source!r} relative to it), but it is missing or masked in some.")
+    try:
+        batch = broadcast_shapes(prior.batch_shape, obs.batch_shape)
+    except RuntimeError:
+        raise ValueError(f"Expected the prior's batch shape {tuple(prior.batch_shape)} to broadcast with the "
+                         f"observations' {tuple(obs.batch_shape)}.") from None
+    parts = _parts(model, obs.expand(batch))
+    if len(parts) > 1:
+        result, reliability = _in_parts(model, prior, parts, batch, grad, check)
+    else:
+        result, reliability = _posterior(model, prior, encoded, parameters, obs, batch, grad, check)
+    if check == "importance":
+        from ..reliability import importance_check
+
+        reliability = importance_check(model, result, prior, obs, reliability, likelihood, importance_draws,
+                                       generator)
+    if reliability is not None and not bool(reliability.reliable.all()):
+        _warn(model, reliability, strict)
+    result.reliability = reliability
+    result.reliable = None if reliability is None else reliability.reliable
+    return result
+
+
+def prepared_prior(model, prior, grad: bool):
+    """``(mixture, encoded chart or None, warped parameters or None)`` of a user's prior: a parametric prior's
+    encoder chart is what the network reads (training's input), and its decoded mixture is the prior."""
+    encoded = parameters = None
+    if model.is_parametric and torch.is_tensor(prior):
+        with torch.enable_grad() if grad else torch.inference_mode():
+            encoded = model._encoded_prior_chart(prior)
+            parameters = model._parameter_warp.forward(prior.detach().to(encoded.dtype))
+            prior = chart_to_gmm(encoded.to(prior.dtype), model.dim)
+    if isinstance(prior, WarpedGaussianMixture):
+        if model.warp is None or prior.warp != model.warp:
+            raise ValueError(f"Expected a prior with this model's warp {model.warp!r}, but got {prior.warp!r}.")
+        prior = prior.base
+    if not isinstance(prior, GaussianMixture):
+        kind = " or its prior parameters as a tensor" if model.is_parametric else ""
+        raise TypeError(f"Expected prior to be a distformer.GaussianMixture{kind}, but got {type(prior).__name__}.")
+    if prior.dim != model.dim:
+        raise ValueError(f"Expected a prior over D={model.dim} dimensions for this model, but got D={prior.dim}.")
+    return prior, encoded, parameters
+
+
+def _posterior(model, prior: GaussianMixture, encoded, parameters, obs: Observations, batch, grad: bool, check):
+    """Steps 1-4 of the module docstring for one part of the data: ``(posterior, Reliability or None)``."""
+    weight = model.prior_embedding.last.weight
+    with torch.enable_grad() if grad else torch.inference_mode():
+        chart = gmm_to_chart(prior) if encoded is None else encoded
+        K, C = chart.shape[-2:]
+        if chart.shape[:-2] != batch:
+            chart = chart.expand(*batch, K, C)
+            obs = obs.expand(batch)
+        chart = chart.reshape(-1, K, C)
+        flat_obs = obs.reshape((chart.shape[0],))
+        if chart.dtype != weight.dtype or chart.device != weight.device:
+            chart = chart.to(dtype=weight.dtype, device=weight.device)
+        flat_obs = flat_obs.to(dtype=weight.dtype, device=weight.device)
+        reliability = _judged(model, chart, flat_obs, parameters, batch) if check else None
+        present = flat_obs.any_present()
+        if present is None:  # every data set has observations: the common, fast path
+            out = model._decode(chart, flat_obs, grad)
+        else:  # only data sets with observations go through the network
+            rows = present.nonzero().squeeze(-1)
+            out = chart.clone()
+            if rows.numel():
+                out[rows] = model._decode(chart[rows], flat_obs.index(rows), grad)
+        out = out.reshape(*batch, K, C)
+        if encoded is None:  # Bayes' rule for the weights the chart floors: 0 stays 0, tiny stays tiny
+            log_w = prior.log_weights.expand(*batch, K).to(out.dtype)
+            floored = log_w < LOG_WEIGHT_FLOOR
+            if bool(floored.any()):
+                change = torch.where(floored, log_w - LOG_WEIGHT_FLOOR, torch.zeros((), dtype=out.dtype))
+                out = torch.cat([out[..., :1] + change.unsqueeze(-1), out[..., 1:]], -1)
+        result = chart_to_gmm(out if out.dtype == prior.dtype else out.to(prior.dtype), model.dim)
+        if present is not None:  # a data set without any observation keeps its prior exactly: p(x | {}) = p(x)
+            keep = present.reshape(batch).to(result.device)
+            prior = prior.expand(batch)
+            result = GaussianMixture(
+                logits=torch.where(keep[..., None], result.log_weights, prior.log_weights),
+                loc=torch.where(keep[..., None, None], result.loc, prior.loc),
+                scale_tril=torch.where(keep[..., None, None, None], result.scale_tril, prior.scale_tril),
+                validate_args=False)
+        return model._wrap(result), reliability
+
+
+def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):
+    """The per-problem :class:`~distformer.support.Reliability` of a flat batch, shaped ``batch``, with the flat
+    batch kept for describing a flagged problem."""
+    from ..support import Reliability
+
+    support = model.support
+    if support is None:
+        return None
+    flat_parameters = None
+    if parameters is not None:
+        flat_parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(-1, parameters.shape[-1])
+    chart_or_none = None if flat_parameters is not None else chart
+    reasons = support.outside(chart_or_none, obs, flat_parameters)
+    flagged = reasons["prior"] | reasons["data"] | reasons["count"]
+    reliability = Reliability(~flagged.reshape(batch), {k: v.reshape(batch) for k, v in reasons.items()})
+    if bool(flagged.any()):
+        row = int(flagged.nonzero()[0])
+        detail = f"e.g. problem {row} (flat index): {support.describe(chart_or_none, obs, flat_parameters, row)}"
+        reliability = replace(reliability, detail=detail)
+    return reliability
+
+
+def _warn(model, reliability, strict: bool) -> None:
+    from ..support import warn_flagged
+
+    detail = reliability.detail
+    warn_flagged(f"Expected problems the model is trained for, but {reliability.summary()}"
+                 + (f"; {detail}" if detail else "") + ". Their posteriors are not covered by the model's measured "
+                 "accuracy (see post.reliable).", strict, stacklevel=4)
+
+
+def _parts(model, obs: Observations) -> list[Observations]:
+    """The data in consecutive parts of at most the trained count (module docstring), or ``[obs]``."""
+    support = model.support
+    if not model.config.split_observations or support is None:
+        return [obs]
+    (name,) = model.config.sources
+    size = support.count_high[name]
+    values, masks = obs.values[name], obs.masks[name]
+    if int(masks.sum(-1).max()) <= size:
+        return [obs]
+    # present observations first, in their order, so that every part but the last of a data set is full
+    order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices
+    values = values.gather(-2, order.unsqueeze(-1).expand(*order.shape, values.shape[-1]))
+    masks = masks.gather(-1, order)
+    count = int(masks.sum(-1).max())
+    return [Observations({name: values[..., start:start + size, :]}, {name: masks[..., start:start + size]})
+            for start in range(0, count, size)]
+
+
+def _in_parts(model, prior, parts: list[Observations], batch, grad: bool, check):
+    """The posterior after every part in turn (module docstring), and the union of the parts' flags."""
+    from ..support import Reliability
+
+    belief = prior.expand(batch)
+    verdicts = []
+    for part in parts:
+        result, reliability = _posterior(model, belief, None, None, part.expand(batch), batch, grad, check)
+        verdicts.append(reliability)
+        belief = result.base if isinstance(result, WarpedGaussianMixture) else result
+    if verdicts[0] is None:
+        return result, None
+    reasons = {k: torch.stack([v.reasons[k] for v in verdicts]).any(0) for k in verdicts[0].reasons}
+    detail = next((v.detail for v in verdicts if v.detail), "")
+    return result, Reliability(torch.stack([v.reliable for v in verdicts]).all(0), reasons, detail=detail)
