@@ -1,8 +1,10 @@
 """When the prior is outside what the model was trained on: warn, refine, and read the reliability flag.
 
-The shipped ``linear-gaussian-2d`` model was trained on prior components with standard deviations between 0.1
-and 3. Here the prior's components are ten times narrower, so the model warns, and ``distformer.refine`` corrects
-its answer by importance sampling against the exact likelihood. Pareto k̂ says whether to believe the correction.
+The shipped ``linear-gaussian-2d`` model was trained on prior components with standard deviations down to 0.005
+(the noise has standard deviation 1). Here the prior's components are up to ten times narrower still, so the
+model flags the problem (``post.reliable`` is False, and it warns): its accuracy there was never measured.
+``distformer.refine`` checks and corrects the answer by importance sampling against the exact likelihood, and its
+Pareto k̂ says whether to believe the correction.
 
 Run: ``python examples/refine_out_of_family.py``
 """
@@ -18,16 +20,16 @@ g = torch.Generator().manual_seed(0)
 model = dfm.pretrained("linear-gaussian-2d")
 problem = dfm.problems.get("linear-gaussian", dim=2)  # its likelihood: z_i = x + N(0, I)
 
-# a sharp 4-component prior (sd 0.05 to 0.2), outside the training family
+# a sharp 4-component prior (sd 0.0005 to 0.002), outside the training family
 loc = torch.tensor([[[0.0, 0.0], [1.0, 0.5], [-0.5, 1.0], [0.8, -0.8]]])
-sd = torch.tensor([0.05, 0.1, 0.2, 0.08]).view(1, 4, 1, 1)
+sd = torch.tensor([0.0005, 0.001, 0.002, 0.0008]).view(1, 4, 1, 1)
 prior = dfm.GaussianMixture(torch.tensor([[0.3, 0.3, 0.2, 0.2]]), loc, covariance_matrix=sd**2 * torch.eye(2))
 z = torch.tensor([0.9, 0.4]) + torch.randn(1, 8, 2, generator=g)  # 8 observations
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     posterior = model.posterior(prior, z)
-print("warning:", caught[0].message if caught else "none")
+print("reliable:", bool(posterior.reliable), "| warning:", caught[0].message if caught else "none")
 
 refined = dfm.refine(posterior, prior, problem, z, n=4096, generator=g)
 print(f"Pareto k-hat = {float(refined.pareto_k):.2f} (reliable below {refined.threshold:.2f}): "

@@ -34,7 +34,7 @@ def test_flags_only_the_problem_outside_and_says_why_on_every_call():
     model, _, batch = _batch("linear-gaussian-2d", 20, 5)
     prior = batch.prior
     scale = prior.scale_tril.clone()
-    scale[7] = scale[7] * 1e5  # one prior, every component, far wider than any in training
+    scale[7] = scale[7] * 1e-4  # one prior, every component, far narrower than any in training
     odd = dfm.GaussianMixture(prior.weights, prior.loc, scale_tril=scale)
     for _ in range(2):  # a warning on each call, not once per process
         with pytest.warns(OutOfFamilyWarning, match=r"1 of 20 problems flagged \(prior: 1\)") as record:

@@ -269,7 +269,8 @@ def test_init_blocks_starts_a_shallower_model_from_chosen_blocks_of_a_deeper_one
     from distformer.training.trainer import keep_blocks
 
     problem = get("linear-gaussian", **TINY.problem.options)
-    deep = DistributionTransformer(ModelConfig(dim=1, d_model=16, num_heads=2, num_layers=3, ff_dim=32, hidden=16))
+    deep = DistributionTransformer(ModelConfig(dim=1, d_model=16, num_heads=2, num_layers=3, ff_dim=32, hidden=16,
+                                               split_observations=True))  # as linear-gaussian builds it
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # every weight non-zero, so no block is the identity and each one matters
         for p in deep.parameters():

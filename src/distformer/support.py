@@ -5,8 +5,9 @@ anchored model (``ModelConfig.anchor``) every mean and observation of the anchor
 data mean, so a translated problem is judged as the model sees it. The support holds, from ``n`` draws of the
 training meta-prior, the range of
 
-* every component coordinate but the weight, :math:`[\mu,\ \log\operatorname{diag}L,\ \operatorname{offdiag}L]`
-  (the weights need no range: components of weight exactly 0 are left out, and for a model with
+* every component coordinate but the weight, :math:`[\mu,\ \log\operatorname{diag}L,\ \operatorname{offdiag}L]`,
+  as the network reads it (``component_features``: for bounded features, asinh of the means and off-diagonal
+  entries, and log scales above the features' ceiling at the ceiling) (the weights need no range: components of weight exactly 0 are left out, and for a model with
   ``site_evidence`` the weights follow Bayes' rule), or for a parametric-prior model every warped prior parameter;
 * every observation coordinate per source, and the number of observations per source;
 
@@ -76,12 +77,18 @@ class TrainingSupport:
     count_high: Mapping[str, int]
     anchor: str
     num_components: int
+    bounded: bool = False
+    scale_source: str = ""
+    scale_power: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the caches kept in __dict__
-        return {"format": SUPPORT_FORMAT} | {
-            k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
-            for k, v in values.items()}
+        def plain(v):
+            if isinstance(v, Mapping):
+                return {k: plain(x) for k, x in v.items()}
+            return list(v) if isinstance(v, tuple) else v
+
+        return {"format": SUPPORT_FORMAT} | {k: plain(v) for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSupport":
@@ -94,7 +101,9 @@ class TrainingSupport:
                    observation_low={k: tuple(v) for k, v in data["observation_low"].items()},
                    observation_high={k: tuple(v) for k, v in data["observation_high"].items()},
                    count_low=dict(data["count_low"]), count_high=dict(data["count_high"]),
-                   anchor=str(data["anchor"]), num_components=int(data["num_components"]))
+                   anchor=str(data["anchor"]), num_components=int(data["num_components"]),
+                   bounded=bool(data.get("bounded", False)), scale_source=str(data.get("scale_source", "")),
+                   scale_power=float(data.get("scale_power", 0.5)))
 
     def _bounds(self, what: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds of ``what`` (``component``, ``parameter`` or a source name) as tensors, cached."""
@@ -108,60 +117,130 @@ class TrainingSupport:
             cache[key] = (torch.tensor(low, dtype=dtype, device=device), torch.tensor(high, dtype=dtype, device=device))
         return cache[key]
 
+    def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
+        dim = len(self.observation_low[self.anchor]) if self.anchor else 0
+        return framed_observations(observations, self.anchor, dim, self.scale_source, self.scale_power)
+
     def outside(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None = None
                 ) -> dict[str, Tensor]:
         """Per-problem reasons ``reason -> booleans (B,)`` (``True`` = outside) for charts ``(B, K, C)`` of GMM
         priors (``None`` for a parametric model), observations with batch ``(B,)`` and, for a parametric model,
-        its warped prior parameters ``(B, P)``."""
+        its warped prior parameters ``(B, P)``. On the CPU it runs in NumPy on zero-copy views (``_outside_numpy``):
+        at batch size 1 its cost is operator dispatch, which NumPy does several times faster than torch."""
+        tensors = [t for t in (chart, parameters, *observations.values.values()) if t is not None]
+        if all(t.device.type == "cpu" for t in tensors):
+            return self._outside_numpy(chart, observations, parameters)
+        observations, shift = self._framed(observations)
         values, masks = observations.values, observations.masks
-        shift = None
-        if self.anchor:
-            from .nn.structure import anchor_of
-
-            dim = len(self.observation_low[self.anchor])
-            shift = anchor_of(observations, self.anchor, dim)
         if parameters is not None:
             low, high = self._bounds("parameter", parameters.dtype, parameters.device)
             prior = ((parameters < low) | (parameters > high)).any(-1)
         else:
             low, high = self._bounds("component", chart.dtype, chart.device)
             dim = _dim_of_chart(chart.shape[-1])
-            coords = chart[..., 1:]
-            if shift is not None:
-                coords = torch.cat([coords[..., :dim] - shift.unsqueeze(-2), coords[..., dim:]], -1)
+            coords = component_features(chart, dim, shift, self.bounded)
             live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
             prior = (((coords < low) | (coords > high)).any(-1) & live).any(-1)
         data = torch.zeros_like(prior)
         count = torch.zeros_like(prior)
         for name in self.observation_low:
             v, m = values[name], masks[name]
-            if shift is not None and name == self.anchor:
-                d = shift.shape[-1]
-                v = torch.cat([v[..., :d] - shift.unsqueeze(-2), v[..., d:]], -1)
             low, high = self._bounds(name, v.dtype, v.device)
             data = data | (((v < low) | (v > high)).any(-1) & m).any(-1)
             n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
             count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
         return {"prior": prior, "data": data, "count": count}
 
-    def describe(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None, row: int) -> str:
-        """What lies outside for problem ``row`` of a flat batch, in words."""
-        obs = observations.index(torch.tensor([row]))
-        found = []
+    def _outside_numpy(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
+                       ) -> dict[str, Tensor]:
+        """:meth:`outside` in NumPy (tested to agree). The bounded features are monotone in each coordinate, so
+        the chart is compared with the bounds mapped back to chart values (``_raw_bounds``) instead of being
+        transformed: a few comparisons per call."""
+        import numpy as np
+
+        values = {k: v.detach().numpy() for k, v in observations.values.items()}
+        masks = {k: m.numpy() for k, m in observations.masks.items()}
+        full = {k: bool(m.all()) for k, m in masks.items()}  # every observation present: the common case
         shift = None
         if self.anchor:
-            from .nn.structure import anchor_of
+            d = len(self.observation_low[self.anchor])
+            z, m = values[self.anchor], masks[self.anchor]
+            if full[self.anchor] and m.shape[-1]:
+                shift = z[..., :d].sum(-2) / m.shape[-1]
+            else:
+                shift = np.where(m[..., None], z[..., :d], 0).sum(-2) / np.maximum(m.sum(-1), 1)[..., None]
+            values[self.anchor] = z[..., :d] - shift[..., None, :] if z.shape[-1] == d else \
+                np.concatenate([z[..., :d] - shift[..., None, :], z[..., d:]], -1)
+        elif self.scale_source:
+            z, m, p = values[self.scale_source], masks[self.scale_source], self.scale_power
+            mean = np.where(m[..., None], z * z, 0).sum((-2, -1)) / (np.maximum(m.sum(-1), 1) * z.shape[-1])
+            mean = np.where(m.any(-1), np.maximum(mean, 1e-30), 1.0)  # a = log(mean) / 2p; z e^{-pa} = z / sqrt(mean)
+            values[self.scale_source] = z / np.sqrt(mean)[..., None, None]
+            shift = np.log(mean)[..., None] / (2 * p)
+        if parameters is not None:
+            x = parameters.detach().numpy()
+            mid, half = self._raw_bounds("parameter")
+            prior = (np.abs(x - mid) > half).any(-1)
+        else:
+            c = chart.detach().numpy()
+            coords = c[..., 1:]
+            mid, half = self._raw_bounds("component")
+            if shift is not None:  # means relative to the anchor
+                dim = shift.shape[-1]
+                coords = np.concatenate([coords[..., :dim] - shift[..., None, :], coords[..., dim:]], -1)
+            prior = ((np.abs(coords - mid) > half).any(-1) & (c[..., 0] > -15.99)).any(-1)
+        data = count = False
+        for name in self.observation_low:
+            v, m = values[name], masks[name]
+            mid, half = self._raw_bounds(name)
+            outside = (np.abs(v - mid) > half).any(-1)
+            data = data | (outside.any(-1) if full[name] else (outside & m).any(-1))
+            if full[name]:
+                n = m.shape[-1]
+                count = count | bool((n > 0 and n < self.count_low[name]) or n > self.count_high[name])
+            else:
+                n = m.sum(-1)
+                count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+        flags = {"prior": prior, "data": data, "count": count}
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.shape == prior.shape
+                else torch.full(prior.shape, bool(v)) for k, v in flags.items()}
 
-            shift = anchor_of(obs, self.anchor, len(self.observation_low[self.anchor]))
+    def _raw_bounds(self, what: str):
+        """NumPy midpoints and half-widths of the bounds of ``what`` on the raw values (outside means
+        :math:`|x - m| > h`): for a model with bounded features the component bounds are mapped back through the
+        features (``sinh`` of the asinh bounds, and no upper bound on log scales whose features stop at the
+        ceiling), so that comparing raw values is comparing features."""
+        cache = self.__dict__.setdefault("_cache", {})
+        found = cache.get(("numpy", what))
+        if found is None:
+            found = cache[("numpy", what)] = self._raw_bounds_of(what)
+        return found
+
+    def _raw_bounds_of(self, what: str):
+        import numpy as np
+
+        from .nn.structure import FEATURE_LOG_SCALE_RANGE
+
+        low, high = (b.numpy().copy() for b in self._bounds(what, torch.float64, "cpu"))
+        if what == "component" and self.bounded:
+            dim = _dim_of_chart(low.size + 1)
+            asinh = np.r_[0:dim, 2 * dim:low.size]
+            low[asinh], high[asinh] = np.sinh(low[asinh]), np.sinh(high[asinh])
+            scales = slice(dim, 2 * dim)
+            high[scales] = np.where(high[scales] >= FEATURE_LOG_SCALE_RANGE[1], 700.0, high[scales])  # e^700: none
+        return (low + high) / 2, (high - low) / 2
+
+    def describe(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None, row: int) -> str:
+        """What lies outside for problem ``row`` of a flat batch, in words."""
+        obs, shift = self._framed(observations.index(torch.tensor([row])))
+        found = []
         if parameters is not None:
             found += _outside(self.parameter_names, parameters[row], parameters[row], self.parameter_low,
                               self.parameter_high, "prior")
         else:
             c = chart[row]
-            c = c[c[:, 0] > -15.99, 1:]
             dim = _dim_of_chart(chart.shape[-1])
-            if shift is not None:
-                c = torch.cat([c[:, :dim] - shift, c[:, dim:]], -1)
+            c = component_features(c[c[:, 0] > -15.99].unsqueeze(0), dim, shift, self.bounded)[0]
             if c.shape[0]:
                 found += _outside(self.component_names, c.amin(0), c.amax(0), self.component_low,
                                   self.component_high, "prior")
@@ -172,14 +251,32 @@ class TrainingSupport:
                 found.append(f"{n} {name!r} observations (trained with {self.count_low[name]}..{self.count_high[name]})")
             if n:
                 present = v[m]
-                if shift is not None and name == self.anchor:
-                    d = shift.shape[-1]
-                    present = torch.cat([present[:, :d] - shift, present[:, d:]], -1)
                 dims = [f"{name}[{i}]" for i in range(v.shape[-1])]
                 found += _outside(dims, present.amin(0), present.amax(0), self.observation_low[name],
                                   self.observation_high[name], "observation")
-        frame = f" (relative to the mean of {self.anchor!r})" if self.anchor else ""
+        frame = f" (means and data relative to the mean of {self.anchor!r})" if self.anchor else \
+            f" ({self.scale_source!r} at unit mean square)" if self.scale_source else ""
         return "; ".join(found) + frame if found else "inside every range"
+
+
+def framed_observations(observations: Observations, anchor: str, dim: int, scale_source: str, power: float
+                        ) -> tuple[Observations, Tensor | None]:
+    """The observations in the network's frame (``nn/structure.py``: relative to ``anchor``'s mean in its first
+    ``dim`` coordinates, or ``scale_source`` at unit mean square) and the shift ``(B, D)`` of the chart's means into
+    it (``None`` for no frame)."""
+    from .nn.structure import anchor_of, scale_anchor_of
+
+    values = dict(observations.values)
+    if anchor:
+        z = values[anchor]
+        shift = anchor_of(observations, anchor, dim)
+        values[anchor] = torch.cat([z[..., :dim] - shift.unsqueeze(-2), z[..., dim:]], -1)
+    elif scale_source:
+        shift = scale_anchor_of(observations, scale_source, power)
+        values[scale_source] = values[scale_source] * torch.exp(-power * shift).unsqueeze(-1)
+    else:
+        return observations, None
+    return Observations(values, dict(observations.masks)), shift
 
 
 def _dim_of_chart(size: int) -> int:
@@ -211,55 +308,80 @@ def warn_flagged(message: str, strict: bool, stacklevel: int) -> None:
                            module=frame.f_globals.get("__name__"), registry={})
 
 
-def component_coordinate_names(dim: int) -> tuple[str, ...]:
-    """Names of the chart coordinates but the weight: ``mean[i]``, ``log scale[i]``, ``scale[i,j]`` (j < i)."""
-    names = [f"mean[{i}]" for i in range(dim)] + [f"log scale[{i}]" for i in range(dim)]
-    names += [f"scale[{i},{j}]" for i in range(dim) for j in range(i)]
+def component_coordinate_names(dim: int, bounded: bool = False) -> tuple[str, ...]:
+    """Names of the checked component coordinates: ``mean[i]``, ``log scale[i]``, ``scale[i,j]`` (j < i), with
+    ``asinh`` before the means and off-diagonal entries of a model with bounded features."""
+    f = "asinh " if bounded else ""
+    names = [f"{f}mean[{i}]" for i in range(dim)] + [f"log scale[{i}]" for i in range(dim)]
+    names += [f"{f}scale[{i},{j}]" for i in range(dim) for j in range(i)]
     return tuple(names)
+
+
+def component_features(chart: Tensor, dim: int, shift: Tensor | None, bounded: bool) -> Tensor:
+    """The component coordinates the check compares ``(B, K, C - 1)``, from a chart ``(B, K, C)``: the chart but the
+    weight, means relative to ``shift`` ``(B, D)`` (the anchor, or ``None``). For a model with bounded features,
+    what the network reads (``structure.prior_features``) except that log scales below the features' floor keep
+    their value: above the ceiling a wider prior only flattens further against the likelihood (measured in
+    ``benchmarks/stress.md``), but below the floor the chart residual is not scaled to the component and the
+    model's error grows as the prior narrows."""
+    from .nn.structure import FEATURE_LOG_SCALE_RANGE
+
+    coords = chart[..., 1:]
+    if shift is not None:
+        coords = torch.cat([coords[..., :dim] - shift.unsqueeze(-2), coords[..., dim:]], -1)
+    if not bounded:
+        return coords
+    return torch.cat([torch.asinh(coords[..., :dim]), coords[..., dim:2 * dim].clamp_max(FEATURE_LOG_SCALE_RANGE[1]),
+                      torch.asinh(coords[..., 2 * dim:])], -1)
 
 
 def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
                      generator: torch.Generator | None = None, model=None) -> TrainingSupport:
     """Ranges of the training meta-prior (module docstring) from ``num_problems`` draws, in the frame of
     ``model`` (anchored or not; default: the problem's own frame, unanchored)."""
-    from .nn.structure import anchor_of
     from .nn.tokens import gmm_to_chart
 
     generator = generator or torch.Generator().manual_seed(7)
     batch = problem.sample_batch(num_problems, generator=generator)
-    anchor = model.config.anchor if model is not None else ""
-    obs = batch.observations
-    shift = anchor_of(obs, anchor, problem.dim).double() if anchor else None
+    config = model.config if model is not None else None
+    anchor = config.anchor if config is not None else ""
+    scale_source = config.scale_source if config is not None else ""
+    power = config.scale_power if config is not None else 0.5
+    bounded = bool(config is not None and config.bounded_prior_features)
+    obs, shift = framed_observations(batch.observations.to(torch.float64), anchor, problem.dim, scale_source, power)
 
     def widen(lo: Tensor, hi: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
         w = (hi - lo) * margin
         return tuple((lo - w).tolist()), tuple((hi + w).tolist())
 
-    component_low = component_high = parameter_low = parameter_high = ()
-    component_names = parameter_names = ()
+    parameter_low = parameter_high = parameter_names = ()
     if torch.is_tensor(batch.prior):
         from .distributions.transforms import Warp
 
+        if model is None:
+            raise ValueError(f"Expected the model whose prior encoder charts the parametric priors of problem "
+                             f"{problem.name!r}, but got none.")
         parameter_names = tuple(problem.prior_parameters)
         warped = Warp(list(problem.prior_parameters.values())).forward(batch.prior.double())
         parameter_low, parameter_high = widen(warped.amin(0), warped.amax(0))
+        if config.scale_parameter:  # any value: the encoder is exactly equivariant in it
+            i = parameter_names.index(config.scale_parameter)
+            parameter_low = parameter_low[:i] + (-1e300,) + parameter_low[i + 1:]
+            parameter_high = parameter_high[:i] + (1e300,) + parameter_high[i + 1:]
+        with torch.no_grad():  # the encoder's chart: what the network reads when given the prior's mixture instead
+            chart = model.encode_prior(batch.prior.to(model.prior_encoder.last.weight.dtype)).double()
     else:
         chart = gmm_to_chart(batch.prior).double()
-        coords = chart[..., 1:]
-        if shift is not None:
-            coords = torch.cat([coords[..., :problem.dim] - shift.unsqueeze(-2), coords[..., problem.dim:]], -1)
-        coords = coords[chart[..., 0] > -15.99]
-        component_names = component_coordinate_names(problem.dim)
-        component_low, component_high = widen(coords.amin(0), coords.amax(0))
+    coords = component_features(chart, problem.dim, shift, bounded)[chart[..., 0] > -15.99]
+    component_names = component_coordinate_names(problem.dim, bounded)
+    component_low, component_high = widen(coords.amin(0), coords.amax(0))
     obs_low, obs_high, count_low, count_high = {}, {}, {}, {}
     for name, values in obs.values.items():
         mask = obs.masks[name]
-        values = values.double()
-        if shift is not None and name == anchor:
-            values = torch.cat([values[..., :problem.dim] - shift.unsqueeze(-2), values[..., problem.dim:]], -1)
         present = values[mask]
         obs_low[name], obs_high[name] = widen(present.amin(0), present.amax(0))
         counts = mask.sum(-1)
         count_low[name], count_high[name] = int(counts.min()), int(counts.max())
     return TrainingSupport(component_names, component_low, component_high, parameter_names, parameter_low,
-                           parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components)
+                           parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components,
+                           bounded, scale_source, power)

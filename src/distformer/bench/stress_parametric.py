@@ -90,7 +90,6 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
 def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int = 24) -> list[dict]:
     import distformer
 
-    from ..problems.base import Batch
     from .stress import posterior_quietly, summarise
 
     model = distformer.pretrained("gp-hyperprior-5d")

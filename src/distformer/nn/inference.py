@@ -145,9 +145,12 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
     chart_or_none = None if flat_parameters is not None else chart
     reasons = support.outside(chart_or_none, obs, flat_parameters)
     flagged = reasons["prior"] | reasons["data"] | reasons["count"]
-    reliability = Reliability(~flagged.reshape(batch), {k: v.reshape(batch) for k, v in reasons.items()})
+    if flagged.shape != batch:
+        flagged = flagged.reshape(batch)
+        reasons = {k: v.reshape(batch) for k, v in reasons.items()}
+    reliability = Reliability(~flagged, reasons)
     if bool(flagged.any()):
-        row = int(flagged.nonzero()[0])
+        row = int(flagged.reshape(-1).nonzero()[0])
         detail = f"e.g. problem {row} (flat index): {support.describe(chart_or_none, obs, flat_parameters, row)}"
         reliability = replace(reliability, detail=detail)
     return reliability
@@ -156,10 +159,15 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
 def _warn(model, reliability, strict: bool) -> None:
     from ..support import warn_flagged
 
-    detail = reliability.detail
-    warn_flagged(f"Expected problems the model is trained for, but {reliability.summary()}"
-                 + (f"; {detail}" if detail else "") + ". Their posteriors are not covered by the model's measured "
-                 "accuracy (see post.reliable).", strict, stacklevel=4)
+    why = []
+    if any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count") if k in reliability.reasons):
+        why.append("prior, data and count are numbers outside the ranges the model was trained and measured on"
+                   + (f" ({reliability.detail})" if reliability.detail else ""))
+    if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):
+        why.append("importance means the ratios of prior times likelihood to the posterior have a heavy tail "
+                   "(Pareto k above its threshold): the posterior misses or misplaces mass")
+    warn_flagged(f"Expected posteriors the model can vouch for, but {reliability.summary()}: " + "; ".join(why)
+                 + ". See post.reliable.", strict, stacklevel=4)
 
 
 def _parts(model, obs: Observations) -> list[Observations]:

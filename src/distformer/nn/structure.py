@@ -71,7 +71,7 @@ def framed(config, chart: Tensor, observations: Observations) -> tuple[Tensor, O
 
 
 def scale_anchor_of(observations: Observations, source: str, power: float) -> Tensor:
-    """The shift :math:`a = \log(\overline{z^2})/(2p)` ``(B, 1)`` of source ``source``'s present values (module
+    r"""The shift :math:`a = \log(\overline{z^2})/(2p)` ``(B, 1)`` of source ``source``'s present values (module
     docstring); 0 where none is present."""
     values, mask = observations.values[source], observations.masks[source].unsqueeze(-1)
     square = torch.where(mask, values.pow(2), torch.zeros((), dtype=values.dtype, device=values.device))

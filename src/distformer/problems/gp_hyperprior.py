@@ -117,6 +117,43 @@ class GPHyperprior(Problem):
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
         raise NotImplementedError("gp-hyperprior simulates prior, parameters and data jointly: use sample_batch.")
 
+    def log_likelihood(self, theta: Tensor, observations, prior: Tensor | None = None) -> Tensor:
+        r"""``log p(y | f(x*), l)`` for ``theta = (f(x*), l)`` ``(*S, *B, 2)`` under the priors ``(*B, 4)``
+        (required: the GP's mean ``m`` and scale ``s`` enter the likelihood); returns ``(*S, *B)``.
+
+        Given :math:`\ell` and :math:`f_\star = f(x_\star)`, the outputs are Gaussian,
+        :math:`y \mid f_\star, \ell \sim \mathcal Nig(m + k_\star (f_\star - m)/s^2,        K_\ell + \sigma_n^2 I - k_\star k_\star^	op / s^2ig)` with :math:`k_\star = k_\ell(x, x_\star)`."""
+        if prior is None:
+            raise ValueError("Expected the prior parameters (mean, scale, alpha, beta) as prior=..., since the GP's "
+                             "mean and scale enter this likelihood, but got none.")
+        obs = as_observations(observations, self.sources)
+        p = prior.to(theta.dtype)
+        data = obs.values["data"].to(theta.dtype)
+        x, y, mask = data[..., :-1], data[..., -1], obs.masks["data"]
+        xq = obs.values["query"].to(theta.dtype)[..., :1, :]
+        f, ell = theta[..., 0], theta[..., 1]
+        m, s = p[..., 0], p[..., 1]
+        K = rbf(x, x, ell, s)  # (*S, *B, N, N)
+        kq = rbf(x, xq, ell, s)[..., 0]  # (*S, *B, N)
+        cov = K - kq.unsqueeze(-1) * kq.unsqueeze(-2) / (s**2)[..., None, None]
+        present = (mask.unsqueeze(-1) & mask.unsqueeze(-2)).to(cov.dtype)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+        cov = cov * present + eye * (NOISE_VARIANCE * present + (1 - present))  # absent points decoupled
+        mean = m.unsqueeze(-1) + kq * ((f - m) / s**2).unsqueeze(-1)
+        r = torch.where(mask, y - mean, torch.zeros((), dtype=cov.dtype))
+        L = torch.linalg.cholesky(cov)
+        w = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False)[..., 0]
+        n = mask.sum(-1).to(cov.dtype)
+        return (-0.5 * w.pow(2).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+                - 0.5 * n * math.log(2 * math.pi))
+
+    def warped_target(self, prior: Tensor, observations):
+        """``(prior, likelihood)`` on the model's space :math:`(f_\star, \log\ell)` for ``refine``: the prior has
+        ``log_prob`` (``N(m, s^2)`` times the inverse gamma of :math:`\ell` with its Jacobian) and ``sample``,
+        and the likelihood is :meth:`log_likelihood` at :math:`\ell = e^u`."""
+        return _WarpedGPPrior(prior), lambda theta, obs: self.log_likelihood(
+            torch.stack([theta[..., 0], theta[..., 1].exp()], -1), obs, prior)
+
     def _conditionals(self, prior: Tensor, observations, ell: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For lengthscales ``ell`` ``(G, *B)``: ``log N(y; m, K + s_n^2 I)``, predictive mean and variance, each
         ``(G, *B)``."""
@@ -193,3 +230,24 @@ class GPHyperprior(Problem):
         weight = w.exp()
         m = (weight * mean).sum(0)
         return m, ((weight * (var + mean**2)).sum(0) - m**2).clamp_min(0).sqrt()
+
+
+class _WarpedGPPrior:
+    """The prior of :math:`(f_\star, u = \log\ell)` for parameters ``(*B, 4)``: ``log_prob`` of points ``(*S, *B, 2)``
+    and ``sample`` with an explicit generator."""
+
+    def __init__(self, prior: Tensor) -> None:
+        self.p = prior.double()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        m, s, a, b = self.p.unbind(-1)
+        f, u = x[..., 0], x[..., 1]
+        log_f = -0.5 * ((f - m) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
+        log_u = a * torch.log(b) - torch.lgamma(a) - a * u - b * torch.exp(-u)  # InvGamma density of e^u times e^u
+        return log_f + log_u
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = torch.Size(sample_shape) + self.p.shape[:-1]
+        m, s, a, b = (v.expand(shape) for v in self.p.unbind(-1))
+        f = m + s * torch.randn(shape, generator=generator, dtype=torch.float64)
+        return torch.stack([f, torch.log(inverse_gamma(a, b, generator))], -1)
