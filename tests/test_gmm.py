@@ -246,3 +246,27 @@ def test_bad_method_inputs(rng):
         gm.marginal([0, 0])
     with pytest.raises(ValueError, match="positive int"):
         gm.reduce(0)
+
+
+def test_weights_within_their_own_precision_are_accepted_and_renormalised():
+    """Float32 weights cast to float64, or float32 decimals summing to 1 + 2e-8, are valid weights (issue 31, 7)."""
+    thirds = torch.tensor([0.33333334] * 3)  # float32's nearest thirds sum to 1 + 2.2e-8 in float64
+    for w in (thirds.double(), torch.tensor([0.33333334] * 3, dtype=torch.float64), thirds):
+        gm = GaussianMixture(w, torch.zeros(3, 1, dtype=torch.float64), covariance_matrix=torch.ones(3, 1, 1))
+        tol = 1e-15 if gm.dtype == torch.float64 else 1e-6
+        assert abs(float(gm.weights.double().sum()) - 1) < tol
+    with pytest.raises(ValueError, match="sum to one"):  # a real mistake is still caught in float64
+        GaussianMixture(torch.tensor([0.5, 0.5001], dtype=torch.float64), torch.zeros(2, 1),
+                        covariance_matrix=torch.ones(2, 1, 1))
+
+
+def test_all_minus_infinity_logits_are_refused():
+    with pytest.raises(ValueError, match="every logit -inf"):
+        GaussianMixture(logits=torch.full((2, 3), -torch.inf), loc=torch.zeros(2, 3, 1),
+                        covariance_matrix=torch.ones(2, 3, 1, 1))
+
+
+def test_an_empty_sample_shape_gives_an_empty_tensor(rng):
+    gm = random_mixture((4,), 2, 3, rng)
+    assert gm.sample((0,)).shape == (0, 4, 3)
+    assert gm.sample((2, 0)).shape == (2, 0, 4, 3)

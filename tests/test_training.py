@@ -304,3 +304,23 @@ def test_init_blocks_starts_a_shallower_model_from_chosen_blocks_of_a_deeper_one
             TrainConfig.from_dict(config.to_dict() | {"init_blocks": bad})
     with pytest.raises(ValueError, match="with init set"):
         TrainConfig.from_dict(config.to_dict() | {"init": None})
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("grad_clip", 0, "grad_clip > 0"), ("grad_clip", -1, "grad_clip > 0"), ("weight_decay", -0.1, "weight_decay >= 0"),
+    ("num_threads", 0, "num_threads >= 1"), ("steps", "lots", "steps to be a whole number"),
+    ("batch_size", 256.5, "batch_size to be a whole number"), ("lr", "fast", "lr to be a number"),
+    ("prior_loss", "yes", "prior_loss to be true or false")])
+def test_config_fields_are_checked_with_one_sentence(field, value, match):
+    """Values that used to train silently to a useless model, or fail deep inside (issue 31, items 3 and 9)."""
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(TINY.to_dict() | {field: value})
+
+
+def test_yaml_exponents_become_numbers_and_other_suffixes_are_refused(tmp_path):
+    config = TrainConfig.from_yaml("lr: 1e-3\nsteps: 10\n")  # PyYAML reads 1e-3 (no dot) as a string
+    assert config.lr == 1e-3 and isinstance(config.lr, float)
+    path = tmp_path / "config.txt"
+    path.write_text("steps: 10\n")
+    with pytest.raises(ValueError, match="ending in .yaml or .yml"):
+        TrainConfig.from_yaml(path)

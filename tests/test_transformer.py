@@ -270,6 +270,8 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
         _assert_matches_to_1e_5(program(prior.log_weights, prior.loc, prior.scale_tril, z, mask), eager)
     with pytest.raises(ValueError, match="format among"):
         model.export(tmp_path / "x.tflite", format="tflite")
+    with pytest.raises(ValueError, match="positive int num_components"):  # not silently the trained K
+        model.export(tmp_path / "x.pt", num_components=0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
         with pytest.raises(RuntimeError, match="Expected the packages onnx and onnxscript"):

@@ -101,11 +101,15 @@ class GaussianMixture(Distribution):
         matrix = matrix.expand(*batch_shape, k, d, d)
         if weights is not None:
             if validate:
-                self._check_weights(mix)
+                self._check_weights(mix, weights.dtype)
+                mix = mix / mix.sum(-1, keepdim=True)  # exactly normalised within the tolerance accepted
             log_weights = mix.clamp_min(0).log()
         else:
             if validate and bool(torch.isnan(mix).any() | torch.isposinf(mix).any()):
                 raise ValueError("Expected logits to contain no NaN or +inf, but found some.")
+            if validate and mix.shape[-1] and bool(torch.isneginf(mix).all(-1).any()):
+                raise ValueError("Expected at least one finite logit per mixture, but some mixture has every logit "
+                                 "-inf (all weights zero).")
             log_weights = torch.log_softmax(mix, dim=-1)
         if covariance_matrix is not None:
             if validate:
@@ -168,10 +172,13 @@ class GaussianMixture(Distribution):
                 raise ValueError(f"Expected {name} to be finite, but found NaN or inf.")
 
     @staticmethod
-    def _check_weights(weights: Tensor) -> None:
+    def _check_weights(weights: Tensor, given: torch.dtype) -> None:
+        """Non-negative weights summing to one within the precision of the weights as given (``given``): 1e-4
+        for float32 and narrower, 1e-6 for float64 (float32 numbers cast to float64, or typed as decimals of
+        float32 precision, sum to one only within about 1e-7)."""
         if bool((weights < 0).any()):
             raise ValueError("Expected non-negative weights, but found negative entries.")
-        tol = 1e-8 if weights.dtype == torch.float64 else 1e-4
+        tol = 1e-6 if given == torch.float64 else 1e-4
         total = weights.sum(-1)
         worst = float((total - 1).abs().max())
         if worst > tol:
@@ -257,6 +264,8 @@ class GaussianMixture(Distribution):
         sample_shape = torch.Size(sample_shape)
         n = sample_shape.numel()
         b = self.batch_shape.numel()
+        if n == 0 or b == 0:  # as torch.distributions: an empty sample shape gives an empty tensor
+            return torch.empty(*sample_shape, *self.batch_shape, self.dim, dtype=self.dtype, device=self.device)
         probs = self.weights.reshape(b, self.num_components)
         with torch.no_grad():
             idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # (b, n)

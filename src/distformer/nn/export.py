@@ -101,7 +101,7 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     """
     if format not in FORMATS:
         raise ValueError(f"Expected format among {FORMATS}, but got {format!r}.")
-    K = num_components or model.card.get("support", {}).get("num_components") or 4
+    K = model.config.num_components if num_components is None else num_components
     if not isinstance(K, int) or K < 1 or not isinstance(max_observations, int) or max_observations < 1:
         raise ValueError(f"Expected positive int num_components and max_observations, but got {K!r} and "
                          f"{max_observations!r}.")

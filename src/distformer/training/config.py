@@ -85,6 +85,10 @@ class TrainConfig:
     init_blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, INT_FIELDS, FLOAT_FIELDS, BOOL_FIELDS)
+        if not self.grad_clip > 0 or self.weight_decay < 0 or (self.num_threads is not None and self.num_threads < 1):
+            raise ValueError(f"Expected grad_clip > 0, weight_decay >= 0 and num_threads >= 1 (or null), but got "
+                             f"{self.grad_clip}, {self.weight_decay} and {self.num_threads}.")
         for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, but got {getattr(self, name)}.")
@@ -135,11 +139,50 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> "TrainConfig":
-        text = Path(path_or_text).read_text() if Path(str(path_or_text)).suffix in {".yaml", ".yml"} else str(path_or_text)
+        """A config from a ``.yaml``/``.yml`` file, or from YAML text (anything that contains a newline or a
+        colon); a path with another suffix is refused rather than parsed as text."""
+        raw = str(path_or_text)
+        is_path = isinstance(path_or_text, Path) or ("\n" not in raw and ":" not in raw)
+        if is_path and Path(raw).suffix not in {".yaml", ".yml"}:
+            raise ValueError(f"Expected a config file ending in .yaml or .yml, but got {raw!r}.")
+        text = Path(raw).read_text() if Path(raw).suffix in {".yaml", ".yml"} and "\n" not in raw else raw
         data = yaml.safe_load(text)
         if not isinstance(data, Mapping):
             raise ValueError(f"Expected a YAML mapping of TrainConfig fields, but got {type(data).__name__}.")
         return cls.from_dict(data)
+
+
+INT_FIELDS = ("steps", "batch_size", "warmup_steps", "seed", "validation_size", "validate_every", "checkpoint_every",
+              "data_shards", "num_threads")
+FLOAT_FIELDS = ("lr", "final_lr_ratio", "weight_decay", "grad_clip", "weight_average_decay")
+BOOL_FIELDS = ("prior_loss",)
+
+
+def _check_types(config, ints, floats, bools) -> None:
+    """Every numeric field of ``config`` an int or float as declared: numeric strings such as ``"1e-3"`` (how
+    PyYAML reads exponents without a dot) become floats; anything else raises one sentence naming the field."""
+    for name in floats:
+        value = getattr(config, name)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"Expected {name} to be a number, but got {value!r}.") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"Expected {name} to be a number, but got {value!r}.")
+        object.__setattr__(config, name, float(value))
+    for name in ints:
+        value = getattr(config, name)
+        if value is None and name == "num_threads":
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"Expected {name} to be a whole number, but got {value!r}.")
+        object.__setattr__(config, name, value)
+    for name in bools:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"Expected {name} to be true or false, but got {getattr(config, name)!r}.")
 
 
 def _check_fields(cls, data: Any, what: str) -> None:
