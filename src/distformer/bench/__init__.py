@@ -6,11 +6,11 @@ from pathlib import Path
 
 
 def _runners():
-    from . import components, dimensions, gp_hyperprior, inverse_gamma, linear_gaussian, lti, quantum, refine, sensor_fusion, speed, stochastic_volatility, time_to_accuracy
+    from . import components, dimensions, gp_hyperprior, inverse_gamma, linear_gaussian, lti, quantum, refine, sensor_fusion, speed, stochastic_volatility, stress, time_to_accuracy
 
     return {"components": components.run, "dimensions": dimensions.run, "gp-hyperprior": gp_hyperprior.run, "inverse-gamma": inverse_gamma.run, "linear-gaussian": linear_gaussian.run, "lti": lti.run, "quantum": quantum.run,
             "refine": refine.run,
-            "sensor-fusion": sensor_fusion.run, "speed": speed.run,
+            "sensor-fusion": sensor_fusion.run, "speed": speed.run, "stress": stress.run,
             "stochastic-volatility": stochastic_volatility.run, "time-to-accuracy": time_to_accuracy.run}
 
 

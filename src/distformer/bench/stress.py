@@ -77,9 +77,41 @@ def summarise(model: str, family: str, kl: torch.Tensor, flagged: torch.Tensor) 
     }
 
 
+def flag_cost(repeats: int, batch: int, generator: torch.Generator) -> dict:
+    """Time of ``linear-gaussian-2d``'s ``posterior`` with the flag (``check=True``), without it (``check=False``)
+    and with the importance check: batch 1 (20 observations) on one thread, and a batch of ``batch`` problems
+    on the machine's threads; medians of interleaved calls."""
+    import distformer
+
+    from .timing import interleaved_median_seconds, threads
+
+    model = distformer.pretrained("linear-gaussian-2d")
+    problem = get("linear-gaussian", **model.card["problem"]["options"])
+    data = problem.sample_batch(batch, generator=generator)
+    z = data.theta.unsqueeze(-2) + torch.randn(batch, 20, 2, generator=generator)
+    one_prior, one_z = data.prior[:1], z[:1]
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    with threads(1):
+        t = interleaved_median_seconds({
+            "flag": lambda: posterior_quietly(model, one_prior, one_z),
+            "no flag": lambda: model.posterior(one_prior, one_z, check=False),
+            "importance check": lambda: posterior_quietly(model, one_prior, one_z, check="importance", generator=g),
+            "exact update": lambda: one_prior.condition_linear_gaussian(torch.eye(2), torch.eye(2), one_z)},
+            repeats, 20)
+        out["batch1_ms_1thread"] = {k: 1e3 * v for k, v in t.items()}
+    with threads(torch.get_num_threads()):
+        t = interleaved_median_seconds({
+            "flag": lambda: posterior_quietly(model, data.prior, z),
+            "no flag": lambda: model.posterior(data.prior, z, check=False)}, 7, 2)
+        out["batched_problems_per_s"] = {k: batch / v for k, v in t.items()}
+        out["batch"], out["threads"] = batch, torch.get_num_threads()
+    return out
+
+
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
     """Run the benchmark and write ``out_dir/stress.{md,json}``."""
-    from .stress_parametric import parametric_rows
+    from .stress_parametric import gp_refinement, parametric_rows
 
     generator = torch.Generator().manual_seed(SEED)
     n, kl_samples = (50, 128) if quick else (300, 512)
@@ -87,6 +119,10 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     for name in ("linear-gaussian-2d", "linear-gaussian-1d"):
         rows += mixture_rows(name, n, kl_samples, generator)
     rows += parametric_rows(n, kl_samples, generator)
+    stage("stress", "cost of the flag")
+    cost = flag_cost(30 if quick else 300, 1000 if quick else 10000, generator)
+    stage("stress", "gp-hyperprior-5d: refine with its likelihood")
+    gp = gp_refinement(20 if quick else 200, 512 if quick else 4096, generator)
     command = "distformer bench stress" + (" --quick" if quick else "")
     lines = [
         "# stress: priors users write, and the per-problem reliability flag",
@@ -110,4 +146,25 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     lines += ["", f"Largest silent-failure share: {worst_silent['silent']:.1%} ({worst_silent['model']}, "
               f"{worst_silent['family']}); largest false-alarm share: {worst_alarm['false_alarm']:.1%} "
               f"({worst_alarm['model']}, {worst_alarm['family']})."]
-    return write_report(out_dir, "stress", lines, {"command": command, "rows": rows})
+    b1, thr = cost["batch1_ms_1thread"], cost["batched_problems_per_s"]
+    lines += ["", "## Cost of the flag (`linear-gaussian-2d`, 20 observations per problem)", "",
+              "| | batch 1, one thread | batched, problems/s |", "|---|---|---|",
+              f"| `posterior` with the flag (default) | {b1['flag']:.3f} ms | {thr['flag']:,.0f} |",
+              f"| `posterior(check=False)` | {b1['no flag']:.3f} ms | {thr['no flag']:,.0f} |",
+              f"| `posterior(check=\"importance\")`, 256 draws | {b1['importance check']:.3f} ms | – |",
+              f"| exact update (`condition_linear_gaussian`) | {b1['exact update']:.3f} ms | – |", "",
+              f"Batch 1: medians of {30 if quick else 300} interleaved calls. Batched: {cost['batch']:,} problems, "
+              f"{cost['threads']} threads, medians of 7 interleaved calls; with the flag "
+              f"{thr['flag'] / thr['no flag']:.0%} of the throughput without it.",
+              "", "## gp-hyperprior-5d: refine with its likelihood", "",
+              f"{gp['problems']} problems from its meta-prior; NLL of the true f(x*) under the marginal of each "
+              f"posterior (mean ± 95%); `refine` with {gp['draws']} draws and the GP likelihood "
+              "(`problem.warped_target`).", "",
+              "| | f(x*) NLL | time per problem |", "|---|---|---|",
+              f"| model | {gp['nll_model']} | {gp['model_ms']:.3f} ms (batched) |",
+              f"| model + `refine` | {gp['nll_refined']} | {gp['refine_ms']:.0f} ms |",
+              f"| quadrature reference | {gp['nll_reference']} | {gp['reference_ms']:.1f} ms |", "",
+              f"Refined minus reference, paired: {gp['gap_refined']}; Pareto k̂ above its threshold on "
+              f"{gp['flagged']:.1%} of the problems."]
+    return write_report(out_dir, "stress", lines, {"command": command, "rows": rows, "flag_cost": cost,
+                                                    "gp_refinement": gp})

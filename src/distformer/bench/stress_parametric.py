@@ -157,3 +157,38 @@ def _resimulated(problem, prior, batch, generator):
 
 def parametric_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
     return inverse_gamma_rows(n, kl_samples, generator) + quantum_rows(n, generator) + gp_rows(n, generator)
+
+
+def gp_refinement(n: int, draws: int, generator: torch.Generator) -> dict:
+    """``gp-hyperprior-5d`` on ``n`` meta-prior problems: f(x*) NLL of the model, of ``refine`` with the GP
+    likelihood, and of the quadrature reference, with each one's time per problem."""
+    import time
+
+    import distformer
+
+    from ..diagnostics import estimate
+    from ..refinement import refine
+
+    model = distformer.pretrained("gp-hyperprior-5d")
+    problem = get("gp-hyperprior", **model.card["problem"]["options"])
+    batch = problem.sample_batch(n, generator)
+    f_true = batch.theta[:, :1].double()
+    start = time.perf_counter()
+    post = model.posterior(batch.prior, batch.observations)
+    model_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ref = problem.reference_log_prob(batch.prior, batch.observations, batch.theta)
+    reference_s = time.perf_counter() - start
+    prior, likelihood = problem.warped_target(batch.prior, batch.observations)
+    start = time.perf_counter()
+    r = refine(post.base.to(torch.float64), prior, likelihood, batch.observations, n=draws, generator=generator)
+    refine_s = time.perf_counter() - start
+    nll_model = -post.base.to(torch.float64).marginal([0]).log_prob(f_true)
+    nll_refined = -r.posterior.marginal([0]).log_prob(f_true)
+    nll_reference = -ref["f"]
+    return {"problems": n, "draws": draws, "nll_model": str(estimate(nll_model)),
+            "nll_refined": str(estimate(nll_refined)), "nll_reference": str(estimate(nll_reference)),
+            "gap_refined": str(estimate(nll_refined - nll_reference)),
+            "gap_refined_mean": float((nll_refined - nll_reference).mean()),
+            "model_ms": 1e3 * model_s / n, "refine_ms": 1e3 * refine_s / n, "reference_ms": 1e3 * reference_s / n,
+            "flagged": float((~r.reliable).double().mean())}
