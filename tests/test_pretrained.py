@@ -148,8 +148,46 @@ def test_infer_command_matches_the_exact_posterior(tmp_path, capsys):
     # (benchmarks/stress.md, about 0.045 sd), so 0.1 sd (0.005 nats) fails a model five times worse
     assert ((torch.tensor(answer["mean"]) - exact.mean).abs() < 0.1 * sd).all()
     path.write_text(json.dumps({"prior": request["prior"]}))
-    with pytest.raises(SystemExit, match="'observations'"):
-        main(["infer", "--input", str(path)])
+    assert main(["infer", "--input", str(path)]) == 2
+    assert "'observations'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "got nothing"), ("{not json", "not JSON"),
+    ('{"prior": {"loc": [[0, 0]], "covariance_matrix": [[[1, 0], [0, 1]]]}, "observations": [[0, 0]]}',
+     "'weights' \\(or 'logits'\\)"),
+    ('{"prior": {"weights": ["a"], "loc": [[0, 0]], "covariance_matrix": [[[1, 0], [0, 1]]]}, "observations": [[0, 0]]}',
+     "'weights' as nested lists of numbers"),
+    ('{"prior": {"weights": [1], "loc": [[0, 0], [1]], "covariance_matrix": [[[1, 0], [0, 1]]]}, "observations": [[0, 0]]}',
+     "'loc' as nested lists"),
+    ('{"prior": "wide", "observations": [[0, 0]]}', "'prior' as an object"),
+    ('{"prior": {"weights": [1], "loc": [[0, 0]], "covariance_matrix": [[[1, 0], [0, 1]]]}, "observations": {"y": [[0, 0]]}}',
+     "for the sources \\['z'\\]")])
+def test_infer_input_errors_are_one_line_with_exit_code_2(tmp_path, capsys, text, match):
+    """Each bad request gives one 'error: ...' line and exit code 2, not a traceback (issue 31, items 10-11)."""
+    import re
+
+    path = tmp_path / "request.json"
+    path.write_text(text)
+    assert main(["infer", "--input", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(match, err), err
+    with pytest.raises(ValueError):  # --debug shows the exception itself
+        main(["--debug", "infer", "--input", str(path)])
+
+
+def test_infer_takes_logits_and_a_dict_of_sources(tmp_path, capsys):
+    request = {"prior": {"logits": [0.0, 0.0], "loc": [[0.0, 0.0], [3.0, 1.0]],
+                         "covariance_matrix": [[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.0], [0.0, 0.5]]]},
+               "observations": {"z": [[2.5, 1.0], [2.8, 0.7]]}}
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+    assert main(["infer", "--input", str(path)]) == 0
+    by_logits = json.loads(capsys.readouterr().out)
+    request["prior"] = {"weights": [0.5, 0.5]} | {k: request["prior"][k] for k in ("loc", "covariance_matrix")}
+    path.write_text(json.dumps(request))
+    assert main(["infer", "--input", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["mean"] == pytest.approx(by_logits["mean"], abs=1e-6)
 
 
 def test_check_command_writes_a_calibration_report(tmp_path, capsys):

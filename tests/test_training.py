@@ -324,3 +324,16 @@ def test_yaml_exponents_become_numbers_and_other_suffixes_are_refused(tmp_path):
     path.write_text("steps: 10\n")
     with pytest.raises(ValueError, match="ending in .yaml or .yml"):
         TrainConfig.from_yaml(path)
+
+
+def test_train_command_refuses_to_overwrite_a_checkpoint_without_resume_or_overwrite(tmp_path, capsys):
+    """A second run after a crash must not silently start from scratch over the saved step (issue 31, item 2)."""
+    from distformer.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    TINY.to_yaml(config)
+    out = tmp_path / "model"
+    (tmp_path / "model.ckpt.safetensors").write_bytes(b"a checkpoint from an earlier run")
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 2
+    assert "--resume to continue it or --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "model.ckpt.safetensors").read_bytes() == b"a checkpoint from an earlier run"

@@ -14,6 +14,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig.from_yaml(args.config)
     checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
+    from pathlib import Path
+
+    if not (args.resume or args.overwrite):
+        existing = [p for p in (Path(checkpoint), Path(f"{args.out}.safetensors")) if p.exists()]
+        if existing:
+            raise ValueError(f"Expected no checkpoint or model at {existing[0]} (a crashed or finished run), but one "
+                             "is there; pass --resume to continue it or --overwrite to start again.")
     if args.nproc > 1:
         from .training.distributed import spawn_training, train_worker
 
@@ -68,29 +75,22 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .distributions.gmm import GaussianMixture
     from .zoo import load_named_or_path
 
     with (sys.stdin if args.input == "-" else open(args.input)) as f:
-        request = json.load(f)
+        text = f.read()
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError:
+        where = "standard input" if args.input == "-" else args.input
+        raise ValueError(f"Expected a JSON object on {where}, but got {'nothing' if not text.strip() else 'text that is not JSON'}.") from None
     if not isinstance(request, dict) or "prior" not in request or "observations" not in request:
         got = sorted(request) if isinstance(request, dict) else type(request).__name__
-        raise SystemExit("Expected a JSON object with 'prior' {weights, loc, covariance_matrix} and "
-                         f"'observations' (a list of points), but got keys {got}.")
+        raise ValueError("Expected a JSON object with 'prior' {weights or logits, loc, covariance_matrix} and "
+                         f"'observations' (a list of points, or an object of them per source), but got {got}.")
     model = load_named_or_path(args.model)
-    p = request["prior"]
-    if model.is_parametric:  # a parametric prior: {"alpha": 2.0, "beta": 1.5}, in the model's parameter order
-        names = list(model.config.prior_parameters)
-        if not isinstance(p, dict) or set(p) != set(names):
-            raise SystemExit(f"Expected 'prior' to give this model's prior parameters {names}, but got {p!r}.")
-        prior = torch.tensor([float(p[k]) for k in names], dtype=torch.float64)
-    else:
-        prior = GaussianMixture(torch.tensor(p["weights"], dtype=torch.float64),
-                                torch.tensor(p["loc"], dtype=torch.float64),
-                                covariance_matrix=torch.tensor(p["covariance_matrix"], dtype=torch.float64))
-    z = torch.tensor(request["observations"], dtype=torch.float64)
-    if z.dim() == 1:  # a flat list of numbers: scalar observations
-        z = z.unsqueeze(-1)
+    prior = _json_prior(model, request["prior"])
+    z = _json_observations(model, request["observations"])
     post = model.posterior(prior, z)
     reply = {}
     if model.warp is not None:  # the mixture lives on the warped space; say which, and give moments by sampling
@@ -103,6 +103,51 @@ def _cmd_infer(args: argparse.Namespace) -> int:
               "mean": post.mean.tolist(), "mixture_covariance": post.covariance_matrix.tolist()}
     print(json.dumps(reply))
     return 0
+
+
+def _numbers(value, what: str):
+    """A tensor of float64 from nested JSON lists of numbers, or one sentence saying what was wrong."""
+    import torch
+
+    try:
+        if isinstance(value, (str, dict)) or value is None:
+            raise TypeError
+        return torch.tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"Expected {what} as nested lists of numbers of even length, but got {value!r:.80}.") from None
+
+
+def _json_prior(model, p):
+    import torch
+
+    from .distributions.gmm import GaussianMixture
+
+    if model.is_parametric:  # a parametric prior: {"alpha": 2.0, "beta": 1.5}, in the model's parameter order
+        names = list(model.config.prior_parameters)
+        if not isinstance(p, dict) or set(p) != set(names):
+            raise ValueError(f"Expected 'prior' to give this model's prior parameters {names}, but got {p!r:.80}.")
+        return torch.stack([_numbers(p[k], f"prior parameter {k!r}") for k in names])
+    if not isinstance(p, dict) or not ({"weights", "logits"} & set(p)) or not {"loc", "covariance_matrix"} <= set(p):
+        raise ValueError("Expected 'prior' as an object with 'weights' (or 'logits'), 'loc' and 'covariance_matrix', "
+                         f"but got {p!r:.80}.")
+    mix = {"weights": _numbers(p["weights"], "'weights'")} if "weights" in p else \
+        {"logits": _numbers(p["logits"], "'logits'")}
+    return GaussianMixture(**mix, loc=_numbers(p["loc"], "'loc'"),
+                           covariance_matrix=_numbers(p["covariance_matrix"], "'covariance_matrix'"))
+
+
+def _json_observations(model, observations):
+    """A tensor for a one-source model, or a dict of tensors (one entry per source) for any model."""
+    def points(value, what):
+        z = _numbers(value, what)
+        return z.unsqueeze(-1) if z.dim() == 1 else z  # a flat list of numbers: scalar observations
+
+    if isinstance(observations, dict):
+        sources = list(model.config.sources)
+        if set(observations) != set(sources):
+            raise ValueError(f"Expected 'observations' for the sources {sources}, but got {sorted(observations)}.")
+        return {name: points(observations[name], f"observations {name!r}") for name in sources}
+    return points(observations, "'observations'")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -148,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="model path stem: writes OUT.safetensors and OUT.json")
     p.add_argument("--checkpoint", help="checkpoint file (default OUT.ckpt.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again over an existing checkpoint or model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (gloo on CPU, NCCL on GPU); see also torchrun")
@@ -181,8 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", default="-", help="JSON file with 'prior' and 'observations' (default: stdin)")
     p.set_defaults(func=_cmd_infer)
 
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.debug:
+        return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

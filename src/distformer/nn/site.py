@@ -13,9 +13,10 @@ the natural-parameter (information-form) update: additive in :math:`(\Lambda, \L
 likelihood this is exact with :math:`P_k = nH^\top R^{-1}H`, :math:`m_k` the least-squares point of the data, and
 :math:`\delta_k` the log evidence; for other likelihoods it is the Laplace/EP form of a likelihood term. A further
 chart residual (``c' \leftarrow c' + r_k``, starting at zero) keeps the head fully general, e.g. for components that
-must widen. The site starts at unit precision centred at the origin
-(:math:`\log\operatorname{diag}M = 0`): starting near zero precision instead makes training several times
-slower, because Adam moves the log-precision by about one learning rate per step.
+must widen; a model whose likelihood the site can represent exactly drops it (``ModelConfig.site_residual``), so
+that every component of its posterior is exactly the prior component times the site. The site starts at unit
+precision centred at the origin (:math:`\log\operatorname{diag}M = 0`): starting near zero precision instead makes
+training several times slower, because Adam moves the log-precision by about one learning rate per step.
 
 With ``evidence`` (``ModelConfig.site_evidence``) the weight change also holds the site's Gaussian evidence under
 the prior component, :math:`\log w_k' = \log w_k + \delta_k + \log\mathcal N(m_k;\ \mu_k,\ \Sigma_k + P_k^{-1})`,
@@ -53,9 +54,10 @@ from .tokens import chart_from_parts, chart_size, tril_from_parts
 SITE_LOG_DIAG_INIT = 0.0
 
 
-def head_size(dim: int) -> int:
-    """Outputs per token: weight change 1, site mean D, site factor D(D+1)/2, chart residual."""
-    return 1 + dim + dim * (dim + 1) // 2 + chart_size(dim)
+def head_size(dim: int, residual: bool = True) -> int:
+    """Outputs per token: weight change 1, site mean D, site factor D(D+1)/2, and the chart residual unless
+    ``residual`` is off (``ModelConfig.site_residual``)."""
+    return 1 + dim + dim * (dim + 1) // 2 + (chart_size(dim) if residual else 0)
 
 
 def apply_site(chart: Tensor, head: Tensor, dim: int, evidence: bool = False) -> Tensor:
@@ -69,7 +71,7 @@ def apply_site(chart: Tensor, head: Tensor, dim: int, evidence: bool = False) ->
     d_log_w, site_mean = head[..., 0], head[..., 1:1 + dim]
     m_log_diag = (head[..., 1 + dim:1 + 2 * dim] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0)
     M = tril_from_parts(m_log_diag.exp(), head[..., 1 + 2 * dim:1 + dim + n_tril], dim)
-    residual = head[..., 1 + dim + n_tril:]
+    residual = head[..., 1 + dim + n_tril:] if head.shape[-1] > 1 + dim + n_tril else None
     precision = symmetrize(inverse_from_factor(L) + M @ M.transpose(-1, -2))  # SPD by construction
     cov = symmetrize(inverse_from_factor(cholesky_factor(precision)))
     site_force = M @ (M.transpose(-1, -2) @ (site_mean - loc).unsqueeze(-1))
@@ -81,7 +83,8 @@ def apply_site(chart: Tensor, head: Tensor, dim: int, evidence: bool = False) ->
         log_det = (m_log_diag.sum(-1) - chart[..., 1 + dim:1 + 2 * dim].sum(-1)
                    + new_L.diagonal(dim1=-2, dim2=-1).log().sum(-1))
         d_log_w = d_log_w - 0.5 * quadratic + log_det
-    return chart_from_parts(log_w + d_log_w, loc + step, new_L, dim) + residual
+    out = chart_from_parts(log_w + d_log_w, loc + step, new_L, dim)
+    return out if residual is None else out + residual
 
 
 def _lower(diagonal: Tensor, off: Tensor, dim: int) -> Entries:
@@ -124,4 +127,5 @@ def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool 
         log_w = log_w - 0.5 * quadratic + log_det
     columns = ([log_w] + loc + [factor[i][i].log() for i in range(D)]
                + [factor[i][j] for i in range(D) for j in range(i)])
-    return torch.stack(columns, -1) + head[..., 1 + D + n_tril:]
+    out = torch.stack(columns, -1)
+    return out + head[..., 1 + D + n_tril:] if head.shape[-1] > 1 + D + n_tril else out

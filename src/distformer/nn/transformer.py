@@ -81,6 +81,8 @@ class ModelConfig:
             (``structure.py``), which makes the model translation-equivariant; empty means no anchoring.
         site_evidence: the weight change includes the site's Gaussian evidence (``site.py``): Bayes' rule for
             the weights wherever the site is right.
+        site_residual: the head also emits a chart residual added to each posterior component (``site.py``);
+            off, every posterior component is exactly its prior component times the site.
         bounded_prior_features: the component embedding reads bounded features of the chart
             (``structure.prior_features``) instead of the chart itself.
         scale_source, scale_power: for a scale problem (one latent coordinate, log warp), the source whose values
@@ -109,6 +111,7 @@ class ModelConfig:
     prior_logits: str = "normalized"
     anchor: str = ""
     site_evidence: bool = False
+    site_residual: bool = True
     bounded_prior_features: bool = False
     scale_source: str = ""
     scale_power: float = 0.5
@@ -200,7 +203,7 @@ class DistributionTransformer(nn.Module):
             DecoderBlock(config.d_model, config.num_heads, config.ff_dim) for _ in range(config.num_layers)
         ])
         self.final_norm = nn.LayerNorm(config.d_model)
-        self.head = MLP([config.d_model, config.hidden, head_size(config.dim)])
+        self.head = MLP([config.d_model, config.hidden, head_size(config.dim, config.site_residual)])
         nn.init.zeros_(self.head.last.weight)
         nn.init.zeros_(self.head.last.bias)
         if config.prior_parameters:

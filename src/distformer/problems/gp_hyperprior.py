@@ -148,7 +148,7 @@ class GPHyperprior(Problem):
                 - 0.5 * n * math.log(2 * math.pi))
 
     def warped_target(self, prior: Tensor, observations):
-        """``(prior, likelihood)`` on the model's space :math:`(f_\star, \log\ell)` for ``refine``: the prior has
+        r"""``(prior, likelihood)`` on the model's space :math:`(f_\star, \log\ell)` for ``refine``: the prior has
         ``log_prob`` (``N(m, s^2)`` times the inverse gamma of :math:`\ell` with its Jacobian) and ``sample``,
         and the likelihood is :meth:`log_likelihood` at :math:`\ell = e^u`."""
         return _WarpedGPPrior(prior), lambda theta, obs: self.log_likelihood(
@@ -233,7 +233,7 @@ class GPHyperprior(Problem):
 
 
 class _WarpedGPPrior:
-    """The prior of :math:`(f_\star, u = \log\ell)` for parameters ``(*B, 4)``: ``log_prob`` of points ``(*S, *B, 2)``
+    r"""The prior of :math:`(f_\star, u = \log\ell)` for parameters ``(*B, 4)``: ``log_prob`` of points ``(*S, *B, 2)``
     and ``sample`` with an explicit generator."""
 
     def __init__(self, prior: Tensor) -> None:

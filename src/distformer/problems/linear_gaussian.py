@@ -127,7 +127,7 @@ class LinearGaussian(Problem):
 META_PRIORS = ("standard", "broad")
 
 BROAD_DESCRIPTION = ("K={K} components; a mixture of families: 30% standard (means N(0, 3^2 I), log sd ~ U(log 0.1, "
-                     "log 3)), 15% wide (means N(0, 10^2 I), log sd ~ U(log 3, log 40)), 15% narrow (log sd ~ "
+                     "log 3)), 15% wide (means N(0, 30^2 I), log sd ~ U(log 3, log 300)), 15% narrow (log sd ~ "
                      "U(log 0.005, log 0.1)), 15% correlated (axis sd ratios up to 50, |rho| up to 0.9996), 10% "
                      "separated (means N(0, 8^2 I), sd 0.3-1), 15% mixed scales (log sd ~ U(log 0.01, log 30)); "
                      "covariances rotated at random; weights Dirichlet(1), or Dirichlet(0.2) in 30% of priors")
@@ -138,9 +138,9 @@ def broad_gmm_priors(n: int, K: int, D: int, generator: torch.Generator | None =
     family = torch.multinomial(torch.tensor([0.30, 0.15, 0.15, 0.15, 0.10, 0.15]), n, replacement=True,
                                generator=generator)
     #                     standard  wide   narrow  correlated separated mixed
-    mean_scale = torch.tensor([3.0, 10.0, 3.0, 3.0, 8.0, 5.0])[family]
+    mean_scale = torch.tensor([3.0, 30.0, 3.0, 3.0, 8.0, 5.0])[family]
     low = torch.tensor([0.1, 3.0, 0.005, 0.1, 0.3, 0.01])[family].log()
-    high = torch.tensor([3.0, 40.0, 0.1, 3.0, 1.0, 30.0])[family].log()
+    high = torch.tensor([3.0, 300.0, 0.1, 3.0, 1.0, 30.0])[family].log()
     log_std = low[:, None, None] + (high - low)[:, None, None] * torch.rand(n, K, D, generator=generator)
     correlated = (family == 3)[:, None, None]
     ratio = math.log(50.0) * torch.rand(n, K, D, generator=generator) * (torch.arange(D) > 0)

@@ -39,6 +39,7 @@ class ArchitectureConfig:
     encoder_layers: int = 0  # self-attention blocks over the observation tokens (ModelConfig.encoder_layers)
     anchored: bool = False  # centre on the problem's location source (ModelConfig.anchor); needs a location problem
     site_evidence: bool = False  # ModelConfig.site_evidence
+    site_residual: bool = True  # ModelConfig.site_residual
     bounded_prior_features: bool = False  # ModelConfig.bounded_prior_features
 
 

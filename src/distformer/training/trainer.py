@@ -59,7 +59,8 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
                                prior_parameters=dict(problem.prior_parameters),
                                source_transforms=dict(problem.source_transforms),
                                relative_sources=dict(problem.relative_sources), anchor=_anchor(problem, a),
-                               site_evidence=a.site_evidence, bounded_prior_features=a.bounded_prior_features,
+                               site_evidence=a.site_evidence, site_residual=a.site_residual,
+                               bounded_prior_features=a.bounded_prior_features,
                                split_observations=problem.independent_observations,
                                scale_source=problem.scale_source if a.anchored else "",
                                scale_parameter=problem.scale_parameter if a.anchored else "")
