@@ -337,3 +337,42 @@ def test_train_command_refuses_to_overwrite_a_checkpoint_without_resume_or_overw
     assert main(["train", str(config), "--out", str(out), "--quiet"]) == 2
     assert "--resume to continue it or --overwrite" in capsys.readouterr().err
     assert (tmp_path / "model.ckpt.safetensors").read_bytes() == b"a checkpoint from an earlier run"
+
+
+def test_a_save_over_a_model_interrupted_at_any_step_leaves_a_loadable_model(tmp_path):
+    """Issue 31, item 1: a save that fails after the weights were replaced used to leave neither model loadable.
+    Stopped at each of its three steps, the folder holds the old model or the new one, whole."""
+    from distformer.nn.transformer import DistributionTransformer, ModelConfig
+    from distformer.training import checkpoint as ckpt
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return DistributionTransformer(ModelConfig(dim=1, d_model=8, num_heads=2, num_layers=1, ff_dim=8, hidden=8),
+                                       card={"seed": seed})
+
+    real_replace, real_write = os.replace, ckpt.atomic_write
+    for step in (1, 2, 3):
+        path = tmp_path / f"m{step}"
+        model(0).save(path)
+        calls = []
+
+        def failing_write(target, data):
+            calls.append("write")
+            if len(calls) == step:
+                raise OSError("No space left on device")
+            real_write(target, data)
+
+        def failing_replace(src, dst):  # step 3: the last rename, of the pending JSON into place
+            if step == 3 and str(src).endswith(".pending"):
+                raise OSError("No space left on device")
+            real_replace(src, dst)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ckpt, "atomic_write", failing_write)
+            patch.setattr(ckpt.os, "replace", failing_replace)
+            with pytest.raises(OSError):
+                model(1).save(path)
+        loaded = load_model(path)
+        expected = 1 if step == 3 else 0  # steps 1-2: the old model; step 3 stopped after the weights: the new one
+        assert loaded.card == {"seed": expected}
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model(expected).state_dict().values()))

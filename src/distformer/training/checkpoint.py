@@ -62,14 +62,25 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+def _pending(json_path: Path) -> Path:
+    return json_path.with_name(json_path.name + ".pending")
+
+
 def save_model(model, path: str | Path) -> None:
-    """Write ``model`` (a ``DistributionTransformer``) as ``path.safetensors`` + ``path.json``."""
+    """Write ``model`` (a ``DistributionTransformer``) as ``path.safetensors`` + ``path.json``, all or nothing.
+
+    The new JSON is written first beside the old one (``path.json.pending``), then the weights replace the old
+    weights, then the JSON replaces the old JSON, each step atomic. Stopped after the first step, the old model
+    loads as before; after the second, :func:`load_model` finds that the weights match the pending JSON and
+    finishes the save. So an interrupted save over an existing model never leaves neither model loadable."""
     weights_path, json_path = model_paths(path)
     blob = save_bytes(_contiguous(model.state_dict()), metadata={"format": MODEL_FORMAT})
     meta = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
             "card": model.card, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    pending = _pending(json_path)
+    atomic_write(pending, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
     atomic_write(weights_path, blob)
-    atomic_write(json_path, (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode())
+    os.replace(pending, json_path)
 
 
 def load_model(path: str | Path):
@@ -94,9 +105,12 @@ def load_model(path: str | Path):
         raise ValueError(f"Expected {json_path} to hold 'config' and 'card', but it has {sorted(meta)}.")
     blob = weights_path.read_bytes()
     digest = meta.get("weights_sha256")
-    if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
-        raise ValueError(f"Expected {weights_path} to match the checksum in {json_path.name}, but it differs "
-                         "(truncated or altered file).")
+    actual = hashlib.sha256(blob).hexdigest()
+    if digest is not None and actual != digest:
+        meta = _finished_save(json_path, actual)
+        if meta is None:
+            raise ValueError(f"Expected {weights_path} to match the checksum in {json_path.name}, but it differs "
+                             "(truncated or altered file).")
     try:
         state = load_bytes(blob)
     except (SafetensorError, Exception) as e:  # safetensors raises its own error types for corrupt headers
@@ -107,6 +121,23 @@ def load_model(path: str | Path):
         raise ValueError(f"Expected weights for the configured model, but {weights_path} is missing {missing[:3]} "
                          f"and has unexpected {unexpected[:3]}.")
     return model.eval()
+
+
+def _finished_save(json_path: Path, digest: str) -> dict | None:
+    """The pending JSON of a save stopped between its last two steps (:func:`save_model`) when it matches the
+    weights' checksum ``digest``, moved into place where the folder allows; else ``None``."""
+    pending = _pending(json_path)
+    try:
+        meta = json.loads(pending.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("weights_sha256") != digest or "card" not in meta:
+        return None
+    try:
+        os.replace(pending, json_path)
+    except OSError:  # a read-only folder: load from the pending file without finishing the save
+        pass
+    return meta
 
 
 def save_checkpoint(path: str | Path, model, optimizer: torch.optim.Optimizer, rng_states,
