@@ -25,7 +25,7 @@ def test_shipped_models_are_listed_and_load_offline():
         model = dfm.pretrained(name)
         card = model.card
         assert card["problem"]["name"] == "linear-gaussian"
-        assert card["training"]["time_s"] <= 20 * 60, "training must take at most 20 minutes on the 2-core CPU"
+        assert card["training"]["time_s"] <= 30 * 60, "training must take at most 30 minutes on the 2-core CPU"
         assert card["training"]["hardware"]["cores"] >= 1 and card["training"]["command"].startswith("distformer train")
         assert card["num_parameters"] == model.num_parameters()
     with pytest.raises(ValueError, match="pretrained model name among"):

@@ -116,12 +116,12 @@ def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool 
     gap = [head[..., 1 + i] - chart[..., 1 + i] for i in range(D)]                       # site mean - loc
     pulled = [_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]           # M^T gap
     force = [_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]        # M M^T gap
-    loc = [_sum([chart[..., 1 + i]] + [(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)])
-           for i in range(D)]
+    step = [_sum([(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)]) for i in range(D)]
+    loc = [chart[..., 1 + i] + step[i] for i in range(D)]                                 # loc + cov M M^T gap
     factor = cholesky_entries(cov)
     log_w = chart[..., 0] + head[..., 0]
     if evidence:
-        quadratic = _sum([gap[i] * force[i] - force[i] * (loc[i] - chart[..., 1 + i]) for i in range(D)])
+        quadratic = _sum([gap[i] * force[i] - force[i] * step[i] for i in range(D)])
         log_det = _sum([(head[..., 1 + D + i] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0) - chart[..., 1 + D + i]
                         + factor[i][i].log() for i in range(D)])
         log_w = log_w - 0.5 * quadratic + log_det
