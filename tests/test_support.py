@@ -95,7 +95,7 @@ def test_counts_zero_observations_and_parametric_priors():
         assert quantum.posterior(far, shots).reliable.tolist() == [True, False, True, True]
 
 
-def test_support_round_trips_and_old_cards_get_a_clear_error():
+def test_support_round_trips_and_old_cards_still_load():
     card = dfm.pretrained("linear-gaussian-2d").card["support"]
     support = TrainingSupport.from_dict(card)
     assert TrainingSupport.from_dict(support.to_dict()) == support
@@ -103,9 +103,14 @@ def test_support_round_trips_and_old_cards_get_a_clear_error():
     assert support.to_dict() == card and card["format"] == SUPPORT_FORMAT
     assert support.anchor == "z" and support.count_high["z"] >= 20
     assert all(lo < hi for lo, hi in zip(support.component_low, support.component_high))
-    old = {k: v for k, v in card.items() if k != "format"}
-    with pytest.raises(ValueError, match="format 1; re-estimate it"):
-        TrainingSupport.from_dict(old)
+    old = {"chart_names": ["log weight", *support.component_names], "chart_low": [-16.0, *support.component_low],
+           "chart_high": [0.0, *support.component_high], "observation_low": card["observation_low"],
+           "observation_high": card["observation_high"], "count_low": card["count_low"],
+           "count_high": card["count_high"], "num_components": 4}  # a card written before per-problem checks
+    converted = TrainingSupport.from_dict(old)
+    assert converted.component_low == support.component_low and converted.anchor == ""
+    with pytest.raises(ValueError, match="format 3; re-estimate it"):
+        TrainingSupport.from_dict(card | {"format": 3})
 
 
 def test_support_ranges_contain_fresh_draws():

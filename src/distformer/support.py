@@ -92,9 +92,16 @@ class TrainingSupport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSupport":
+        if "format" not in data and "chart_low" in data:  # written before per-problem checks: ranges of the chart
+            return cls(component_names=tuple(data["chart_names"][1:]), component_low=tuple(data["chart_low"][1:]),
+                       component_high=tuple(data["chart_high"][1:]), parameter_names=(), parameter_low=(),
+                       parameter_high=(), observation_low={k: tuple(v) for k, v in data["observation_low"].items()},
+                       observation_high={k: tuple(v) for k, v in data["observation_high"].items()},
+                       count_low=dict(data["count_low"]), count_high=dict(data["count_high"]), anchor="",
+                       num_components=int(data["num_components"]))
         if data.get("format") != SUPPORT_FORMAT:
             raise ValueError(f"Expected a training support of format {SUPPORT_FORMAT} in the model card, but got "
-                             f"format {data.get('format', 1)}; re-estimate it with distformer.support.estimate_support.")
+                             f"format {data.get('format')!r}; re-estimate it with distformer.support.estimate_support.")
         return cls(component_names=tuple(data["component_names"]), component_low=tuple(data["component_low"]),
                    component_high=tuple(data["component_high"]), parameter_names=tuple(data["parameter_names"]),
                    parameter_low=tuple(data["parameter_low"]), parameter_high=tuple(data["parameter_high"]),

@@ -140,7 +140,7 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
     if support is None:
         return None
     flat_parameters = None
-    if parameters is not None:
+    if parameters is not None and support.parameter_names:  # else (an older card) the encoder's chart is checked
         flat_parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(-1, parameters.shape[-1])
     chart_or_none = None if flat_parameters is not None else chart
     reasons = support.outside(chart_or_none, obs, flat_parameters)

@@ -12,8 +12,8 @@ with the conjugate posterior in closed form
 
 Meta-priors over :math:`(\alpha, \beta)`, independent: ``wide`` :math:`\mathrm{InvGamma}(4, 6)` for each (mean 2,
 standard deviation 1.4), ``narrow`` :math:`\mathrm{InvGamma}(10000, 20000)` for each (the same mean, almost a
-point mass), and ``broad``: :math:`\log\alpha` and :math:`\log\beta` uniform on :math:`[\log 0.1, \log 500]` and
-:math:`[\log 0.01, \log 100]`. The problem is scale-equivariant (:math:`\sigma^2\mapsto c\sigma^2` maps
+point mass), and ``broad``: half the priors from ``wide``, half with :math:`\log\alpha` and :math:`\log\beta`
+uniform on :math:`[\log 0.1, \log 500]` and :math:`[\log 0.01, \log 100]`. The problem is scale-equivariant (:math:`\sigma^2\mapsto c\sigma^2` maps
 :math:`z\mapsto\sqrt c z` and :math:`\beta\mapsto c\beta`), which anchored models use exactly
 (``nn/structure.py``). The prior is parametric: the model reads :math:`(\log\alpha, \log\beta)` through its prior encoder
 and works on :math:`\log\sigma^2` (a ``log`` warp); observations are read through :math:`\operatorname{asinh}`
@@ -104,8 +104,9 @@ class InverseGammaVariance(Problem):
 
     def describe(self) -> dict:
         if self.meta_prior == "broad":
-            meta = (f"log alpha ~ U(log {BROAD_ALPHA[0]:g}, log {BROAD_ALPHA[1]:g}), log beta ~ U(log "
-                    f"{BROAD_BETA[0]:g}, log {BROAD_BETA[1]:g}) (broad)")
+            meta = (f"half the priors alpha, beta ~ InvGamma(4, 6) each (the wide meta-prior), half log alpha ~ "
+                    f"U(log {BROAD_ALPHA[0]:g}, log {BROAD_ALPHA[1]:g}), log beta ~ U(log {BROAD_BETA[0]:g}, log "
+                    f"{BROAD_BETA[1]:g}) (broad)")
         else:
             a, b = META_PRIORS[self.meta_prior]
             meta = f"alpha ~ InvGamma({a:g}, {b:g}), beta ~ InvGamma({a:g}, {b:g}) ({self.meta_prior})"
@@ -121,7 +122,10 @@ class InverseGammaVariance(Problem):
         if self.meta_prior == "broad":
             lo = torch.tensor([BROAD_ALPHA[0], BROAD_BETA[0]], dtype=torch.float64).log()
             hi = torch.tensor([BROAD_ALPHA[1], BROAD_BETA[1]], dtype=torch.float64).log()
-            return torch.exp(lo + (hi - lo) * torch.rand(n, 2, generator=generator, dtype=torch.float64)).float()
+            spread = torch.exp(lo + (hi - lo) * torch.rand(n, 2, generator=generator, dtype=torch.float64))
+            shape = torch.full((n, 2), META_PRIORS["wide"][0], dtype=torch.float64)
+            wide = inverse_gamma(shape, torch.full_like(shape, META_PRIORS["wide"][1]), generator)
+            return torch.where(torch.rand(n, 1, generator=generator, dtype=torch.float64) < 0.5, wide, spread).float()
         a, b = META_PRIORS[self.meta_prior]
         shape = torch.full((n, 2), a, dtype=torch.float64)
         return inverse_gamma(shape, torch.full_like(shape, b), generator).float()
