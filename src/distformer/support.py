@@ -51,10 +51,11 @@ class Reliability:
     detail: str = ""
 
     def summary(self) -> str:
-        """``"3 of 10 problems flagged (prior: 2, count: 1)"``."""
+        """``"3 of 10 problems flagged (prior: 2, count: 1)"``; with the importance check, its count alone."""
         total = self.reliable.numel()
         bad = int((~self.reliable).sum())
-        parts = ", ".join(f"{k}: {int(v.sum())}" for k, v in self.reasons.items() if bool(v.any()))
+        reasons = {"importance": self.reasons["importance"]} if "importance" in self.reasons else self.reasons
+        parts = ", ".join(f"{k}: {int(v.sum())}" for k, v in reasons.items() if bool(v.any()))
         return f"{bad} of {total} problem{'s' if total != 1 else ''} flagged ({parts})"
 
 

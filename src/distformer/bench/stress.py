@@ -51,22 +51,36 @@ def mixture_rows(name: str, n: int, kl_samples: int, generator: torch.Generator)
             continue
         stage("stress", f"{name}: {family}")
         groups = draw(n, model.dim, generator)
-        kls, flags = [], []
+        kls, flags, importance = [], [], []
         for p in groups if isinstance(groups, list) else [groups]:
             exact = problem.exact_posterior(p.prior.to(torch.float64), p.observations)
             post = posterior_quietly(model, p.prior, p.observations)
             kls.append(kl_divergence(exact, post, kl_samples, generator))
             flags.append(~post.reliable)
-        rows.append(summarise(name, family, torch.cat(kls), torch.cat(flags)))
+            importance.append(importance_flags(model, p.prior, p.observations, generator))
+        rows.append(summarise(name, family, torch.cat(kls), torch.cat(flags), torch.cat(importance)))
     return rows
 
 
-def summarise(model: str, family: str, kl: torch.Tensor, flagged: torch.Tensor) -> dict:
-    """The row of one (model, family): KL statistics, flagged share, silent failures and false alarms."""
+def importance_flags(model, prior, observations, generator: torch.Generator) -> torch.Tensor:
+    """``~post.reliable`` with ``check="importance"`` (256 draws): the typicality flag or the importance check."""
+    return ~posterior_quietly(model, prior, observations, check="importance", generator=generator).reliable
+
+
+def summarise(model: str, family: str, kl: torch.Tensor, flagged: torch.Tensor,
+              flagged_importance: torch.Tensor | None = None) -> dict:
+    """The row of one (model, family): KL statistics, flagged share, silent failures and false alarms, for the
+    default flag and, where given, with the importance check as well."""
     kl = kl.double()
     finite = torch.isfinite(kl)
     accurate = kl < ACCURATE_KL
-    return {
+    extra = {}
+    if flagged_importance is not None:
+        extra = {"flagged_importance": float(flagged_importance.double().mean()),
+                 "silent_importance": float(((kl > SILENT_KL) & ~flagged_importance).double().mean()),
+                 "false_alarm_importance": float((flagged_importance & accurate).double().sum()
+                                                 / accurate.double().sum().clamp_min(1))}
+    return extra | {
         "model": model, "family": family, "n": kl.numel(),
         "kl_mean": float(kl[finite].mean()) if bool(finite.any()) else math.inf,
         "kl_median": float(kl.median()), "kl_p95": float(kl.quantile(0.95)) if bool(finite.all()) else math.inf,
@@ -134,13 +148,19 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         f"flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families are described in "
         "`src/distformer/bench/stress_families.py` and `stress_parametric.py`.",
         "",
-        "| model | family | KL mean | KL median | KL p95 | flagged | silent | false alarms |",
-        "|---|---|---|---|---|---|---|---|",
+        "The last three columns are the same with `check=\"importance\"` (256 draws; the default flag or the "
+        "importance check).",
+        "",
+        "| model | family | KL mean | KL median | KL p95 | flagged | silent | false alarms | with importance check: "
+        "flagged | silent | false alarms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        imp = (f"{r['flagged_importance']:.1%} | {r['silent_importance']:.1%} | {r['false_alarm_importance']:.1%}"
+               if "flagged_importance" in r else "– | – | –")
         lines.append(f"| {r['model']} | {r['family']} | {r['kl_mean']:.4f} | {r['kl_median']:.4f} | "
                      f"{r['kl_p95']:.4f} | {r['flagged']:.1%} | {r['silent']:.1%} | {r['false_alarm']:.1%} "
-                     f"(of {r['accurate']}) |")
+                     f"(of {r['accurate']}) | {imp} |")
     worst_silent = max(rows, key=lambda r: r["silent"])
     worst_alarm = max(rows, key=lambda r: r["false_alarm"])
     lines += ["", f"Largest silent-failure share: {worst_silent['silent']:.1%} ({worst_silent['model']}, "

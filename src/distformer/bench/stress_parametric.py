@@ -32,7 +32,7 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
     import distformer
 
     from .inverse_gamma import _kl
-    from .stress import posterior_quietly, summarise
+    from .stress import importance_flags, posterior_quietly, summarise
 
     model = distformer.pretrained("inverse-gamma")
     problem = get("inverse-gamma", **model.card["problem"]["options"])
@@ -56,14 +56,15 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
         post = posterior_quietly(model, prior, obs)
         kl = _kl(exact.concentration, exact.rate, lambda x: post.log_prob(x.to(torch.float64)), kl_samples,
                  generator)
-        rows.append(summarise("inverse-gamma", family, kl, ~post.reliable))
+        rows.append(summarise("inverse-gamma", family, kl, ~post.reliable,
+                              importance_flags(model, prior, obs, generator)))
     return rows
 
 
 def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     import distformer
 
-    from .stress import posterior_quietly, summarise
+    from .stress import importance_flags, posterior_quietly, summarise
 
     model = distformer.pretrained("quantum")
     problem = get("quantum", **model.card["problem"]["options"])
@@ -83,14 +84,14 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
         log_q_u = post.base.to(torch.float64).log_prob(u.view(-1, 1, 1).expand(-1, n, 1))
         p_u = log_p_u.exp()
         kl = (p_u * (log_p_u - log_q_u)).nan_to_num(0.0).sum(0) * du
-        rows.append(summarise("quantum", family, kl, ~post.reliable))
+        rows.append(summarise("quantum", family, kl, ~post.reliable, importance_flags(model, prior, obs, generator)))
     return rows
 
 
 def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int = 24) -> list[dict]:
     import distformer
 
-    from .stress import posterior_quietly, summarise
+    from .stress import importance_flags, posterior_quietly, summarise
 
     model = distformer.pretrained("gp-hyperprior-5d")
     problem = get("gp-hyperprior", **model.card["problem"]["options"])
@@ -123,7 +124,8 @@ def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int
         log_q = post.base.to(torch.float64).log_prob(points.permute(0, 2, 1, 3))  # (G, H, n)
         weight = log_w.exp().unsqueeze(1) * w_gh.view(1, -1, 1)
         kl = (weight * (log_ref.permute(0, 2, 1) - log_q)).sum((0, 1))
-        rows.append(summarise("gp-hyperprior-5d", family, kl, ~post.reliable))
+        rows.append(summarise("gp-hyperprior-5d", family, kl, ~post.reliable,
+                              importance_flags(model, batch.prior, batch.observations, generator)))
     return rows
 
 

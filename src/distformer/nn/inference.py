@@ -39,6 +39,7 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
     """See ``DistributionTransformer.posterior``."""
     if check not in CHECKS:
         raise ValueError(f"Expected check among {CHECKS}, but got {check!r}.")
+    raw_prior = prior
     prior, encoded, parameters = prepared_prior(model, prior, grad)
     obs = as_observations(observations, model.config.sources, mask)
     for source, anchor in model.config.relative_sources.items():
@@ -60,9 +61,10 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
         from ..reliability import importance_check
 
         reliability = importance_check(model, result, prior, obs, reliability, likelihood, importance_draws,
-                                       generator)
+                                       generator, raw_prior if model.is_parametric and torch.is_tensor(raw_prior)
+                                       else None)
     if reliability is not None and not bool(reliability.reliable.all()):
-        _warn(model, reliability, strict)
+        _warn(model, reliability, strict, check)
     result.reliability = reliability
     result.reliable = None if reliability is None else reliability.reliable
     return result
@@ -156,11 +158,11 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
     return reliability
 
 
-def _warn(model, reliability, strict: bool) -> None:
+def _warn(model, reliability, strict: bool, check) -> None:
     from ..support import warn_flagged
 
     why = []
-    if any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count") if k in reliability.reasons):
+    if check != "importance" and any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count")):
         why.append("prior, data and count are numbers outside the ranges the model was trained and measured on"
                    + (f" ({reliability.detail})" if reliability.detail else ""))
     if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):

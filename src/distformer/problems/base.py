@@ -68,6 +68,13 @@ class Problem(ABC):
         returns ``(*S, *B)``. Problems whose likelihood can be evaluated implement it (used by ``refine``)."""
         raise NotImplementedError(f"Problem {self.name!r} has no likelihood to evaluate.")
 
+    def warped_target(self, prior, observations):
+        """``(prior density, log-likelihood)`` on the model's space (the warped latent) for a parametric prior
+        ``(*B, P)``: an object with ``log_prob`` of points ``(*S, *B, D)`` (with the warp's Jacobian) and
+        ``sample(sample_shape, generator)``, and a callable ``(theta (*S, *B, D), observations) -> (*S, *B)``.
+        Used by ``refine`` and ``check="importance"``; problems with parametric priors implement it."""
+        raise NotImplementedError(f"Problem {self.name!r} gives no prior density on the model's space.")
+
     def exact_posterior(self, prior: GaussianMixture, observations) -> GaussianMixture:
         """The exact posterior, where one exists."""
         raise NotImplementedError(f"Problem {self.name!r} has no exact posterior.")
@@ -103,3 +110,17 @@ def rank_weights(num_components: int, dtype: torch.dtype = torch.float32) -> Ten
     """Weights ``(K,)`` proportional to ``1..K``: the paper's split of one Gaussian into a filter's ``K`` components."""
     K = num_components
     return torch.arange(1, K + 1, dtype=dtype) / (K * (K + 1) / 2)
+
+
+class WarpedPrior:
+    """A parametric prior on the model's space for ``warped_target``: ``log_prob(u)`` of points ``(*S, *B, D)`` and
+    ``sample(sample_shape, generator)``, from the two functions given."""
+
+    def __init__(self, log_prob, sample) -> None:
+        self._log_prob, self._sample = log_prob, sample
+
+    def log_prob(self, u: Tensor) -> Tensor:
+        return self._log_prob(u)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        return self._sample(torch.Size(sample_shape), generator)

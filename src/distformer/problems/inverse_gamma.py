@@ -150,6 +150,24 @@ class InverseGammaVariance(Problem):
         per_obs = -0.5 * (z**2 / var + torch.log(var) + math.log(2 * math.pi))
         return torch.where(mask, per_obs, torch.zeros((), dtype=theta.dtype)).sum(-1)
 
+    def warped_target(self, prior: Tensor, observations):
+        """The prior of :math:`u = \log\sigma^2` (``InvGamma(alpha, beta)`` at :math:`e^u` times :math:`e^u`) and
+        the likelihood at :math:`\sigma^2 = e^u`, for ``refine`` and ``check="importance"``."""
+        from .base import WarpedPrior
+
+        p = prior.double()
+        a, b = p[..., 0], p[..., 1]
+
+        def log_prob(u):
+            u = u[..., 0]
+            return a * torch.log(b) - torch.lgamma(a) - a * u - b * torch.exp(-u)
+
+        def sample(shape, generator):
+            draws = inverse_gamma(a.expand(shape + a.shape), b.expand(shape + b.shape), generator)
+            return torch.log(draws.clamp(1e-300, 1e300)).unsqueeze(-1)
+
+        return WarpedPrior(log_prob, sample), lambda u, obs: self.log_likelihood(torch.exp(u), obs)
+
     def exact_posterior(self, prior: Tensor, observations) -> InverseGammaPosterior:
         """``InvGamma(alpha + N/2, beta + sum z^2/2)`` with event shape ``(1,)`` and the prior's batch shape."""
         if not torch.is_tensor(prior) or prior.shape[-1:] != (2,):

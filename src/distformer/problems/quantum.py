@@ -173,6 +173,26 @@ class TwoLevelSystem(Problem):
         per_shot = torch.where(y > 0.5, torch.log(prob), torch.log1p(-prob))
         return torch.where(mask, per_shot, torch.zeros((), dtype=theta.dtype)).sum(-1)
 
+    def warped_target(self, prior: Tensor, observations):
+        """The prior of :math:`u = \operatorname{logit}\Delta` (``Beta(a, b)`` at :math:`\sigma(u)` times
+        :math:`\sigma(u)(1-\sigma(u))`) and the likelihood at :math:`\Delta = \sigma(u)`, for ``refine`` and
+        ``check="importance"``."""
+        from .base import WarpedPrior
+
+        p = prior.double()
+        a, b = p[..., 0], p[..., 1]
+
+        def log_prob(u):
+            u = u[..., 0]
+            log_d, log_1md = torch.nn.functional.logsigmoid(u), torch.nn.functional.logsigmoid(-u)
+            return (a * log_d + b * log_1md - torch.lgamma(a) - torch.lgamma(b) + torch.lgamma(a + b))
+
+        def sample(shape, generator):
+            d = beta(a.expand(shape + a.shape), b.expand(shape + b.shape), generator).clamp(1e-12, 1 - 1e-12)
+            return (torch.log(d) - torch.log1p(-d)).unsqueeze(-1)
+
+        return WarpedPrior(log_prob, sample), lambda u, obs: self.log_likelihood(torch.sigmoid(u), obs)
+
     def reference_posterior(self, prior: Tensor, observations, grid_size: int = 4001, theta: Tensor | None = None):
         """The posterior of :math:`\\Delta` on a grid in logit space: ``(grid (G,), log density on Delta (G, *B))``,
         normalised by the rectangle rule on that grid (spacing 0.009 in logit space). With ``theta`` ``(*B, 1)``
