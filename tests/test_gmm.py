@@ -270,3 +270,13 @@ def test_an_empty_sample_shape_gives_an_empty_tensor(rng):
     gm = random_mixture((4,), 2, 3, rng)
     assert gm.sample((0,)).shape == (0, 4, 3)
     assert gm.sample((2, 0)).shape == (2, 0, 4, 3)
+
+
+def test_half_precision_is_computed_in_float32_and_meta_tensors_are_refused():
+    """Issue 31, item 13: float16 mixtures and meta-device tensors failed with torch-internal messages."""
+    gm = GaussianMixture(torch.tensor([0.5, 0.5], dtype=torch.float16), torch.zeros(2, 2, dtype=torch.float16),
+                         covariance_matrix=torch.eye(2, dtype=torch.float16).expand(2, 2, 2))
+    assert gm.dtype == torch.float32 and torch.isfinite(gm.log_prob(torch.zeros(2))).all()
+    with pytest.raises(ValueError, match="meta device"):
+        GaussianMixture(torch.ones(1, device="meta"), torch.zeros(1, 1, device="meta"),
+                        covariance_matrix=torch.ones(1, 1, 1, device="meta"))

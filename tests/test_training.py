@@ -376,3 +376,41 @@ def test_a_save_over_a_model_interrupted_at_any_step_leaves_a_loadable_model(tmp
         expected = 1 if step == 3 else 0  # steps 1-2: the old model; step 3 stopped after the weights: the new one
         assert loaded.card == {"seed": expected}
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model(expected).state_dict().values()))
+
+
+def test_load_checks_the_card_against_the_weights(tmp_path):
+    """Issue 31, item 12: each of these used to fail late (at the first posterior, or with a torch error)."""
+    import json
+
+    from distformer.nn.transformer import DistributionTransformer, ModelConfig
+
+    torch.manual_seed(0)
+    model = DistributionTransformer(ModelConfig(dim=2, sources={"z": 2}, d_model=8, num_heads=2, num_layers=1,
+                                                ff_dim=8, hidden=8))
+    problem = get("linear-gaussian", dim=2)
+    from distformer.support import estimate_support
+
+    model.card = {"support": estimate_support(problem, 500, model=model).to_dict()}
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m.json").read_text())
+
+    def broken(change, match):
+        data = json.loads(json.dumps(meta))
+        change(data)
+        (tmp_path / "b.json").write_text(json.dumps(data))
+        (tmp_path / "b.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes())
+        with pytest.raises(ValueError, match=match):
+            load_model(tmp_path / "b")
+
+    broken(lambda d: d["config"].update(d_model=16), "shapes .* configures")
+    broken(lambda d: d["config"].update(dim="two"), "whole numbers for the model sizes")
+    broken(lambda d: d["card"]["support"].update(component_low=[0.0]), "training support .* component ranges")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["head.layers.0.weight"][0, 0] = float("nan")
+    model.load_state_dict(state)
+    model.save(tmp_path / "n")
+    data = json.loads((tmp_path / "n.json").read_text())
+    data.pop("weights_sha256")  # corrupted weights without a checksum
+    (tmp_path / "n.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="finite weights"):
+        load_model(tmp_path / "n")

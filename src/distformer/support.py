@@ -113,6 +113,18 @@ class TrainingSupport:
                    bounded=bool(data.get("bounded", False)), scale_source=str(data.get("scale_source", "")),
                    scale_power=float(data.get("scale_power", 0.5)))
 
+    def _check_lengths(self, dim: int, sources: Mapping[str, int]) -> None:
+        """Raise ``ValueError`` unless every range has the length the model needs (``dim``, ``sources``)."""
+        if len(self.component_low) != len(self.component_high) or len(self.component_low) not in (0, len(
+                component_coordinate_names(dim))):
+            raise ValueError(f"component ranges of length {len(self.component_low)}/{len(self.component_high)} "
+                             f"for D={dim}, which needs {len(component_coordinate_names(dim))}")
+        for name, width in sources.items():
+            lo, hi = self.observation_low.get(name, ()), self.observation_high.get(name, ())
+            if len(lo) != width or len(hi) != width:
+                raise ValueError(f"observation ranges of source {name!r} of length {len(lo)}/{len(hi)}, which "
+                                 f"needs {width}")
+
     def _bounds(self, what: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
         """Lower and upper bounds of ``what`` (``component``, ``parameter`` or a source name) as tensors, cached."""
         cache = self.__dict__.setdefault("_cache", {})

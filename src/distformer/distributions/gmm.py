@@ -87,9 +87,13 @@ class GaussianMixture(Distribution):
         if not all(isinstance(t, Tensor) for t in tensors):
             raise TypeError("Expected weights/logits, loc and the covariance to be torch tensors, but got "
                             f"{', '.join(type(t).__name__ for t in tensors)}.")
+        if any(t.device.type == "meta" for t in tensors):
+            raise ValueError("Expected weights, loc and covariance with values, but got tensors on the meta device.")
         dtype = torch.promote_types(torch.promote_types(mix.dtype, loc.dtype), matrix.dtype)
         if not dtype.is_floating_point:
             dtype = torch.get_default_dtype()
+        elif torch.finfo(dtype).bits < 32:  # float16 and bfloat16: too coarse for Cholesky factors; computed in float32
+            dtype = torch.float32
         mix, loc, matrix = mix.to(dtype), loc.to(dtype), matrix.to(dtype)
         if validate:
             self._check_shapes(mix, loc, matrix, "weights" if weights is not None else "logits",

@@ -119,6 +119,11 @@ class ModelConfig:
     split_observations: bool = False
 
     def __post_init__(self) -> None:
+        sizes = ("dim", "num_components", "d_model", "num_heads", "num_layers", "ff_dim", "hidden", "encoder_layers")
+        bad = {k: getattr(self, k) for k in sizes
+               if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)}
+        if bad:
+            raise ValueError(f"Expected whole numbers for the model sizes {list(sizes)}, but got {bad}.")
         if self.prior_logits not in PRIOR_LOGITS:
             raise ValueError(f"Expected prior_logits among {PRIOR_LOGITS}, but got {self.prior_logits!r}.")
         if self.dim < 1 or self.num_components < 1 or self.num_layers < 0 or self.encoder_layers < 0:
@@ -246,6 +251,10 @@ class DistributionTransformer(nn.Module):
 
     def _parameters_tensor(self, prior) -> Tensor:
         names = list(self.config.prior_parameters)
+        if torch.is_tensor(prior) and prior.device.type == "meta":
+            raise ValueError("Expected prior parameters with values, but got a tensor on the meta device.")
+        if torch.is_tensor(prior) and not prior.dtype.is_floating_point:  # integer alpha and beta: exact as floats
+            prior = prior.to(self.prior_encoder.last.weight.dtype)
         if not torch.is_tensor(prior) or prior.shape[-1:] != (len(names),):
             shape = tuple(prior.shape) if torch.is_tensor(prior) else type(prior).__name__
             raise ValueError(f"Expected prior parameters {names} as a tensor of shape (*B, {len(names)}), but got "

@@ -115,11 +115,30 @@ def load_model(path: str | Path):
         state = load_bytes(blob)
     except (SafetensorError, Exception) as e:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"Expected {weights_path} to be a safetensors file, but it could not be read ({e}).") from None
-    model = DistributionTransformer(ModelConfig.from_dict(meta["config"]), card=meta["card"])
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Expected a valid model configuration in {json_path}, but: {e}") from None
+    model = DistributionTransformer(config, card=meta["card"])
+    expected = model.state_dict()
+    wrong = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape}
+    if wrong:
+        name, (got, want) = next(iter(wrong.items()))
+        raise ValueError(f"Expected weights of the shapes {json_path.name} configures, but {len(wrong)} differ, e.g. "
+                         f"{name}: {want} configured, {got} stored.")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"Expected weights for the configured model, but {weights_path} is missing {missing[:3]} "
                          f"and has unexpected {unexpected[:3]}.")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"Expected finite weights, but {weights_path} has NaN or inf in {bad[:3]}.")
+    if "support" in model.card:  # read now, so that a bad card fails at load rather than at the first posterior
+        try:
+            model.support._check_lengths(model.dim, dict(config.sources))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"Expected the training support in {json_path} to match the model, but: {e}") from None
     return model.eval()
 
 
