@@ -74,6 +74,8 @@ def prepared_prior(model, prior, grad: bool):
     """``(mixture, encoded chart or None, warped parameters or None)`` of a user's prior: a parametric prior's
     encoder chart is what the network reads (training's input), and its decoded mixture is the prior."""
     encoded = parameters = None
+    if model.is_parametric and torch.is_tensor(prior) and not prior.dtype.is_floating_point:
+        prior = prior.to(model.prior_encoder.last.weight.dtype)  # integer alpha and beta: exact as floats
     if model.is_parametric and torch.is_tensor(prior):
         with torch.enable_grad() if grad else torch.inference_mode():
             encoded = model._encoded_prior_chart(prior)
