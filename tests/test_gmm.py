@@ -280,3 +280,17 @@ def test_half_precision_is_computed_in_float32_and_meta_tensors_are_refused():
     with pytest.raises(ValueError, match="meta device"):
         GaussianMixture(torch.ones(1, device="meta"), torch.zeros(1, 1, device="meta"),
                         covariance_matrix=torch.ones(1, 1, 1, device="meta"))
+
+
+def test_exact_conditioning_ignores_what_the_mask_hides(rng):
+    """Issue 31, item 6: NaN padding in a masked-out row is fine for posterior, and now for the exact update too."""
+    gm = random_mixture((2,), 3, 2, rng)
+    z = torch.randn(2, 4, 2, generator=rng, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False], [True, False, True, False]])
+    padded = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, float("nan")))
+    eye = torch.eye(2, dtype=torch.float64)
+    a, b = gm.condition_linear_gaussian(eye, eye, z, mask), gm.condition_linear_gaussian(eye, eye, padded, mask)
+    torch.testing.assert_close(a.loc, b.loc)
+    torch.testing.assert_close(a.log_weights, b.log_weights)
+    with pytest.raises(ValueError, match="where the mask is True"):
+        gm.condition_linear_gaussian(eye, eye, padded, torch.ones(2, 4, dtype=torch.bool))

@@ -338,8 +338,6 @@ class GaussianMixture(Distribution):
         if z.dim() < 2 or z.shape[-1] != e:
             raise ValueError(f"Expected z of shape (*B, N, E={e}) (use z.unsqueeze(-2) for one observation), "
                              f"but got a {_describe(z)}.")
-        if not bool(torch.isfinite(z).all()):
-            raise ValueError("Expected finite observations z, but found NaN or inf.")
         if mask is None:
             mask = torch.ones(z.shape[:-1], dtype=torch.bool, device=self.device)
         elif not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -348,6 +346,9 @@ class GaussianMixture(Distribution):
         elif mask.shape != z.shape[:-1]:
             raise ValueError(f"Expected mask of shape {tuple(z.shape[:-1])} (z without its last dim), but got "
                              f"{tuple(mask.shape)}.")
+        if not bool(torch.isfinite(z[mask]).all()):  # padding under the mask may hold anything, as in posterior
+            raise ValueError("Expected finite observations z where the mask is True, but found NaN or inf.")
+        z = torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype, device=z.device))
         cholesky(R, "R")
         m = mask.to(self.dtype)
         n = m.sum(-1)  # (*B)
