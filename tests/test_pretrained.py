@@ -211,3 +211,13 @@ def test_shipped_model_coverage_within_3_points(name):
     levels = hpd_level(model.posterior(batch.prior, batch.observations), batch.theta, 1000, g)
     for level, e in coverage(levels).items():
         assert abs(e.mean - level) <= 0.03, (level, e)
+
+
+def test_user_documents_and_cards_hold_no_machine_paths_or_links_outside_the_repository():
+    """Issue 31: cards carried paths of the machine they were trained on, and the README linked a file users lack."""
+    import re
+
+    texts = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                                        *sorted((ROOT / "src/distformer/pretrained").glob("*.json"))]}
+    for path, text in texts.items():
+        assert "../shared" not in text and not re.search(r"(?<![\w.])/(work|tmp|home|root)/", text), path
