@@ -28,11 +28,19 @@ def _log_uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.T
                                                                                     dtype=torch.float64))
 
 
+def _simulated(model, problem, prior: torch.Tensor, generator: torch.Generator):
+    """``(prior, observations, model posterior)`` for parameters drawn from ``prior`` and data simulated from them."""
+    from .stress import posterior_quietly
+
+    obs = problem.simulate(problem.sample_parameters(prior, generator), generator)
+    return prior, obs, posterior_quietly(model, prior, obs)
+
+
 def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
     import distformer
 
     from .inverse_gamma import _kl
-    from .stress import importance_flags, posterior_quietly, summarise
+    from .stress import importance_flags, summarise
 
     model = distformer.pretrained("inverse-gamma")
     problem = get("inverse-gamma", **model.card["problem"]["options"])
@@ -49,11 +57,8 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
     rows = []
     for family, draw in families.items():
         stage("stress", f"inverse-gamma: {family}")
-        prior = draw().float()
-        theta = problem.sample_parameters(prior, generator)
-        obs = problem.simulate(theta, generator)
+        prior, obs, post = _simulated(model, problem, draw().float(), generator)
         exact = problem.exact_posterior(prior.double(), obs)
-        post = posterior_quietly(model, prior, obs)
         kl = _kl(exact.concentration, exact.rate, lambda x: post.log_prob(x.to(torch.float64)), kl_samples,
                  generator)
         rows.append(summarise("inverse-gamma", family, kl, ~post.reliable,
@@ -64,7 +69,7 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
 def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     import distformer
 
-    from .stress import importance_flags, posterior_quietly, summarise
+    from .stress import importance_flags, summarise
 
     model = distformer.pretrained("quantum")
     problem = get("quantum", **model.card["problem"]["options"])
@@ -73,10 +78,7 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     rows = []
     for family, draw in families.items():
         stage("stress", f"quantum: {family}")
-        prior = draw().float()
-        theta = problem.sample_parameters(prior, generator)
-        obs = problem.simulate(theta, generator)
-        post = posterior_quietly(model, prior, obs)
+        prior, obs, post = _simulated(model, problem, draw().float(), generator)
         delta, log_p = problem.reference_posterior(prior, obs, grid_size=2001)  # (G,), (G, n) on Delta
         u = torch.log(delta) - torch.log1p(-delta)
         du = float(u[1] - u[0])
