@@ -144,7 +144,8 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         f"Command: `{command}`  ",
         f"Machine: {machine()}  ",
         f"Problems: {n} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. Flagged: "
-        f"`post.reliable` is False. Silent: KL > {SILENT_KL} and not flagged (share of all problems). False alarm: "
+        f"`post.reliable` is False with each model's default check (the ranges; the importance check for "
+        f"`gp-hyperprior-5d`, whose card sets it). Silent: KL > {SILENT_KL} and not flagged (share of all problems). False alarm: "
         f"flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families are described in "
         "`src/distformer/bench/stress_families.py` and `stress_parametric.py`.",
         "",

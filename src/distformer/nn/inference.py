@@ -34,9 +34,11 @@ from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 CHECKS = (True, False, "importance")
 
 
-def posterior(model, prior, observations, mask=None, *, grad: bool = False, strict: bool = False, check=True,
+def posterior(model, prior, observations, mask=None, *, grad: bool = False, strict: bool = False, check=None,
               likelihood=None, importance_draws: int = 256, generator: torch.Generator | None = None):
     """See ``DistributionTransformer.posterior``."""
+    if check is None:
+        check = model.card.get("check", True)
     if check not in CHECKS:
         raise ValueError(f"Expected check among {CHECKS}, but got {check!r}.")
     raw_prior = prior

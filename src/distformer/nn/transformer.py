@@ -317,7 +317,7 @@ class DistributionTransformer(nn.Module):
         return cached[1]
 
     def posterior(self, prior, observations, mask=None, *, grad: bool = False, strict: bool = False,
-                  check: bool | str = True, likelihood=None, importance_draws: int = 256,
+                  check: bool | str | None = None, likelihood=None, importance_draws: int = 256,
                   generator: torch.Generator | None = None):
         """Approximate posterior ``p(x | observations)`` under ``prior``.
 
@@ -335,7 +335,9 @@ class DistributionTransformer(nn.Module):
                 flagged problems warns (on every call) with how many and why. ``"importance"`` also flags
                 problems whose importance ratios against prior times likelihood have a Pareto ``k̂`` above its
                 threshold (``reliability.py``; ``importance_draws`` draws per problem, ``likelihood`` a problem
-                or callable, by default the card's problem).
+                or callable, by default the card's problem). ``None`` (the default): the model's own default,
+                ``model.card["check"]`` where a card sets it (the ``gp-hyperprior`` models, whose accuracy inside
+                their family the ranges cannot vouch for, use ``"importance"``), else ``True``.
             likelihood, importance_draws, generator: for ``check="importance"``.
 
         The steps (prepare, judge, run, finish) are in ``inference.py``.
