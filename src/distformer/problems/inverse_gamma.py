@@ -151,7 +151,7 @@ class InverseGammaVariance(Problem):
         return torch.where(mask, per_obs, torch.zeros((), dtype=theta.dtype)).sum(-1)
 
     def warped_target(self, prior: Tensor, observations):
-        """The prior of :math:`u = \log\sigma^2` (``InvGamma(alpha, beta)`` at :math:`e^u` times :math:`e^u`) and
+        r"""The prior of :math:`u = \log\sigma^2` (``InvGamma(alpha, beta)`` at :math:`e^u` times :math:`e^u`) and
         the likelihood at :math:`\sigma^2 = e^u`, for ``refine`` and ``check="importance"``."""
         from .base import WarpedPrior
 

@@ -174,7 +174,7 @@ class TwoLevelSystem(Problem):
         return torch.where(mask, per_shot, torch.zeros((), dtype=theta.dtype)).sum(-1)
 
     def warped_target(self, prior: Tensor, observations):
-        """The prior of :math:`u = \operatorname{logit}\Delta` (``Beta(a, b)`` at :math:`\sigma(u)` times
+        r"""The prior of :math:`u = \operatorname{logit}\Delta` (``Beta(a, b)`` at :math:`\sigma(u)` times
         :math:`\sigma(u)(1-\sigma(u))`) and the likelihood at :math:`\Delta = \sigma(u)`, for ``refine`` and
         ``check="importance"``."""
         from .base import WarpedPrior
