@@ -268,7 +268,10 @@ def test_compiled_update_matches_eager_to_1e_5():
         eager = model.posterior(prior, z, check=False)
     torch.testing.assert_close(loc, eager.loc, rtol=0, atol=1e-5)
     torch.testing.assert_close(tril, eager.scale_tril, rtol=0, atol=1e-5)
-    torch.testing.assert_close(log_w, eager.log_weights, rtol=0, atol=1e-5)
+    # log weights relative to their size: with the site's evidence a component far from the data has a log weight of
+    # tens of nats, whose float32 ulp (2e-6 at 30) differs between the compiled and the eager operation order
+    torch.testing.assert_close(log_w, eager.log_weights, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(log_w.exp(), eager.weights, rtol=0, atol=1e-5)
 
 
 def test_batched_inference_folds_only_where_the_attention_cost_allows():
