@@ -44,6 +44,9 @@ class Refinement:
         threshold: ``k̂`` above which the result is flagged unreliable.
         log_evidence: ``log (1/S) sum_s exp(r_s)``, an estimate of ``log p(z)``, ``(*B)``.
         posterior: the weighted EM refit, a ``GaussianMixture`` with batch ``B``.
+        ratio_spike: largest minus median log ratio, ``(*B)``: below ``log 10`` every draw weighs less than ten
+            times the median one, and ``k̂`` is not read (a generalized Pareto fit to so narrow a tail is ill-posed
+            and can return a large ``k̂`` by chance when the proposal is nearly exact).
     """
 
     samples: Tensor
@@ -53,6 +56,7 @@ class Refinement:
     threshold: float
     log_evidence: Tensor
     posterior: GaussianMixture
+    ratio_spike: Tensor | None = None
 
     @property
     def weights(self) -> Tensor:
@@ -61,8 +65,10 @@ class Refinement:
 
     @property
     def reliable(self) -> Tensor:
-        """``pareto_k < threshold``, ``(*B)``: where the correction can be trusted."""
-        return self.pareto_k < self.threshold
+        """``pareto_k < threshold`` or no draw ten times the median one, ``(*B)``: where the correction can be
+        trusted."""
+        tail_ok = self.pareto_k < self.threshold
+        return tail_ok if self.ratio_spike is None else tail_ok | (self.ratio_spike <= math.log(10.0))
 
     @property
     def mean(self) -> Tensor:
@@ -116,7 +122,8 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
         init = proposal.reduce(k) if k <= proposal.num_components else None
         refit = GaussianMixture.fit(x, k, sample_weights=log_w.exp(), init=init, generator=generator,
                                     max_iterations=max_iterations, tol=1e-8)
-    return Refinement(x, log_w, ess, k_hat, khat_threshold(n), log_evidence, refit)
+    spike = log_ratio.amax(0) - log_ratio.median(0).values
+    return Refinement(x, log_w, ess, k_hat, khat_threshold(n), log_evidence, refit, spike)
 
 
 def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observations, n: int, defensive: float,

@@ -39,7 +39,7 @@ from .refinement import _as_log_likelihood, importance_ratios
 
 DEFENSIVE_SHARE = 0.1
 KL_TOLERANCE = 0.05  # nats of the Jensen gap of the model's own draws' ratios, an estimate of KL(q || posterior)
-SPIKE = math.log(10.0)  # a heavy tail counts when some draw weighs ten times the median one
+SPIKE = math.log(10.0)  # a heavy tail counts when some draw weighs ten times the median one (as in refine)
 
 
 def card_likelihood(model):
