@@ -170,8 +170,8 @@ def _warn(model, reliability, strict: bool, check) -> None:
         why.append("prior, data and count are numbers outside the ranges the model was trained and measured on"
                    + (f" ({reliability.detail})" if reliability.detail else ""))
     if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):
-        why.append("importance means the ratios of prior times likelihood to the posterior have a heavy tail "
-                   "(Pareto k above its threshold): the posterior misses or misplaces mass")
+        why.append("importance means the posterior differs measurably from prior times likelihood: the importance "
+                   "ratios of its draws are uneven, or have a heavy tail that shows mass it missed")
     warn_flagged(f"Expected posteriors the model can vouch for, but {reliability.summary()}: " + "; ".join(why)
                  + ". See post.reliable.", strict, stacklevel=4)
 
