@@ -83,7 +83,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         request = json.loads(text)
     except json.JSONDecodeError:
         where = "standard input" if args.input == "-" else args.input
-        raise ValueError(f"Expected a JSON object on {where}, but got {'nothing' if not text.strip() else 'text that is not JSON'}.") from None
+        got = "nothing" if not text.strip() else "text that is not JSON"
+        raise ValueError(f"Expected a JSON object on {where}, but got {got}.") from None
     if not isinstance(request, dict) or "prior" not in request or "observations" not in request:
         got = sorted(request) if isinstance(request, dict) else type(request).__name__
         raise ValueError("Expected a JSON object with 'prior' {weights or logits, loc, covariance_matrix} and "

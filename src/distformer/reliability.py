@@ -7,9 +7,10 @@ model's posterior and the prior (``refinement.importance_ratios``, :math:`\alpha
 a posterior close to the exact one the ratios are nearly constant and :math:`\hat k` is low; where the model misses
 or misplaces mass, the largest ratios form a heavy tail. A problem is flagged (reason ``importance``) when either
 
-* the ratios of the model's own draws are uneven, :math:`\log\big(\tfrac1n\sum_s e^{r_s}\big) - \tfrac1n\sum_s r_s > 0.05`
-  (Jensen's gap, a Monte-Carlo estimate of :math:`\mathrm{KL}(q\,\|\,p(\cdot\mid z))` that is zero when the ratios
-  are constant): the posterior differs from the exact one where it puts its mass; or
+* the ratios of the model's own draws are uneven,
+  :math:`\log\big(\tfrac1n\sum_s e^{r_s}\big) - \tfrac1n\sum_s r_s > 0.05` (Jensen's gap, a Monte-Carlo estimate
+  of :math:`\mathrm{KL}(q\,\|\,p(\cdot\mid z))` that is zero when the ratios are constant): the posterior differs
+  from the exact one where it puts its mass; or
 * :math:`\hat k` exceeds :func:`~distformer.psis.khat_threshold` for ``S`` draws (0.58 for ``S = 256``) and some draw
   weighs ten times the median one: mass the model missed, which only the prior's draws find.
 
@@ -22,8 +23,8 @@ training ranges (``support.py``) can only vouch for in general; their reasons st
 It needs the likelihood (a problem with ``log_likelihood``, or a callable; by default the problem in the model's
 card). The ratios are taken on the model's space: for a model with a latent warp the likelihood is read at
 :math:`f^{-1}(u)`, and for a parametric prior the problem gives the prior's density and the likelihood there
-(``Problem.warped_target``). It is opt-in: it costs ``S`` likelihood evaluations per problem, measured in
-``benchmarks/stress.md``.
+(``Problem.warped_target``). It is opt-in, except for models whose card makes it their default (the
+``gp-hyperprior`` models): it costs ``S`` likelihood evaluations per problem, measured in ``benchmarks/stress.md``.
 """
 
 from __future__ import annotations

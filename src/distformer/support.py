@@ -7,8 +7,9 @@ training meta-prior, the range of
 
 * every component coordinate but the weight, :math:`[\mu,\ \log\operatorname{diag}L,\ \operatorname{offdiag}L]`,
   as the network reads it (``component_features``: for bounded features, asinh of the means and off-diagonal
-  entries, and log scales above the features' ceiling at the ceiling) (the weights need no range: components of weight exactly 0 are left out, and for a model with
-  ``site_evidence`` the weights follow Bayes' rule), or for a parametric-prior model every warped prior parameter;
+  entries, and log scales above the features' ceiling at the ceiling), or for a parametric-prior model every warped
+  prior parameter. The weights need no range: components of weight exactly 0 are left out, and for a model with
+  ``site_evidence`` the weights follow Bayes' rule;
 * every observation coordinate per source, and the number of observations per source;
 
 each widened by ``margin`` of its width on either side, :math:`[a - \rho(b-a),\ b + \rho(b-a)]`. A problem is
@@ -268,7 +269,8 @@ class TrainingSupport:
             v, m = obs.values[name][0], obs.masks[name][0]
             n = int(m.sum())
             if n and not self.count_low[name] <= n <= self.count_high[name]:
-                found.append(f"{n} {name!r} observations (trained with {self.count_low[name]}..{self.count_high[name]})")
+                found.append(f"{n} {name!r} observations (trained with "
+                             f"{self.count_low[name]}..{self.count_high[name]})")
             if n:
                 present = v[m]
                 dims = [f"{name}[{i}]" for i in range(v.shape[-1])]
