@@ -221,3 +221,13 @@ def test_user_documents_and_cards_hold_no_machine_paths_or_links_outside_the_rep
                                         *sorted((ROOT / "src/distformer/pretrained").glob("*.json"))]}
     for path, text in texts.items():
         assert "../shared" not in text and not re.search(r"(?<![\w.])/(work|tmp|home|root)/", text), path
+
+
+def test_the_readme_example_runs_as_written():
+    """The front door's code block is what users copy first; it must run and give a checked posterior."""
+    import re
+
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["post"].reliable is not None and bool(scope["post"].reliable.all())
