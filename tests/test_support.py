@@ -143,3 +143,32 @@ def test_importance_check_passes_accurate_posteriors_and_flags_a_broken_model():
     assert float((~verdict.reliable).double().mean()) > 0.9
     with pytest.raises(ValueError, match="check among"):
         model.posterior(batch.prior, batch.observations, check="sometimes")
+
+
+@pytest.mark.parametrize("name", ["linear-gaussian-2d", "inverse-gamma"])
+def test_numpy_and_torch_checks_agree(name, rng):
+    """On the CPU the check runs in NumPy (``_outside_numpy``, bounds mapped back through the features); the torch
+    path serves other devices. Both must give the same per-problem reasons, in and out of range, with masks."""
+    from distformer.nn.tokens import gmm_to_chart
+    from distformer.observations import as_observations
+
+    model = dfm.pretrained(name)
+    problem = dfm.problems.get(model.card["problem"]["name"], **model.card["problem"]["options"])
+    batch = problem.sample_batch(200, generator=torch.Generator().manual_seed(4))
+    far = torch.rand(200, 1, 1, generator=rng) < 0.2  # some data sets far out
+    values = {k: v * torch.where(far, 30.0, 1.0) for k, v in batch.observations.values.items()}
+    masks = {k: m & (torch.rand(m.shape, generator=rng) > 0.3) for k, m in batch.observations.masks.items()}
+    obs = as_observations(values, problem.sources, masks)
+    chart = parameters = None
+    if model.is_parametric:
+        parameters = model._parameter_warp.forward(batch.prior.double() * torch.where(far[:, 0], 300.0, 1.0))
+    else:
+        narrow = torch.where(torch.rand(200, 1, 1, 1, generator=rng) < 0.2, 1e-3, 1.0)
+        chart = gmm_to_chart(dfm.GaussianMixture(batch.prior.weights, batch.prior.loc,
+                                                 scale_tril=batch.prior.scale_tril * narrow))
+    fast = model.support._outside_numpy(chart, obs, parameters)
+    slow = model.support._outside_torch(chart, obs, parameters)
+    for reason in fast:
+        assert torch.equal(fast[reason], slow[reason]), reason
+    flagged = fast["prior"] | fast["data"] | fast["count"]
+    assert 0 < int(flagged.sum()) < 200  # both flagged and clean problems were compared

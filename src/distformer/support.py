@@ -139,6 +139,8 @@ class TrainingSupport:
         return cache[key]
 
     def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
+        from .nn.structure import framed_observations
+
         dim = len(self.observation_low[self.anchor]) if self.anchor else 0
         return framed_observations(observations, self.anchor, dim, self.scale_source, self.scale_power)
 
@@ -151,6 +153,11 @@ class TrainingSupport:
         tensors = [t for t in (chart, parameters, *observations.values.values()) if t is not None]
         if all(t.device.type == "cpu" for t in tensors):
             return self._outside_numpy(chart, observations, parameters)
+        return self._outside_torch(chart, observations, parameters)
+
+    def _outside_torch(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
+                       ) -> dict[str, Tensor]:
+        """:meth:`outside` in torch, for tensors on any device."""
         observations, shift = self._framed(observations)
         values, masks = observations.values, observations.masks
         if parameters is not None:
@@ -281,26 +288,6 @@ class TrainingSupport:
         return "; ".join(found) + frame if found else "inside every range"
 
 
-def framed_observations(observations: Observations, anchor: str, dim: int, scale_source: str, power: float
-                        ) -> tuple[Observations, Tensor | None]:
-    """The observations in the network's frame (``nn/structure.py``: relative to ``anchor``'s mean in its first
-    ``dim`` coordinates, or ``scale_source`` at unit mean square) and the shift ``(B, D)`` of the chart's means into
-    it (``None`` for no frame)."""
-    from .nn.structure import anchor_of, scale_anchor_of
-
-    values = dict(observations.values)
-    if anchor:
-        z = values[anchor]
-        shift = anchor_of(observations, anchor, dim)
-        values[anchor] = torch.cat([z[..., :dim] - shift.unsqueeze(-2), z[..., dim:]], -1)
-    elif scale_source:
-        shift = scale_anchor_of(observations, scale_source, power)
-        values[scale_source] = values[scale_source] * torch.exp(-power * shift).unsqueeze(-1)
-    else:
-        return observations, None
-    return Observations(values, dict(observations.masks)), shift
-
-
 def _dim_of_chart(size: int) -> int:
     """``D`` from a chart's size ``1 + D + D(D+1)/2``."""
     dim = 1
@@ -361,6 +348,7 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
                      generator: torch.Generator | None = None, model=None) -> TrainingSupport:
     """Ranges of the training meta-prior (module docstring) from ``num_problems`` draws, in the frame of
     ``model`` (anchored or not; default: the problem's own frame, unanchored)."""
+    from .nn.structure import framed_observations
     from .nn.tokens import gmm_to_chart
 
     generator = generator or torch.Generator().manual_seed(7)

@@ -184,7 +184,7 @@ def _parts(model, obs: Observations) -> list[Observations]:
     (name,) = model.config.sources
     size = support.count_high[name]
     values, masks = obs.values[name], obs.masks[name]
-    if int(masks.sum(-1).max()) <= size:
+    if masks.shape[-1] <= size or int(masks.sum(-1).max()) <= size:  # the first test needs no pass over the data
         return [obs]
     # present observations first, in their order, so that every part but the last of a data set is full
     order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices

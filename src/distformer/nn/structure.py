@@ -49,25 +49,32 @@ def anchor_of(observations: Observations, source: str, dim: int) -> Tensor:
     return total / mask.sum(-2).clamp_min(1).to(values.dtype)
 
 
-def centred(chart: Tensor, observations: Observations, source: str, dim: int) -> tuple[Tensor, Observations, Tensor]:
-    """``(chart - a, observations of source - a, a)``: chart ``(B, K, C)`` with its means moved, the anchor source's
-    first ``D`` coordinates moved (other sources as given), and the anchor ``a`` ``(B, D)``."""
-    a = anchor_of(observations, source, dim)
+def framed_observations(observations: Observations, anchor: str, dim: int, scale_source: str, power: float
+                        ) -> tuple[Observations, Tensor | None]:
+    """The observations in the network's frame (module docstring) and the shift of the chart's means into it:
+    relative to ``anchor``'s mean in its first ``dim`` coordinates (shift ``(B, D)``), or ``scale_source`` at unit
+    mean square (shift ``(B, 1)``), or as given (shift ``None``)."""
     values = dict(observations.values)
-    z = values[source]
-    values[source] = torch.cat([z[..., :dim] - a.unsqueeze(-2), z[..., dim:]], -1) if z.shape[-1] > dim \
-        else z - a.unsqueeze(-2)
-    return moved(chart, -a, dim), Observations(values, dict(observations.masks)), a
+    if anchor:
+        shift = anchor_of(observations, anchor, dim)
+        z = values[anchor]
+        values[anchor] = torch.cat([z[..., :dim] - shift.unsqueeze(-2), z[..., dim:]], -1) if z.shape[-1] > dim \
+            else z - shift.unsqueeze(-2)
+    elif scale_source:
+        shift = scale_anchor_of(observations, scale_source, power)
+        values[scale_source] = values[scale_source] * torch.exp(-power * shift).unsqueeze(-1)
+    else:
+        return observations, None
+    return Observations(values, dict(observations.masks)), shift
 
 
 def framed(config, chart: Tensor, observations: Observations) -> tuple[Tensor, Observations, Tensor | None]:
     """The problem in the frame the network reads (module docstring): ``(chart, observations, shift)``, with
-    ``shift`` ``(B, D)`` to add back to the posterior's means (``None`` for a model without anchoring)."""
-    if config.anchor:
-        return centred(chart, observations, config.anchor, config.dim)
-    if config.scale_source:
-        return scaled(chart, observations, config.scale_source, config.scale_power)
-    return chart, observations, None
+    ``shift`` to add back to the posterior's means (``None`` for a model without anchoring)."""
+    observations, shift = framed_observations(observations, config.anchor, config.dim, config.scale_source,
+                                              config.scale_power)
+    return (chart, observations, None) if shift is None else (moved(chart, -shift, shift.shape[-1]), observations,
+                                                               shift)
 
 
 def scale_anchor_of(observations: Observations, source: str, power: float) -> Tensor:
@@ -78,15 +85,6 @@ def scale_anchor_of(observations: Observations, source: str, power: float) -> Te
     mean = square.sum((-2, -1)) / (mask.sum((-2, -1)).clamp_min(1) * values.shape[-1]).to(values.dtype)
     shift = torch.log(mean.clamp_min(1e-30)) / (2 * power)
     return torch.where(mask.any(-2).squeeze(-1), shift, torch.zeros_like(shift)).unsqueeze(-1)
-
-
-def scaled(chart: Tensor, observations: Observations, source: str, power: float
-           ) -> tuple[Tensor, Observations, Tensor]:
-    """``(chart - a, observations of source * e^{-pa}, a)`` for the scale anchor ``a`` ``(B, 1)``."""
-    a = scale_anchor_of(observations, source, power)
-    values = dict(observations.values)
-    values[source] = values[source] * torch.exp(-power * a).unsqueeze(-1)
-    return moved(chart, -a, 1), Observations(values, dict(observations.masks)), a
 
 
 def moved(chart: Tensor, shift: Tensor, dim: int) -> Tensor:
