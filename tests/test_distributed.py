@@ -6,8 +6,8 @@ import torch
 
 from distformer import ArchitectureConfig, ProblemConfig, TrainConfig, train
 from distformer.problems import get
-from distformer.training.checkpoint import load_model
-from distformer.training.distributed import spawn_training, train_worker
+from distformer.nn.serialization import load_model
+from distformer.launch import spawn_training, train_worker
 
 CONFIG = TrainConfig(problem=ProblemConfig("linear-gaussian", {"dim": 2, "max_observations": 5}),
                      architecture=ArchitectureConfig(d_model=16, num_heads=2, num_layers=1, ff_dim=32, hidden=16),

@@ -1,13 +1,9 @@
 """Filter, motion models and filtering baselines: exact identities in float64, agreement, missing data, stability."""
 
-import math
-import warnings
-
 import pytest
 import torch
 
 import distformer
-from distformer import GaussianMixture
 from distformer.baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter, ParticleFilter,
                                   UnscentedKalmanFilter, gaussian_log_likelihood, gaussian_transition)
 from distformer.filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate, NonlinearMotion

@@ -137,7 +137,7 @@ def test_importance_check_passes_accurate_posteriors_and_flags_a_broken_model():
     assert post.reliability.pareto_k.shape == (300,)
     assert float((~post.reliable).double().mean()) <= 0.05
     shifted = dfm.GaussianMixture(post.weights, post.loc + 1.0, scale_tril=post.scale_tril * 0.3)
-    from distformer.reliability import importance_check
+    from distformer.nn.reliability import importance_check
 
     verdict = importance_check(model, shifted, batch.prior, batch.observations, None, problem, 256, g)
     assert float((~verdict.reliable).double().mean()) > 0.9

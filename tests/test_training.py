@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from distformer import ArchitectureConfig, ProblemConfig, TrainConfig, train
-from distformer.training.checkpoint import atomic_write, load_model
+from distformer.io import atomic_write
+from distformer.nn.serialization import load_model
 from distformer.problems import get
 from distformer.training.trainer import build_model, evaluate, learning_rate
 from helpers import random_mixture
@@ -343,7 +344,7 @@ def test_a_save_over_a_model_interrupted_at_any_step_leaves_a_loadable_model(tmp
     """Issue 31, item 1: a save that fails after the weights were replaced used to leave neither model loadable.
     Stopped at each of its three steps, the folder holds the old model or the new one, whole."""
     from distformer.nn.transformer import DistributionTransformer, ModelConfig
-    from distformer.training import checkpoint as ckpt
+    from distformer.nn import serialization as ckpt
 
     def model(seed):
         torch.manual_seed(seed)

@@ -11,7 +11,7 @@ from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
 from .observations import Observations
 from .refinement import Refinement, refine
 from .training import ArchitectureConfig, ProblemConfig, TrainConfig, train
-from .training.checkpoint import load_model as load
+from .nn.serialization import load_model as load
 
 __version__ = "0.1.0"
 

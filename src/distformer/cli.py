@@ -7,41 +7,30 @@ import sys
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
+    from pathlib import Path
 
-    from .problems import get
-    from .training import TrainConfig, train
+    from .launch import spawn_training, train_and_save, train_worker
+    from .training import TrainConfig
 
     config = TrainConfig.from_yaml(args.config)
     checkpoint = args.checkpoint or f"{args.out}.ckpt.safetensors"
-    from pathlib import Path
-
     if not (args.resume or args.overwrite):
         existing = [p for p in (Path(checkpoint), Path(f"{args.out}.safetensors")) if p.exists()]
         if existing:
             raise ValueError(f"Expected no checkpoint or model at {existing[0]} (a crashed or finished run), but one "
                              "is there; pass --resume to continue it or --overwrite to start again.")
     if args.nproc > 1:
-        from .training.distributed import spawn_training, train_worker
-
         command = f"distformer train {args.config} --nproc {args.nproc} --out {args.out}"
         spawn_training(args.nproc, train_worker, config.to_dict(), args.out, checkpoint, args.resume, args.quiet,
                        False, command)
         print(f"saved {args.out}.safetensors/.json after training in {args.nproc} processes")
         return 0
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    problem = get(config.problem.name, **dict(config.problem.options))
-    model = train(problem, config, checkpoint=checkpoint, resume=args.resume, progress=not args.quiet)
+    model = train_and_save(config, args.out, checkpoint, args.resume, args.quiet,
+                           f"distformer train {args.config} --out {args.out}")
     from .training.distributed import world_size_and_rank
 
-    world, rank = world_size_and_rank()
-    if rank != 0:  # under torchrun every process trains the same replica; rank 0 writes it
+    if world_size_and_rank()[1] != 0:  # under torchrun every process trains the same replica; rank 0 wrote it
         return 0
-    if world > 1:
-        model.card["training"]["processes"] = world
-    model.card["training"]["command"] = f"distformer train {args.config} --out {args.out}"
-    model.save(args.out)
     final = model.card["training"]["final_validation"] or {}
     print(f"saved {args.out}.safetensors/.json after {model.card['training']['time_s']:.0f} s; "
           + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .bench.timing import interleaved_median_seconds
+from .timing import interleaved_median_seconds
 from .diagnostics import kl_divergence
 from .distributions.gmm import GaussianMixture
 from .problems import get

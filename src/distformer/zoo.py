@@ -25,14 +25,14 @@ def pretrained_path(name: str) -> Path:
 
 def load_pretrained(name: str):
     """Load the shipped model ``name`` (no network)."""
-    from .training.checkpoint import load_model
+    from .nn.serialization import load_model
 
     return load_model(pretrained_path(name))
 
 
 def load_named_or_path(name_or_path: str):
     """A shipped model by name, otherwise a model saved at ``name_or_path`` (``distformer.load``)."""
-    from .training.checkpoint import load_model
+    from .nn.serialization import load_model
 
     if name_or_path in pretrained_names():
         return load_pretrained(name_or_path)
@@ -67,7 +67,7 @@ def record_metrics(name: str, metrics: dict) -> None:
     """Store benchmark ``metrics`` (with the command that measured them) in the shipped model card ``name``."""
     import json
 
-    from .training.checkpoint import atomic_write
+    from .io import atomic_write
 
     path = pretrained_path(name).with_suffix(".json")
     meta = json.loads(path.read_text())

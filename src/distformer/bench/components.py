@@ -18,7 +18,7 @@ import torch
 from ..diagnostics import estimate, kl_divergence
 from ..problems import get
 from .report import fmt_estimate, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 MODEL = "linear-gaussian-2d"
 COMPONENTS = (1, 2, 4, 5, 10, 20)

@@ -35,7 +35,7 @@ import torch
 from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
 from ..problems import get
 from .report import fmt_estimate, stage, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 DIMS = (1, 2, 4, 8)
 QUICK_DIMS = (1, 4)  # --quick: trains both for a few steps
@@ -65,7 +65,7 @@ def _train_one(args: tuple) -> str:
 def _models(dims: tuple[int, ...], quick: bool, folder: Path) -> dict[int, object]:
     """The model for each of ``dims``: shipped, kept in ``folder`` with a matching config, or trained now."""
     import distformer
-    from ..training.checkpoint import load_model
+    from ..nn.serialization import load_model
     from ..training.config import TrainConfig
 
     models, todo = {}, []

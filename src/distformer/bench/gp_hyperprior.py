@@ -29,7 +29,7 @@ from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
 from .report import fmt_estimate, stage, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 SEED = 7171
 PAPER = {"VI": (None, 0.39), "MCMC": (None, 2.27), "PFN": (0.90, 1.53), "model": (0.81, 0.31)}  # 5-D, Table 2

@@ -31,7 +31,7 @@ from ..diagnostics import estimate
 from ..problems.inverse_gamma import InverseGammaVariance
 from ..problems.sampling import inverse_gamma
 from .report import fmt_estimate, stage, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 MODEL = "inverse-gamma"
 SEED = 4141

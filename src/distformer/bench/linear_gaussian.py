@@ -24,7 +24,7 @@ from ..distributions.gmm import GaussianMixture
 from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
 from ..problems import get
 from .report import fmt_estimate as _fmt, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
 SEED = 12345

@@ -17,7 +17,7 @@ from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from ..problems.lti import LTI, Series
 from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, plot_compute_curve, timed
 from .report import fmt_estimate as _fmt, write_report
-from .timing import machine
+from ..timing import machine
 
 SEED = 31415
 MODEL = "linear-gaussian-2d"

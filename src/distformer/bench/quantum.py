@@ -29,7 +29,7 @@ from ..baselines.pfn import PFNConfig, train_pfn
 from ..diagnostics import estimate
 from ..problems.quantum import TIME_SD, TwoLevelSystem
 from .report import fmt_estimate, stage, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 MODEL = "quantum"
 SEED = 6161

@@ -26,7 +26,7 @@ from ..problems import get
 from ..refinement import refine
 from ..support import OutOfFamilyWarning
 from .report import fmt_estimate as _fmt, write_report
-from .timing import interleaved_median_seconds, machine
+from ..timing import interleaved_median_seconds, machine
 
 SEED = 2718
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")

@@ -25,7 +25,7 @@ from .filter_runs import (describe_match, out_of_family_line, out_of_family_mess
                           record_filter_metrics, repeated_timing, row_cells, score_filter, score_particle_filter,
                           single_step_kl, smallest_match)
 from .report import fmt_estimate as _fmt, write_report
-from .timing import machine
+from ..timing import machine
 
 SEED = 27182
 MODEL = "sensor-fusion"

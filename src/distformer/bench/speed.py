@@ -33,7 +33,7 @@ from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..observations import as_observations
 from ..problems import get
 from .report import fmt_estimate, write_report
-from .timing import interleaved_median_seconds, machine, threads
+from ..timing import interleaved_median_seconds, machine, threads
 
 SEED = 1618
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")

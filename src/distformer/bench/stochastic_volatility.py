@@ -19,7 +19,7 @@ from .filter_runs import (describe_match, first_steps, out_of_family_line, out_o
                           plot_compute_curve, record_filter_metrics, row_cells, score_filter, score_particle_filter,
                           smallest_match)
 from .report import fmt_estimate as _fmt, write_report
-from .timing import machine
+from ..timing import machine
 
 SEED = 16180
 MODEL = "stochastic-volatility"

@@ -23,7 +23,7 @@ from ..diagnostics import kl_divergence
 from ..problems import get
 from ..support import OutOfFamilyWarning
 from .report import stage, write_report
-from .timing import machine
+from ..timing import machine
 
 SEED = 2727
 SILENT_KL = 0.1
@@ -97,7 +97,7 @@ def flag_cost(repeats: int, batch: int, generator: torch.Generator) -> dict:
     on the machine's threads; medians of interleaved calls."""
     import distformer
 
-    from .timing import interleaved_median_seconds, threads
+    from ..timing import interleaved_median_seconds, threads
 
     model = distformer.pretrained("linear-gaussian-2d")
     problem = get("linear-gaussian", **model.card["problem"]["options"])

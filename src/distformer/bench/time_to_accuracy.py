@@ -59,7 +59,7 @@ def train_until(args: tuple) -> dict:
 def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
     """Run the grid (two configurations at a time) and write ``out_dir/time-to-accuracy.{md,json,png}``."""
     from .report import write_report
-    from .timing import machine
+    from ..timing import machine
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cap_s, validate_every = (8.0, 5) if quick else (2400.0, 250)

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from .linalg import cholesky, gaussian_log_prob, symmetrize
+from .linalg import cholesky, symmetrize
 
 
 def runnalls_reduce(mixture, k: int):

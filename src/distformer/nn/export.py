@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from ..observations import Observations
-from ..training.checkpoint import atomic_write
+from ..io import atomic_write
 from .folded import folded_forward, folded_weights
 from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_to_gmm
 

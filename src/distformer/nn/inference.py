@@ -29,6 +29,7 @@ from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import WarpedGaussianMixture
 from ..observations import Observations, as_observations
+from .support import Reliability, warn_flagged
 from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 
 CHECKS = (True, False, "importance")
@@ -60,7 +61,7 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
     else:
         result, reliability = _posterior(model, prior, encoded, parameters, obs, batch, grad, check)
     if check == "importance":
-        from ..reliability import importance_check
+        from .reliability import importance_check
 
         reliability = importance_check(model, result, prior, obs, reliability, likelihood, importance_draws,
                                        generator, raw_prior if model.is_parametric and torch.is_tensor(raw_prior)
@@ -140,7 +141,6 @@ def _posterior(model, prior: GaussianMixture, encoded, parameters, obs: Observat
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):
     """The per-problem :class:`~distformer.support.Reliability` of a flat batch, shaped ``batch``, with the flat
     batch kept for describing a flagged problem."""
-    from ..support import Reliability
 
     support = model.support
     if support is None:
@@ -163,7 +163,6 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
 
 
 def _warn(model, reliability, strict: bool, check) -> None:
-    from ..support import warn_flagged
 
     why = []
     if check != "importance" and any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count")):
@@ -197,7 +196,6 @@ def _parts(model, obs: Observations) -> list[Observations]:
 
 def _in_parts(model, prior, parts: list[Observations], batch, grad: bool, check):
     """The posterior after every part in turn (module docstring), and the union of the parts' flags."""
-    from ..support import Reliability
 
     belief = prior.expand(batch)
     verdicts = []

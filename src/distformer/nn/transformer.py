@@ -307,7 +307,7 @@ class DistributionTransformer(nn.Module):
     @property
     def support(self):
         """The training support recorded in the card (``support.py``), or ``None`` for a card without one."""
-        from ..support import TrainingSupport
+        from .support import TrainingSupport
 
         data = self.card.get("support")
         cached = self.__dict__.get("_support")
@@ -449,9 +449,9 @@ class DistributionTransformer(nn.Module):
 
         return compile_update(self, cpp_wrapper=cpp_wrapper)
 
-    # serialisation lives in training/checkpoint.py; these are the public entry points
+    # serialisation lives in nn/serialization.py; these are the public entry points
     def save(self, path) -> None:
         """Write ``path.safetensors`` (weights) and ``path.json`` (config and model card); never pickles."""
-        from ..training.checkpoint import save_model
+        from .serialization import save_model
 
         save_model(self, path)

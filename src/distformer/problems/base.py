@@ -26,6 +26,22 @@ class Batch:
     theta: Tensor
     observations: Observations
 
+    @staticmethod
+    def concat(batches: "list[Batch]") -> "Batch":
+        """One batch from several with batch shapes ``(n_i,)``, in order (the shards of a training step)."""
+        if len(batches) == 1:
+            return batches[0]
+        if torch.is_tensor(batches[0].prior):  # parametric priors: parameters (n_i, P)
+            prior = torch.cat([b.prior for b in batches])
+        else:
+            prior = GaussianMixture(logits=torch.cat([b.prior.log_weights for b in batches]),
+                                    loc=torch.cat([b.prior.loc for b in batches]),
+                                    scale_tril=torch.cat([b.prior.scale_tril for b in batches]), validate_args=False)
+        names = list(batches[0].observations.values)
+        observations = Observations({s: torch.cat([b.observations.values[s] for b in batches]) for s in names},
+                                    {s: torch.cat([b.observations.masks[s] for b in batches]) for s in names})
+        return Batch(prior, torch.cat([b.theta for b in batches]), observations)
+
 
 class Problem(ABC):
     """A Bayesian inference problem the model is trained on.

@@ -1,6 +1,6 @@
 """Training: configuration, loop, checkpoints."""
 
-from .checkpoint import load_model, save_model
+from ..nn.serialization import load_model, save_model
 from .config import ArchitectureConfig, ProblemConfig, TrainConfig
 from .trainer import train
 

@@ -19,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -31,11 +29,12 @@ from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..nn.transformer import DistributionTransformer, ModelConfig
 from ..problems import Problem, get
 from ..problems.base import Batch
-from ..support import estimate_support
+from ..nn.support import estimate_support
+from ..timing import hardware
 from ..zoo import load_named_or_path
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from .distributed import concat_batches, gather_rng_states, world_size_and_rank, wrap_ddp
+from .distributed import gather_rng_states, world_size_and_rank, wrap_ddp
 from .config import TrainConfig
 
 
@@ -105,8 +104,11 @@ def keep_blocks(model: DistributionTransformer, blocks: Sequence[int]) -> Distri
 
 
 def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
-               forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+               forward=None, draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Mean NLL of the true parameter under the posterior (plus the prior loss); returns (loss, posterior NLL).
+
+    With ``draws`` ``(M, B, D)`` from each problem's exact posterior (``TrainConfig.posterior_draws``) the
+    posterior NLL is their mean instead of the generating parameter's; the prior loss still scores ``batch.theta``.
 
     The NLL is on the original space: for a model with a warp :math:`f` it is
     :math:`-\log q(f(x)) - \log|f'(x)|`, whose gradient is that of the warped-space NLL. Parametric priors go
@@ -121,7 +123,12 @@ def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
     target = theta if warp is None else warp.forward(theta)
     jacobian = 0.0 if warp is None else warp.log_abs_det_jacobian(theta)
     posterior = chart_to_gmm((forward or model)(chart, batch.observations), model.dim)
-    nll = -(posterior.log_prob(target) + jacobian).mean()
+    if draws is None:
+        nll = -(posterior.log_prob(target) + jacobian).mean()
+    else:
+        draws = draws.float()
+        nll = -(posterior.log_prob(draws if warp is None else warp.forward(draws))
+                + (0.0 if warp is None else warp.log_abs_det_jacobian(draws))).mean()
     loss = nll
     if prior_loss:
         loss = loss - chart_to_gmm(chart, model.dim).log_prob(target).mean()
@@ -169,6 +176,9 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         problem = get(problem, **dict(config.problem.options))
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if config.posterior_draws and not problem.has_exact_posterior:
+        raise ValueError(f"Expected a problem with an exact posterior for posterior_draws={config.posterior_draws}, "
+                         f"but {type(problem).__name__} has none; set posterior_draws to 0.")
     model = build_model(problem, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay else None
@@ -215,8 +225,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = concat_batches([problem.sample_batch(per_shard, generator=shard_rngs[i]) for i in mine])
-        loss, nll = batch_loss(model, batch, config.prior_loss, forward)
+        shards = [_shard(problem, per_shard, shard_rngs[i], config.posterior_draws) for i in mine]
+        batch = Batch.concat([b for b, _ in shards])
+        draws = torch.cat([d for _, d in shards], 1) if config.posterior_draws else None
+        loss, nll = batch_loss(model, batch, config.prior_loss, forward, draws)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"Expected a finite training loss, but got {float(loss)} at step {step}; "
                                      "lower lr or grad_clip.")
@@ -266,20 +278,14 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
     return result
 
 
-def hardware() -> dict[str, Any]:
-    """The machine the run happened on."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "gpu": None}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def _shard(problem: Problem, n: int, generator: torch.Generator, draws: int) -> tuple[Batch, torch.Tensor | None]:
+    """One shard of simulated problems and, for ``draws > 0``, ``(draws, n, D)`` draws from their exact posteriors,
+    both from ``generator``."""
+    batch = problem.sample_batch(n, generator=generator)
+    if not draws:
+        return batch, None
+    exact = problem.exact_posterior(batch.prior, batch.observations)
+    return batch, exact.sample((draws,), generator=generator)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -34,9 +34,10 @@ from dataclasses import replace
 
 import torch
 
-from .distributions.gmm import GaussianMixture
-from .psis import khat_threshold, pareto_smooth
-from .refinement import _as_log_likelihood, importance_ratios
+from ..distributions.gmm import GaussianMixture
+from ..psis import khat_threshold, pareto_smooth
+from ..refinement import _as_log_likelihood, importance_ratios
+from .support import Reliability
 
 DEFENSIVE_SHARE = 0.1
 KL_TOLERANCE = 0.05  # nats of the Jensen gap of the model's own draws' ratios, an estimate of KL(q || posterior)
@@ -47,7 +48,7 @@ def card_likelihood(model):
     """The problem recorded in ``model.card`` (``problems.get(name, **options)``), cached on the model."""
     cached = model.__dict__.get("_card_problem")
     if cached is None:
-        from .problems import get
+        from ..problems import get
 
         problem = model.card.get("problem", {})
         if "name" not in problem:
@@ -63,7 +64,6 @@ def importance_check(model, posterior, prior: GaussianMixture, observations, rel
     """``reliability`` (a :class:`~distformer.support.Reliability` or ``None``) with the ``importance`` reason and
     the Pareto ``k̂`` ``(*B)`` of each problem added (module docstring). ``parameters``: a parametric prior's
     parameters, whose density and likelihood on the model's space come from ``problem.warped_target``."""
-    from .support import Reliability
 
     if not isinstance(draws, int) or draws < 25:
         raise ValueError(f"Expected at least 25 importance draws as an int, but got {draws!r}.")

@@ -1,0 +1,394 @@
+r"""The training support of a model, and the per-problem typicality check behind ``post.reliable``.
+
+Each problem of a batch, a (prior, data) pair, is judged on its own, in the frame the network reads it in: for an
+anchored model (``ModelConfig.anchor``) every mean and observation of the anchor source is taken relative to the
+data mean, so a translated problem is judged as the model sees it. The support holds, from ``n`` draws of the
+training meta-prior, the range of
+
+* every component coordinate but the weight, :math:`[\mu,\ \log\operatorname{diag}L,\ \operatorname{offdiag}L]`,
+  as the network reads it (``component_features``: for bounded features, asinh of the means and off-diagonal
+  entries, and log scales above the features' ceiling at the ceiling), or for a parametric-prior model every warped
+  prior parameter. The weights need no range: components of weight exactly 0 are left out, and for a model with
+  ``site_evidence`` the weights follow Bayes' rule;
+* every observation coordinate per source, and the number of observations per source;
+
+each widened by ``margin`` of its width on either side, :math:`[a - \rho(b-a),\ b + \rho(b-a)]`. A problem is
+*atypical* when any of its numbers lies outside; the reasons are kept per problem (``prior``, ``data``,
+``count``). The number of components ``K`` is not checked: the decoder has no positional encoding over
+components, and ``bench components`` measures any ``K``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from ..distributions.transforms import Warp
+from ..observations import Observations
+from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations
+from .tokens import gmm_to_chart
+
+SUPPORT_FORMAT = 2
+REASONS = ("prior", "data", "count")
+
+
+class OutOfFamilyWarning(UserWarning):
+    """Some problems of a batch lie outside the family the model was trained on, or failed its diagnostic."""
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """The verdict on each problem of a batch ``B``: ``reliable`` ``(*B)`` (``False`` where the model should not be
+    trusted) and ``reasons``, reason -> booleans ``(*B)`` (``True`` where that reason fired): ``prior``, ``data``
+    and ``count`` for a number outside the training ranges, ``importance`` for a Pareto ``k̂`` of the
+    importance ratios above its threshold (``pareto_k`` ``(*B)``, or ``None`` when that diagnostic did not run);
+    ``detail``: what lies outside for the first flagged problem, in words."""
+
+    reliable: Tensor
+    reasons: Mapping[str, Tensor]
+    pareto_k: Tensor | None = None
+    detail: str = ""
+
+    def summary(self) -> str:
+        """``"3 of 10 problems flagged (prior: 2, count: 1)"``; with the importance check, its count alone."""
+        total = self.reliable.numel()
+        bad = int((~self.reliable).sum())
+        reasons = {"importance": self.reasons["importance"]} if "importance" in self.reasons else self.reasons
+        parts = ", ".join(f"{k}: {int(v.sum())}" for k, v in reasons.items() if bool(v.any()))
+        return f"{bad} of {total} problem{'s' if total != 1 else ''} flagged ({parts})"
+
+
+@dataclass(frozen=True)
+class TrainingSupport:
+    """Ranges seen in training (module docstring). ``component_*``: per component coordinate but the weight (empty
+    for a parametric-prior model); ``parameter_*``: per warped prior parameter (empty for a GMM-prior model);
+    ``observation_*``: per source and dimension; ``count_*``: observations per source; ``anchor``: the source whose
+    data mean the ranges are relative to (``""`` for none); ``num_components``: ``K`` in training (for reference)."""
+
+    component_names: tuple[str, ...]
+    component_low: tuple[float, ...]
+    component_high: tuple[float, ...]
+    parameter_names: tuple[str, ...]
+    parameter_low: tuple[float, ...]
+    parameter_high: tuple[float, ...]
+    observation_low: Mapping[str, tuple[float, ...]]
+    observation_high: Mapping[str, tuple[float, ...]]
+    count_low: Mapping[str, int]
+    count_high: Mapping[str, int]
+    anchor: str
+    num_components: int
+    bounded: bool = False
+    scale_source: str = ""
+    scale_power: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the caches kept in __dict__
+        def plain(v):
+            if isinstance(v, Mapping):
+                return {k: plain(x) for k, x in v.items()}
+            return list(v) if isinstance(v, tuple) else v
+
+        return {"format": SUPPORT_FORMAT} | {k: plain(v) for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSupport":
+        if "format" not in data and "chart_low" in data:  # written before per-problem checks: ranges of the chart
+            return cls(component_names=tuple(data["chart_names"][1:]), component_low=tuple(data["chart_low"][1:]),
+                       component_high=tuple(data["chart_high"][1:]), parameter_names=(), parameter_low=(),
+                       parameter_high=(), observation_low={k: tuple(v) for k, v in data["observation_low"].items()},
+                       observation_high={k: tuple(v) for k, v in data["observation_high"].items()},
+                       count_low=dict(data["count_low"]), count_high=dict(data["count_high"]), anchor="",
+                       num_components=int(data["num_components"]))
+        if data.get("format") != SUPPORT_FORMAT:
+            raise ValueError(f"Expected a training support of format {SUPPORT_FORMAT} in the model card, but got "
+                             f"format {data.get('format')!r}; re-estimate it with distformer.support.estimate_support.")
+        return cls(component_names=tuple(data["component_names"]), component_low=tuple(data["component_low"]),
+                   component_high=tuple(data["component_high"]), parameter_names=tuple(data["parameter_names"]),
+                   parameter_low=tuple(data["parameter_low"]), parameter_high=tuple(data["parameter_high"]),
+                   observation_low={k: tuple(v) for k, v in data["observation_low"].items()},
+                   observation_high={k: tuple(v) for k, v in data["observation_high"].items()},
+                   count_low=dict(data["count_low"]), count_high=dict(data["count_high"]),
+                   anchor=str(data["anchor"]), num_components=int(data["num_components"]),
+                   bounded=bool(data.get("bounded", False)), scale_source=str(data.get("scale_source", "")),
+                   scale_power=float(data.get("scale_power", 0.5)))
+
+    def _check_lengths(self, dim: int, sources: Mapping[str, int]) -> None:
+        """Raise ``ValueError`` unless every range has the length the model needs (``dim``, ``sources``)."""
+        if len(self.component_low) != len(self.component_high) or len(self.component_low) not in (0, len(
+                component_coordinate_names(dim))):
+            raise ValueError(f"component ranges of length {len(self.component_low)}/{len(self.component_high)} "
+                             f"for D={dim}, which needs {len(component_coordinate_names(dim))}")
+        for name, width in sources.items():
+            lo, hi = self.observation_low.get(name, ()), self.observation_high.get(name, ())
+            if len(lo) != width or len(hi) != width:
+                raise ValueError(f"observation ranges of source {name!r} of length {len(lo)}/{len(hi)}, which "
+                                 f"needs {width}")
+
+    def _bounds(self, what: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
+        """Lower and upper bounds of ``what`` (``component``, ``parameter`` or a source name) as tensors, cached."""
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (what, dtype, str(device))
+        if key not in cache:
+            if what in ("component", "parameter"):
+                low, high = getattr(self, f"{what}_low"), getattr(self, f"{what}_high")
+            else:
+                low, high = self.observation_low[what], self.observation_high[what]
+            cache[key] = (torch.tensor(low, dtype=dtype, device=device), torch.tensor(high, dtype=dtype, device=device))
+        return cache[key]
+
+    def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
+
+        dim = len(self.observation_low[self.anchor]) if self.anchor else 0
+        return framed_observations(observations, self.anchor, dim, self.scale_source, self.scale_power)
+
+    def outside(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None = None
+                ) -> dict[str, Tensor]:
+        """Per-problem reasons ``reason -> booleans (B,)`` (``True`` = outside) for charts ``(B, K, C)`` of GMM
+        priors (``None`` for a parametric model), observations with batch ``(B,)`` and, for a parametric model,
+        its warped prior parameters ``(B, P)``. On the CPU it runs in NumPy on zero-copy views (``_outside_numpy``):
+        at batch size 1 its cost is operator dispatch, which NumPy does several times faster than torch."""
+        tensors = [t for t in (chart, parameters, *observations.values.values()) if t is not None]
+        if all(t.device.type == "cpu" for t in tensors):
+            return self._outside_numpy(chart, observations, parameters)
+        return self._outside_torch(chart, observations, parameters)
+
+    def _outside_torch(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
+                       ) -> dict[str, Tensor]:
+        """:meth:`outside` in torch, for tensors on any device."""
+        observations, shift = self._framed(observations)
+        values, masks = observations.values, observations.masks
+        if parameters is not None:
+            low, high = self._bounds("parameter", parameters.dtype, parameters.device)
+            prior = ((parameters < low) | (parameters > high)).any(-1)
+        else:
+            low, high = self._bounds("component", chart.dtype, chart.device)
+            dim = _dim_of_chart(chart.shape[-1])
+            coords = component_features(chart, dim, shift, self.bounded)
+            live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
+            prior = (((coords < low) | (coords > high)).any(-1) & live).any(-1)
+        data = torch.zeros_like(prior)
+        count = torch.zeros_like(prior)
+        for name in self.observation_low:
+            v, m = values[name], masks[name]
+            low, high = self._bounds(name, v.dtype, v.device)
+            data = data | (((v < low) | (v > high)).any(-1) & m).any(-1)
+            n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
+            count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+        return {"prior": prior, "data": data, "count": count}
+
+    def _outside_numpy(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
+                       ) -> dict[str, Tensor]:
+        """:meth:`outside` in NumPy (tested to agree). The bounded features are monotone in each coordinate, so
+        the chart is compared with the bounds mapped back to chart values (``_raw_bounds``) instead of being
+        transformed: a few comparisons per call."""
+        import numpy as np
+
+        values = {k: v.detach().numpy() for k, v in observations.values.items()}
+        masks = {k: m.numpy() for k, m in observations.masks.items()}
+        full = {k: bool(m.all()) for k, m in masks.items()}  # every observation present: the common case
+        shift = None
+        if self.anchor:
+            d = len(self.observation_low[self.anchor])
+            z, m = values[self.anchor], masks[self.anchor]
+            if full[self.anchor] and m.shape[-1]:
+                shift = z[..., :d].sum(-2) / m.shape[-1]
+            else:
+                shift = np.where(m[..., None], z[..., :d], 0).sum(-2) / np.maximum(m.sum(-1), 1)[..., None]
+            values[self.anchor] = z[..., :d] - shift[..., None, :] if z.shape[-1] == d else \
+                np.concatenate([z[..., :d] - shift[..., None, :], z[..., d:]], -1)
+        elif self.scale_source:
+            z, m, p = values[self.scale_source], masks[self.scale_source], self.scale_power
+            mean = np.where(m[..., None], z * z, 0).sum((-2, -1)) / (np.maximum(m.sum(-1), 1) * z.shape[-1])
+            mean = np.where(m.any(-1), np.maximum(mean, 1e-30), 1.0)  # a = log(mean) / 2p; z e^{-pa} = z / sqrt(mean)
+            values[self.scale_source] = z / np.sqrt(mean)[..., None, None]
+            shift = np.log(mean)[..., None] / (2 * p)
+        if parameters is not None:
+            x = parameters.detach().numpy()
+            mid, half = self._raw_bounds("parameter")
+            prior = (np.abs(x - mid) > half).any(-1)
+        else:
+            c = chart.detach().numpy()
+            coords = c[..., 1:]
+            mid, half = self._raw_bounds("component")
+            if shift is not None:  # means relative to the anchor
+                dim = shift.shape[-1]
+                coords = np.concatenate([coords[..., :dim] - shift[..., None, :], coords[..., dim:]], -1)
+            prior = ((np.abs(coords - mid) > half).any(-1) & (c[..., 0] > -15.99)).any(-1)
+        data = count = False
+        for name in self.observation_low:
+            v, m = values[name], masks[name]
+            mid, half = self._raw_bounds(name)
+            outside = (np.abs(v - mid) > half).any(-1)
+            data = data | (outside.any(-1) if full[name] else (outside & m).any(-1))
+            if full[name]:
+                n = m.shape[-1]
+                count = count | bool((n > 0 and n < self.count_low[name]) or n > self.count_high[name])
+            else:
+                n = m.sum(-1)
+                count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+        flags = {"prior": prior, "data": data, "count": count}
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.shape == prior.shape
+                else torch.full(prior.shape, bool(v)) for k, v in flags.items()}
+
+    def _raw_bounds(self, what: str):
+        """NumPy midpoints and half-widths of the bounds of ``what`` on the raw values (outside means
+        :math:`|x - m| > h`): for a model with bounded features the component bounds are mapped back through the
+        features (``sinh`` of the asinh bounds, and no upper bound on log scales whose features stop at the
+        ceiling), so that comparing raw values is comparing features."""
+        cache = self.__dict__.setdefault("_cache", {})
+        found = cache.get(("numpy", what))
+        if found is None:
+            found = cache[("numpy", what)] = self._raw_bounds_of(what)
+        return found
+
+    def _raw_bounds_of(self, what: str):
+        import numpy as np
+
+
+        low, high = (b.numpy().copy() for b in self._bounds(what, torch.float64, "cpu"))
+        if what == "component" and self.bounded:
+            dim = _dim_of_chart(low.size + 1)
+            asinh = np.r_[0:dim, 2 * dim:low.size]
+            low[asinh], high[asinh] = np.sinh(low[asinh]), np.sinh(high[asinh])
+            scales = slice(dim, 2 * dim)
+            high[scales] = np.where(high[scales] >= FEATURE_LOG_SCALE_RANGE[1], 700.0, high[scales])  # e^700: none
+        return (low + high) / 2, (high - low) / 2
+
+    def describe(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None, row: int) -> str:
+        """What lies outside for problem ``row`` of a flat batch, in words."""
+        obs, shift = self._framed(observations.index(torch.tensor([row])))
+        found = []
+        if parameters is not None:
+            found += _outside(self.parameter_names, parameters[row], parameters[row], self.parameter_low,
+                              self.parameter_high, "prior")
+        else:
+            c = chart[row]
+            dim = _dim_of_chart(chart.shape[-1])
+            c = component_features(c[c[:, 0] > -15.99].unsqueeze(0), dim, shift, self.bounded)[0]
+            if c.shape[0]:
+                found += _outside(self.component_names, c.amin(0), c.amax(0), self.component_low,
+                                  self.component_high, "prior")
+        for name in self.observation_low:
+            v, m = obs.values[name][0], obs.masks[name][0]
+            n = int(m.sum())
+            if n and not self.count_low[name] <= n <= self.count_high[name]:
+                found.append(f"{n} {name!r} observations (trained with "
+                             f"{self.count_low[name]}..{self.count_high[name]})")
+            if n:
+                present = v[m]
+                dims = [f"{name}[{i}]" for i in range(v.shape[-1])]
+                found += _outside(dims, present.amin(0), present.amax(0), self.observation_low[name],
+                                  self.observation_high[name], "observation")
+        frame = f" (means and data relative to the mean of {self.anchor!r})" if self.anchor else \
+            f" ({self.scale_source!r} at unit mean square)" if self.scale_source else ""
+        return "; ".join(found) + frame if found else "inside every range"
+
+
+def _dim_of_chart(size: int) -> int:
+    """``D`` from a chart's size ``1 + D + D(D+1)/2``."""
+    dim = 1
+    while 1 + dim + dim * (dim + 1) // 2 < size:
+        dim += 1
+    return dim
+
+
+def _outside(names, low: Tensor, high: Tensor, lo_ref, hi_ref, what: str) -> list[str]:
+    out = []
+    for i, name in enumerate(names):
+        lo, hi = float(low[i]), float(high[i])
+        if lo < lo_ref[i] or hi > hi_ref[i]:
+            value = lo if lo < lo_ref[i] else hi
+            out.append(f"{what} {name} reaches {value:.3g} (trained range [{lo_ref[i]:.3g}, {hi_ref[i]:.3g}])")
+    return out
+
+
+def warn_flagged(message: str, strict: bool, stacklevel: int) -> None:
+    """Raise ``ValueError`` (``strict``) or issue an :class:`OutOfFamilyWarning` at the caller ``stacklevel``
+    frames up, on every call: with a registry of its own, Python's default filter shows each call's warning
+    rather than only the first per line."""
+    if strict:
+        raise ValueError(message)
+    frame = sys._getframe(stacklevel)
+    warnings.warn_explicit(message, OutOfFamilyWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry={})
+
+
+def component_coordinate_names(dim: int, bounded: bool = False) -> tuple[str, ...]:
+    """Names of the checked component coordinates: ``mean[i]``, ``log scale[i]``, ``scale[i,j]`` (j < i), with
+    ``asinh`` before the means and off-diagonal entries of a model with bounded features."""
+    f = "asinh " if bounded else ""
+    names = [f"{f}mean[{i}]" for i in range(dim)] + [f"log scale[{i}]" for i in range(dim)]
+    names += [f"{f}scale[{i},{j}]" for i in range(dim) for j in range(i)]
+    return tuple(names)
+
+
+def component_features(chart: Tensor, dim: int, shift: Tensor | None, bounded: bool) -> Tensor:
+    """The component coordinates the check compares ``(B, K, C - 1)``, from a chart ``(B, K, C)``: the chart but the
+    weight, means relative to ``shift`` ``(B, D)`` (the anchor, or ``None``). For a model with bounded features,
+    what the network reads (``structure.prior_features``) except that log scales below the features' floor keep
+    their value: above the ceiling a wider prior only flattens further against the likelihood (measured in
+    ``benchmarks/stress.md``), but below the floor the chart residual is not scaled to the component and the
+    model's error grows as the prior narrows."""
+
+    coords = chart[..., 1:]
+    if shift is not None:
+        coords = torch.cat([coords[..., :dim] - shift.unsqueeze(-2), coords[..., dim:]], -1)
+    if not bounded:
+        return coords
+    return torch.cat([torch.asinh(coords[..., :dim]), coords[..., dim:2 * dim].clamp_max(FEATURE_LOG_SCALE_RANGE[1]),
+                      torch.asinh(coords[..., 2 * dim:])], -1)
+
+
+def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
+                     generator: torch.Generator | None = None, model=None) -> TrainingSupport:
+    """Ranges of the training meta-prior (module docstring) from ``num_problems`` draws, in the frame of
+    ``model`` (anchored or not; default: the problem's own frame, unanchored)."""
+
+    generator = generator or torch.Generator().manual_seed(7)
+    batch = problem.sample_batch(num_problems, generator=generator)
+    config = model.config if model is not None else None
+    anchor = config.anchor if config is not None else ""
+    scale_source = config.scale_source if config is not None else ""
+    power = config.scale_power if config is not None else 0.5
+    bounded = bool(config is not None and config.bounded_prior_features)
+    obs, shift = framed_observations(batch.observations.to(torch.float64), anchor, problem.dim, scale_source, power)
+
+    def widen(lo: Tensor, hi: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        w = (hi - lo) * margin
+        return tuple((lo - w).tolist()), tuple((hi + w).tolist())
+
+    parameter_low = parameter_high = parameter_names = ()
+    if torch.is_tensor(batch.prior):
+
+        if model is None:
+            raise ValueError(f"Expected the model whose prior encoder charts the parametric priors of problem "
+                             f"{problem.name!r}, but got none.")
+        parameter_names = tuple(problem.prior_parameters)
+        warped = Warp(list(problem.prior_parameters.values())).forward(batch.prior.double())
+        parameter_low, parameter_high = widen(warped.amin(0), warped.amax(0))
+        if config.scale_parameter:  # any value: the encoder is exactly equivariant in it
+            i = parameter_names.index(config.scale_parameter)
+            parameter_low = parameter_low[:i] + (-1e300,) + parameter_low[i + 1:]
+            parameter_high = parameter_high[:i] + (1e300,) + parameter_high[i + 1:]
+        with torch.no_grad():  # the encoder's chart: what the network reads when given the prior's mixture instead
+            chart = model.encode_prior(batch.prior.to(model.prior_encoder.last.weight.dtype)).double()
+    else:
+        chart = gmm_to_chart(batch.prior).double()
+    coords = component_features(chart, problem.dim, shift, bounded)[chart[..., 0] > -15.99]
+    component_names = component_coordinate_names(problem.dim, bounded)
+    component_low, component_high = widen(coords.amin(0), coords.amax(0))
+    obs_low, obs_high, count_low, count_high = {}, {}, {}, {}
+    for name, values in obs.values.items():
+        mask = obs.masks[name]
+        present = values[mask]
+        obs_low[name], obs_high[name] = widen(present.amin(0), present.amax(0))
+        counts = mask.sum(-1)
+        count_low[name], count_high[name] = int(counts.min()), int(counts.max())
+    return TrainingSupport(component_names, component_low, component_high, parameter_names, parameter_low,
+                           parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components,
+                           bounded, scale_source, power)
