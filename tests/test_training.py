@@ -404,7 +404,7 @@ def test_load_checks_the_card_against_the_weights(tmp_path):
             load_model(tmp_path / "b")
 
     broken(lambda d: d["config"].update(d_model=16), "shapes .* configures")
-    broken(lambda d: d["config"].update(dim="two"), "whole numbers for the model sizes")
+    broken(lambda d: d["config"].update(dim="two"), "whole numbers for the model sizes|whole numbers for the network sizes")
     broken(lambda d: d["card"]["support"].update(component_low=[0.0]), "training support .* component ranges")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["head.layers.0.weight"][0, 0] = float("nan")

@@ -31,20 +31,17 @@ from torch import Tensor, nn
 from ..distributions.transforms import Warp
 from ..nn.embeddings import SourceEmbedding, observation_tokens
 from ..nn.layers import DecoderBlock, layer_norm
+from ..nn.sizes import NetworkSizes
 from ..observations import Observations, as_observations
 
 
 @dataclass(frozen=True)
-class PFNConfig:
-    """Sizes and optimisation of a PFN baseline; ``coordinate`` is the latent coordinate it models."""
+class PFNConfig(NetworkSizes):
+    """Sizes (``nn/sizes.py``) and optimisation of a PFN baseline; ``coordinate`` is the latent coordinate it
+    models."""
 
     num_buckets: int = 100
     coordinate: int = 0
-    d_model: int = 64
-    num_heads: int = 4
-    num_layers: int = 3
-    ff_dim: int = 256
-    hidden: int = 64
     steps: int = 4000
     batch_size: int = 256
     lr: float = 1e-3

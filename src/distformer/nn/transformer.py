@@ -44,6 +44,7 @@ from .kernels import bias_add_pays
 from .folded import folded_forward, folded_weights, folding_pays
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
+from .sizes import NetworkSizes
 from .structure import framed, moved, prior_features
 from .tokens import _tril_index, chart_size, chart_to_gmm
 
@@ -52,17 +53,16 @@ PRIOR_LOGITS = ("normalized", "raw")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(NetworkSizes):
     r"""Sizes of a :class:`DistributionTransformer`.
 
     Attributes:
         dim: latent dimension ``D``.
         sources: observation sources, name -> dimension ``E_s`` of one observation.
         num_components: ``K`` used in training (any ``K`` works at inference).
-        d_model, num_heads, num_layers, ff_dim: decoder sizes.
+        d_model, num_heads, num_layers, ff_dim, hidden: the network's sizes (``sizes.NetworkSizes``).
         encoder_layers: encoder blocks over the observation tokens before the decoder reads them
             (``layers.EncoderBlock``); 0, the paper's base model, reads the embedded tokens directly.
-        hidden: hidden width of the embedding MLPs.
         warp: per latent coordinate ``"identity"``, ``"log"`` or ``"logit"``; empty means no warp.
         prior_parameters: for parametric priors, parameter name -> warp of that parameter (the prior encoder's
             input is the warped parameter vector); empty means the model takes GMM priors.
@@ -98,11 +98,6 @@ class ModelConfig:
     dim: int
     sources: Mapping[str, int] = field(default_factory=lambda: {"z": 1})
     num_components: int = 4
-    d_model: int = 64
-    num_heads: int = 4
-    num_layers: int = 3
-    ff_dim: int = 256
-    hidden: int = 64
     encoder_layers: int = 0
     warp: tuple[str, ...] = ()
     prior_parameters: Mapping[str, str] = field(default_factory=dict)
@@ -119,15 +114,16 @@ class ModelConfig:
     split_observations: bool = False
 
     def __post_init__(self) -> None:
-        sizes = ("dim", "num_components", "d_model", "num_heads", "num_layers", "ff_dim", "hidden", "encoder_layers")
+        sizes = ("dim", "num_components", "encoder_layers")
         bad = {k: getattr(self, k) for k in sizes
                if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)}
         if bad:
             raise ValueError(f"Expected whole numbers for the model sizes {list(sizes)}, but got {bad}.")
+        super().__post_init__()
         if self.prior_logits not in PRIOR_LOGITS:
             raise ValueError(f"Expected prior_logits among {PRIOR_LOGITS}, but got {self.prior_logits!r}.")
-        if self.dim < 1 or self.num_components < 1 or self.num_layers < 0 or self.encoder_layers < 0:
-            raise ValueError(f"Expected dim >= 1, num_components >= 1, num_layers >= 0 and encoder_layers >= 0, but got {self}.")
+        if self.dim < 1 or self.num_components < 1 or self.encoder_layers < 0:
+            raise ValueError(f"Expected dim >= 1, num_components >= 1 and encoder_layers >= 0, but got {self}.")
         if not self.sources:
             raise ValueError("Expected at least one observation source, but got none.")
         object.__setattr__(self, "sources", {str(k): int(v) for k, v in dict(self.sources).items()})

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..nn.sizes import NetworkSizes
+
 
 @dataclass(frozen=True)
 class ProblemConfig:
@@ -28,14 +30,10 @@ class ProblemConfig:
 
 
 @dataclass(frozen=True)
-class ArchitectureConfig:
-    """Decoder sizes (the latent dimension, sources and ``K`` come from the problem)."""
+class ArchitectureConfig(NetworkSizes):
+    """The network's sizes (``nn/sizes.py``) and structure; the latent dimension, sources and ``K`` come from the
+    problem."""
 
-    d_model: int = 64
-    num_heads: int = 4
-    num_layers: int = 3
-    ff_dim: int = 256
-    hidden: int = 64
     encoder_layers: int = 0  # self-attention blocks over the observation tokens (ModelConfig.encoder_layers)
     anchored: bool = False  # centre on the problem's location source (ModelConfig.anchor); needs a location problem
     site_evidence: bool = False  # ModelConfig.site_evidence

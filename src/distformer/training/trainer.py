@@ -53,8 +53,7 @@ def build_model(problem: Problem, config: TrainConfig) -> DistributionTransforme
     of that saved model, whose configuration must match."""
     a = config.architecture
     model_config = ModelConfig(dim=problem.dim, sources=dict(problem.sources), num_components=problem.num_components,
-                               d_model=a.d_model, num_heads=a.num_heads, num_layers=a.num_layers, ff_dim=a.ff_dim,
-                               hidden=a.hidden, encoder_layers=a.encoder_layers, warp=tuple(problem.warp),
+                               **a.network_sizes(), encoder_layers=a.encoder_layers, warp=tuple(problem.warp),
                                prior_parameters=dict(problem.prior_parameters),
                                source_transforms=dict(problem.source_transforms),
                                relative_sources=dict(problem.relative_sources), anchor=_anchor(problem, a),
