@@ -28,8 +28,8 @@ from ..distributions.transforms import WarpedGaussianMixture
 class BatchedSVI:
     """Full-covariance Gaussian SVI for a NumPyro ``model(*args)``, vmapped over a batch of problems.
 
-    Problems go through the vmapped fit ``chunk_size`` at a time: one call over 1000 8-D linear-Gaussian problems
-    stalled XLA's CPU runtime (jax 0.10, every thread waiting, no progress for minutes) where 300 took 13 s.
+    Problems go through the vmapped fit ``chunk_size`` at a time: XLA's CPU runtime can stall on one vmapped call
+    over a thousand problems (every thread waiting), which a few hundred at a time avoid.
     """
 
     chunk_size: int = 250

@@ -1,8 +1,7 @@
 """Benchmark ``speed``: latency, throughput and NumPyro NUTS/SVI per problem, for each shipped model, in one run.
 
 * Latency: median of interleaved batch-1 calls (20 observations, one thread) of ``model.posterior``, the same
-  with ``check=False``, the exported TorchScript update, the update compiled in-process (``model.compiled_update``,
-  its compile time apart), the exported AOTInductor package (``model.export(format="aoti")``, its export time
+  with ``check=False``, the exported TorchScript update, the exported AOTInductor package (``model.export(format="aoti")``, its export time
   apart; where a C++ compiler is found), and the exact update.
 * Where the time goes: the eager forward pass split into its parts, batch 1, one thread (medians).
 * Throughput: problems per second for batches of 1,000 and 100,000 (all cores), model (``check=False``: traced
@@ -116,16 +115,10 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
         "exported TorchScript": lambda: exported(prior.log_weights, prior.loc, prior.scale_tril, z, mask),
         "exact": lambda: prior.condition_linear_gaussian(eye, eye, z),
     }
-    compile_s = aoti_s = None
+    aoti_s = None
     with threads(1), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        if not quick:  # each compile takes tens of seconds; both have their own tests
+        if not quick:  # the export compiles for tens of seconds; it has its own test
             warnings.simplefilter("ignore")  # torch.compile's notices
-            compiled = model.compiled_update()
-            start = time.perf_counter()
-            with torch.inference_mode():
-                compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
-            compile_s = time.perf_counter() - start
-            fns["compiled update"] = lambda: compiled(prior.log_weights, prior.loc, prior.scale_tril, z, mask)
             if cpp_compiler():
                 start = time.perf_counter()
                 package = torch._inductor.aoti_load_package(str(model.export(Path(tmp) / "u.pt2", format="aoti")))
@@ -146,8 +139,7 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
                 "exact": lambda: big_prior.condition_linear_gaussian(eye, eye, big_z),
             }, 3 if quick else 5, warmup=1)
         throughput[size] = {k: size / v for k, v in t.items()}
-    result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "compile_s": compile_s,
-              "aoti_export_s": aoti_s,
+    result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "aoti_export_s": aoti_s,
               "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads(),
               "chunk_size": model.chunk_size}
     from ..baselines import numpyro_linear_gaussian as npl
@@ -201,21 +193,19 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "## Batch-1 latency, 20 observations, one thread (median ms)",
         "",
         "`exported AOTInductor`: `model.export(path, format=\"aoti\")`, called through `package.loader.run`; "
-        "export time (compile included) in brackets, as for the in-process `torch.compile` of the update.",
+        "export time (compile included) in brackets.",
         "",
-        "| model | posterior | check=False | exported TorchScript | compiled update (compile s) | "
+        "| model | posterior | check=False | exported TorchScript | "
         "exported AOTInductor (export s) | exact update | posterior / exact | AOTInductor / exact |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r["latency_ms"]
-        compiled = f"{lat['compiled update']:.3f} ({r['compile_s']:.0f})" if r["compile_s"] is not None \
-            else "not measured (--quick)"
         aoti = (f"{lat['exported AOTInductor']:.3f} ({r['aoti_export_s']:.0f})",
                 f"{lat['exported AOTInductor'] / lat['exact']:.2f}") if r.get("aoti_export_s") is not None \
             else ("not measured (--quick or no C++ compiler)", "–")
         lines.append(f"| {r['model']} | {lat['model']:.3f} | {lat['model, check=False']:.3f} | "
-                     f"{lat['exported TorchScript']:.3f} | {compiled} | {aoti[0]} | {lat['exact']:.3f} | "
+                     f"{lat['exported TorchScript']:.3f} | {aoti[0]} | {lat['exact']:.3f} | "
                      f"{lat['model'] / lat['exact']:.2f} | {aoti[1]} |")
     lines += ["", "## Throughput (problems per second, 20 observations each)", "",
               "`model`: `posterior(check=False)`, the traced folded forward over chunks of "

@@ -4,23 +4,17 @@ A batch of :math:`n` problems is cut into :math:`\lceil n / c\rceil` chunks of :
 activations (``c`` problems of ``K`` component tokens and up to ``N`` observation tokens) stay in the CPU's cache,
 which a single forward pass over all :math:`n` problems does not. The forward passes of this model are many small
 operators, which split poorly over threads: with :math:`T` threads (``torch.get_num_threads()``), ``T`` Python
-worker threads each run whole chunks on one thread (the operators' kernels release the GIL), which in development
-runs on a 2-core CPU gave 1.2-1.45x the throughput of every operator split over the same threads. Each worker's
-forward is a TorchScript trace (``DistributionTransformer._inference_forward(chunks=True)``): run eagerly, the
-Python code between a chunk's few hundred operators holds the interpreter lock and leaves the other worker waiting.
-On the 2-core Intel Xeon, 20,000 problems of each shipped model's meta-prior with two threads, traced chunks of 256
-gave 1.12-1.77x the throughput of the same chunks run eagerly (``linear-gaussian-1d`` 1.77, ``quantum`` 1.61,
-``linear-gaussian-2d`` 1.44, ``gp-hyperprior-5d`` 1.12) and were within noise of traced chunks of 512. With the
-centred-stream forward (``folded.py``) and the entrywise site update (``site.py``), chunks of 512 gave 1.04-1.05x
-the throughput of chunks of 256 for ``linear-gaussian-2d`` on the 2-core AMD EPYC, on one thread and on two
-(interleaved medians), so ``DistributionTransformer.chunk_size`` is 512. The intra-op
-thread count is set to one while the workers run and restored afterwards (concurrent calls take turns). Chunks are
-independent, so the result is the concatenation of the chunks' results in order, whatever thread ran them. On an
-accelerator the chunks run in turn on the calling thread.
+worker threads each run whole chunks on one thread (the operators' kernels release the GIL). Each worker's
+forward is a TorchScript trace where one is available (``DistributionTransformer._inference_forward(chunks=True)``):
+run eagerly, the Python code between a chunk's few hundred operators holds the interpreter lock and leaves the
+other worker waiting. ``DistributionTransformer.chunk_size`` sets :math:`c`; ``benchmarks/speed.md`` measures the
+result against one forward over the whole batch. The intra-op thread count is set to one while the workers run
+and restored afterwards (concurrent calls take turns). Chunks are independent, so the result is the concatenation
+of the chunks' results in order, whatever thread ran them. On an accelerator the chunks run in turn on the calling
+thread.
 
-The worker threads are kept between calls (one pool per process and thread count): starting them anew for every
-call held a batch of 1,000 problems of ``linear-gaussian-2d`` on the 2-core AMD EPYC to 64,000 problems/s,
-against 88,000 with the pool kept (interleaved medians; no difference at 100,000 problems).
+The worker threads are kept between calls (one pool per process and thread count), so that a batch of a few
+thousand problems does not pay for starting them.
 """
 
 from __future__ import annotations

@@ -26,19 +26,14 @@ weights.
   operators than the TorchScript program. Its inputs must be contiguous: the compiled code reads them with the
   strides it was traced with and does not check them (a transposed ``scale_tril``, say, gives a wrong posterior
   silently). Call the package's ``loader.run([tensors])`` for the lowest latency: the package's ``__call__``
-  re-parses its input specification at every call (about 0.3 ms on this project's CPU).
+  re-parses its input specification at every call.
 * ``"onnx"``: ``torch.onnx.export`` (its ``torch.export``-based exporter, opset 18 or later) of the same function, for
   runtimes outside PyTorch: ONNX Runtime from Python, C, C++, C#, Java or JavaScript, with no torch installed.
   Exporting needs the ``onnx`` and ``onnxscript`` packages (extra ``onnx``, which also installs ``onnxruntime``).
   ``K`` and ``N`` are fixed and the batch size is free, as for ``"aoti"``. Its graph inputs are named
   ``log_weights``, ``loc``, ``scale_tril``, then ``{source}_values`` and ``{source}_mask`` per source; its outputs
-  ``posterior_log_weights``, ``posterior_loc``, ``posterior_scale_tril`` (the contract lists them). In a one-off
-  run on this project's 2-core CPU (README), ONNX Runtime gave 0.73 of the throughput of ``model.posterior`` at
-  batch 100,000: choose it for where it runs, not for speed.
-
-:func:`compile_update` gives the same function, with the same inputs and outputs, compiled in-process with
-``torch.compile`` (Inductor, C++ wrapper) from the module's own forward, so it reads the live weights; it compiles
-once per input shape (tens of seconds on a small CPU). ``distformer bench speed`` measures all three.
+  ``posterior_log_weights``, ``posterior_loc``, ``posterior_scale_tril`` (the contract lists them). Choose it for
+  where it runs rather than for speed. ``distformer bench speed`` measures the exports against ``posterior``.
 """
 
 from __future__ import annotations
@@ -243,9 +238,3 @@ def _write_onnx(model, example: tuple[Tensor, ...], path: Path) -> None:
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
-
-
-def compile_update(model, cpp_wrapper: bool = True):
-    """``ExportedUpdate(model)`` compiled with ``torch.compile`` (``dynamic=False``: each new input shape compiles
-    once, on its first call). The weights are read on every call, so later changes to them are seen."""
-    return torch.compile(ExportedUpdate(model), dynamic=False, options={"cpp_wrapper": bool(cpp_wrapper)})

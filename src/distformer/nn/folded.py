@@ -47,11 +47,9 @@ for a linear layer or a query projection; for attention over a memory :math:`\ga
 scores :math:`(\gamma_m\odot n_j)^\top\tilde q + \beta_m^\top\tilde q` lose the second term (constant in :math:`j`),
 so :math:`\gamma_m` scales the rows of each :math:`A_h`; and since the softmax weights sum to one the averages are
 :math:`\gamma_m\odot\bar n_h + \beta_m`, so :math:`\gamma_m` scales the columns of each :math:`B_h` and
-:math:`\sum_h B_h\beta_m` joins the output bias. Tested to 1e-10 in float64 against the training forward. In a
-development run on the 2-core AMD EPYC (one thread, chunks of 256 problems of ``linear-gaussian-2d``, interleaved
-medians) this and the mask added inside the score product (``baddbmm``) took 0.91 of the time of the folded forward
-with torch's layer norms, whose CPU kernel is slow for rows of 32; on two threads, 1.05x its throughput at batch
-100,000 (``kernels.normalised`` keeps the single layer-norm operator where dispatch dominates).
+:math:`\sum_h B_h\beta_m` joins the output bias. Tested to 1e-10 in float64 against the training forward. Why:
+an RMS normalisation written out avoids torch's layer-norm CPU kernel, which is slow for rows as short as the
+model's width (``kernels.normalised`` keeps the single operator where per-operator dispatch dominates).
 
 The folded matrices are derived from the parameters; :func:`folded_weights` rebuilds them whenever a parameter
 changed in place (an optimiser step, ``load_state_dict``), which the parameters' version counters record.
@@ -221,8 +219,8 @@ def folded_attend(x: Tensor, memory: Tensor, w: FoldedAttention, bias: Tensor | 
     (``-inf`` where a token is absent) or ``None``; returns the output projection ``(B, T, d)``.
 
     Scores are laid out keys-first, ``(B, M, T H)``: the softmax then runs over a strided dimension with the
-    queries contiguous, which CPU kernels vectorise far better than a softmax over a last dimension of a few keys
-    (measured 3x faster for the 4 component tokens). The bias is added inside the score product (``baddbmm``),
+    queries contiguous, which CPU kernels vectorise far better than a softmax over a last dimension of a few
+    keys. The bias is added inside the score product (``baddbmm``),
     which costs no pass of its own."""
     q = dense(x, w.query, w.query_bias).unflatten(-1, (w.heads, w.width)).flatten(1, 2)  # (B, T H, d)
     keys_first = q.transpose(1, 2)

@@ -1,18 +1,16 @@
 r"""Four exact shortcuts for inference on a CPU, each with its plain form for training and tracing.
 
 * Tanh-approximated GELU, :math:`\tfrac12 x\,(1 + \tanh(u))` with :math:`u = \sqrt{2/\pi}\,(x + 0.044715x^3)`,
-  evaluated as the equal :math:`x\,\sigma(2u)` (:math:`\tfrac12(1+\tanh u) = \sigma(2u)`) in place: about twice
-  as fast as ``F.gelu(approximate="tanh")`` on this project's CPUs.
+  evaluated as the equal :math:`x\,\sigma(2u)` (:math:`\tfrac12(1+\tanh u) = \sigma(2u)`) in place, fewer
+  passes over memory than ``F.gelu(approximate="tanh")``.
 * A linear layer :math:`xW^\top + b` as a matrix product followed by an in-place bias add: ``F.linear`` first
-  copies the bias into every output row and then accumulates the product onto it, which for the model's
-  ``(n, 64) x (64, 256)`` shapes measured 1.8x the time of the product and add on the Intel Xeon. On the AMD EPYC
-  it is the other way round (``F.linear`` 0.87 of the time for ``(1024, 32) x (32, 128)``, and 1.04-1.08x the
-  batched throughput of ``linear-gaussian-2d`` on two threads), so :func:`bias_add_pays` times both once per
-  process and :func:`dense` takes the faster; both add the same bias to the same product.
+  copies the bias into every output row and then accumulates the product onto it. Which of the two is faster
+  depends on the CPU and the shapes, so :func:`bias_add_pays` times both once per process and :func:`dense` takes
+  the faster; both add the same bias to the same product.
 * Normalisation of a centred ``x`` (mean zero over the last dimension, as on ``folded.py``'s streams),
   :math:`x/\sqrt{\overline{x^2} + \epsilon}`: written out as its four elementwise operators, where
   ``F.layer_norm`` (without affine, the same function for a centred ``x``) is one operator whose CPU kernel is slow
-  for rows of 32: 192 against 72 microseconds for ``(256, 21, 32)`` on one thread of the 2-core AMD EPYC.
+  for rows as short as the model's width.
 
 * Multi-head attention over a short memory, :math:`\mathrm{softmax}_j(q_{h}^\top k_{hj}/\sqrt{d_h} + b_j)\,v_{hj}`,
   for at most ``MAX_SHORT_MEMORY`` keys (the ``K`` component tokens, or a few sensor tokens): the scores of a

@@ -436,15 +436,6 @@ class DistributionTransformer(nn.Module):
         return export_update(self, path, format=format, num_components=num_components,
                              max_observations=max_observations, autotune=autotune)
 
-    def compiled_update(self, cpp_wrapper: bool = True):
-        """The exported update's function (raw ``(log_weights, loc, scale_tril, *values, *masks)`` in and out, no
-        validation) compiled in-process with ``torch.compile``, reading the live weights; the first call for each
-        input shape compiles (tens of seconds). On the project's CPU it measured no faster than the exported
-        TorchScript program (``benchmarks/speed.md``). See ``export.py``."""
-        from .export import compile_update
-
-        return compile_update(self, cpp_wrapper=cpp_wrapper)
-
     # serialisation lives in nn/serialization.py; these are the public entry points
     def save(self, path) -> None:
         """Write ``path.safetensors`` (weights) and ``path.json`` (config and model card); never pickles."""
