@@ -7,7 +7,9 @@ Gamma(:math:`a`, 1) by Marsaglia and Tsang's squeeze-free rejection for :math:`a
 .. math::
     \log u < \tfrac12\varepsilon^2 + d - dv + d\log v,\qquad u\sim\mathcal U(0,1)
 
-(acceptance above 95% for every :math:`a\ge1`). For :math:`a<1`, :math:`G_a = G_{a+1}U^{1/a}`. Then
+(acceptance above 95% for every :math:`a\ge1`). For :math:`a<1`, :math:`G_a = G_{a+1}U^{1/a}`. In float32 a shape
+well below 1 puts real mass below the smallest float (:math:`P(G_{0.1} < 10^{-38}) \approx 10^{-4}`), where draws
+underflow to 0; draw in float64 where that matters. Then
 :math:`\mathrm{Gamma}(a, \text{rate } b) = G_a/b`, :math:`\mathrm{InvGamma}(a, b) = b/G_a` and
 :math:`\mathrm{Beta}(a, b) = G_a/(G_a + G_b)`.
 """
@@ -38,8 +40,8 @@ def standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> T
         out[tuple(i[accept] for i in idx)] = (d[idx] * v)[accept]
         todo[tuple(i[accept] for i in idx)] = False
     if bool(boost.any()):
-        u = torch.rand(shape.shape, generator=generator, dtype=a.dtype)
-        out = torch.where(boost, out * u ** (1.0 / shape), out)
+        u = torch.rand(shape.shape, generator=generator, dtype=a.dtype).clamp_min(torch.finfo(a.dtype).tiny)
+        out = torch.where(boost, out * u ** (1.0 / shape), out)  # u = 0 (one draw in 2^24 in float32) would give 0
     return out
 
 

@@ -125,9 +125,9 @@ def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
     if draws is None:
         nll = -(posterior.log_prob(target) + jacobian).mean()
     else:
-        draws = draws.float()
-        nll = -(posterior.log_prob(draws if warp is None else warp.forward(draws))
-                + (0.0 if warp is None else warp.log_abs_det_jacobian(draws))).mean()
+        drawn = (draws if warp is None else warp.forward(draws)).float()  # warped in the draws' own precision
+        jacobian = 0.0 if warp is None else warp.log_abs_det_jacobian(draws).float()
+        nll = -(posterior.log_prob(drawn) + jacobian).mean()
     loss = nll
     if prior_loss:
         loss = loss - chart_to_gmm(chart, model.dim).log_prob(target).mean()
@@ -283,8 +283,9 @@ def _shard(problem: Problem, n: int, generator: torch.Generator, draws: int) -> 
     batch = problem.sample_batch(n, generator=generator)
     if not draws:
         return batch, None
-    exact = problem.exact_posterior(batch.prior, batch.observations)
-    return batch, exact.sample((draws,), generator=generator)
+    prior = batch.prior.double() if torch.is_tensor(batch.prior) else batch.prior.to(torch.float64)
+    # float64: a heavy-tailed posterior's float32 draws can underflow to 0 or overflow, whose log is infinite
+    return batch, problem.exact_posterior(prior, batch.observations).sample((draws,), generator=generator)
 
 
 def _progress(total: int, initial: int, enabled: bool):
