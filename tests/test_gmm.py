@@ -64,7 +64,7 @@ def test_marginal_matches_selected_moments(rng):
 
 def _brute_force_posterior(gm, H, R, z):
     """Per component: condition the joint Gaussian of (x, z_1..z_N) on the stacked z; weights by evidence."""
-    K, D = gm.num_components, gm.dim
+    K = gm.num_components
     N, E = z.shape
     Hs = H.repeat(N, 1)  # (N E, D)
     Rs = torch.block_diag(*[R] * N)

@@ -1,5 +1,5 @@
 """The inference-only forward paths give the training forward's function: folded attention, fast GELU, chunks run
-side by side, and the compiled update."""
+side by side, the engine with and without TorchScript."""
 
 import pytest
 import torch
@@ -11,18 +11,7 @@ from distformer.nn.kernels import MAX_SHORT_MEMORY, attention, dense, gelu_tanh
 from distformer.nn.folded import fold_attention, folded_forward
 from distformer.nn.tokens import gmm_to_chart
 from distformer.observations import Observations, as_observations
-from helpers import random_mixture
-
-
-def _perturbed(dtype=torch.float64, encoder_layers=0, seed=0, sources=None):
-    """A model whose zero-initialised branches are filled with noise, so that every weight matters."""
-    torch.manual_seed(seed)
-    model = DistributionTransformer(ModelConfig(dim=2, sources=sources or {"z": 2}, d_model=32, num_heads=4,
-                                                num_layers=2, ff_dim=64, hidden=32, encoder_layers=encoder_layers))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return model.to(dtype).eval()
+from helpers import perturbed_model, random_mixture
 
 
 def _masked_problems(n, rng, dtype=torch.float64, N=9):
@@ -37,7 +26,7 @@ def _masked_problems(n, rng, dtype=torch.float64, N=9):
 def test_folded_attention_is_the_same_function_in_float64(encoder_layers, rng):
     """The softmax drops score terms constant over keys and the averaged values pass through W_O W_V exactly,
     so in float64 the folded forward equals the training forward to rounding (1e-10), masks included."""
-    model = _perturbed(encoder_layers=encoder_layers)
+    model = perturbed_model(noise=0.2, dtype=torch.float64, encoder_layers=encoder_layers)
     prior, z, mask = _masked_problems(40, rng)
     obs = as_observations(z, model.config.sources, mask)
     chart = gmm_to_chart(prior)
@@ -70,11 +59,11 @@ def test_fold_attention_matches_multi_head_attention_with_biases(rng):
 
 def test_folded_weights_follow_in_place_parameter_changes(rng):
     """An optimiser step and load_state_dict change parameters in place; the folded cache must see both."""
-    model = _perturbed()
+    model = perturbed_model(noise=0.2, dtype=torch.float64)
     prior, z, mask = _masked_problems(40, rng)
     obs = as_observations(z, model.config.sources, mask)
     chart = gmm_to_chart(prior)
-    other = _perturbed(seed=1)
+    other = perturbed_model(noise=0.2, dtype=torch.float64, seed=1)
     with torch.inference_mode():
         before = folded_forward(model, chart, obs)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -91,7 +80,7 @@ def test_folded_weights_follow_in_place_parameter_changes(rng):
 
 def test_the_traced_path_follows_in_place_parameter_changes(rng):
     """The traced forward holds the folded matrices as constants: after an optimiser step it must be traced again."""
-    model = _perturbed(dtype=torch.float32)
+    model = perturbed_model(noise=0.2)
     prior, z, mask = _masked_problems(3, rng, dtype=torch.float32)
     before = model.posterior(prior, z, mask, check=False).loc
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -162,7 +151,7 @@ def restores_threads():
 
 def _folded_chunk_inputs(n, rng):
     """Charts and observations of ``n`` masked problems, and a float32 perturbed model's folded forward."""
-    model = _perturbed(dtype=torch.float32)
+    model = perturbed_model(noise=0.2)
     prior, z, mask = _masked_problems(n, rng, dtype=torch.float32)
     return (gmm_to_chart(prior), as_observations(z, model.config.sources, mask),
             lambda c, o: folded_forward(model, c, o))
@@ -198,7 +187,7 @@ def test_the_worker_pool_is_kept_between_calls_and_made_anew_for_another_thread_
 def test_concurrent_callers_leave_the_thread_count_as_they_found_it(rng, restores_threads):
     from concurrent.futures import ThreadPoolExecutor
 
-    model = _perturbed(dtype=torch.float32)
+    model = perturbed_model(noise=0.2)
     prior, z, mask = _masked_problems(200, rng, dtype=torch.float32)
     torch.set_num_threads(2)
     expected = model.posterior(prior, z, mask, check=False).loc
@@ -224,7 +213,7 @@ def test_a_failing_chunk_raises_and_restores_the_thread_count(rng, restores_thre
 @pytest.mark.parametrize("size", [1, 33, 700])
 def test_every_batch_size_path_matches_the_training_forward(size, rng):
     """Small batches go through the traced forward, large ones through folded chunks side by side."""
-    model = _perturbed(dtype=torch.float32, encoder_layers=1)
+    model = perturbed_model(noise=0.2, encoder_layers=1)
     prior, z, mask = _masked_problems(size, rng, dtype=torch.float32)
     fast = model.posterior(prior, z, mask, check=False)
     eager = model.posterior(prior, z, mask, grad=True, check=False)
@@ -237,7 +226,7 @@ def test_the_chunks_trace_records_the_shortcuts_and_keeps_the_function_in_float6
     """Large batches run a trace that holds the in-place GELU and bias add and the written-out 2 x 2 factors
     (whatever its example's size), the small-batch trace the plain forms and LAPACK; in float64 both give the
     training forward's posterior to 1e-10."""
-    model = _perturbed(encoder_layers=1)
+    model = perturbed_model(noise=0.2, dtype=torch.float64, encoder_layers=1)
     prior, z, mask = _masked_problems(300, rng)
     chunked = model.posterior(prior, z, mask, check=False)           # 300 > traced_batch_size: chunks of 256
     small = model.posterior(prior[:5], z[:5], mask[:5], check=False)
@@ -278,3 +267,42 @@ def test_batched_inference_folds_only_where_the_attention_cost_allows():
     eager = wide.posterior(prior, z, grad=True, check=False)
     torch.testing.assert_close(fast.loc, eager.loc.detach(), rtol=0, atol=1e-4)
     torch.testing.assert_close(fast.scale_tril, eager.scale_tril.detach(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("torchscript", [True, False])
+def test_every_engine_path_is_the_reference_forward_in_float64(torchscript, rng):
+    """``engine.decode``'s paths (one trace up to ``traced_batch_size``, chunks side by side or in turn above it),
+    with TorchScript and as where it is gone (``without_torchscript``), equal the reference forward (autograd path)
+    to rounding in float64. A failure names the module that no longer computes the model's function."""
+    from distformer.nn.engine import without_torchscript
+
+    model = perturbed_model(noise=0.2, dtype=torch.float64, encoder_layers=1)
+    model.chunk_size = 16
+    for n, workers in ((3, None), (40, None), (40, 1)):
+        model.chunk_workers = workers
+        prior, z, mask = _masked_problems(n, rng)
+        reference = model.posterior(prior, z, mask, grad=True, check=False)
+        with without_torchscript() if not torchscript else torch.inference_mode():
+            fast = model.posterior(prior, z, mask, check=False)
+        for name in ("loc", "scale_tril", "log_weights"):
+            torch.testing.assert_close(getattr(fast, name), getattr(reference, name).detach(), rtol=0, atol=1e-10,
+                                       msg=lambda m: f"n={n}, workers={workers}, TorchScript {torchscript}: the folded "
+                                       f"forward (nn/folded.py) or the site head's entrywise form (nn/site.py) no "
+                                       f"longer matches the reference forward (nn/transformer.py, nn/layers.py); a "
+                                       f"change to the model's function must be made in each. {m}")
+
+
+def test_one_chunk_worker_leaves_the_thread_count_alone(rng, monkeypatch):
+    """``chunk_workers = 1`` runs the chunks in turn without touching torch's process-wide thread count; other
+    values are refused with one sentence."""
+    model = perturbed_model(noise=0.2)
+    model.chunk_size, model.chunk_workers = 8, 1
+    prior, z, mask = _masked_problems(40, rng, dtype=torch.float32)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    model.posterior(prior, z, mask, check=False)
+    assert calls == []
+    for bad in (0, 1.5, True):
+        model.chunk_workers = bad
+        with pytest.raises(ValueError, match="chunk_workers"):
+            model.posterior(prior, z, mask, check=False)

@@ -10,18 +10,7 @@ import torch
 from distformer import DistributionTransformer, GaussianMixture, ModelConfig
 from distformer.nn.export import cpp_compiler
 from distformer.nn.tokens import chart_size, chart_to_gmm, gmm_to_chart
-from helpers import random_mixture
-
-
-def _perturbed_model(dim=2, sources=None, seed=0, encoder_layers=0):
-    """A model whose zero-initialised branches are filled with noise, so the output depends on every input."""
-    torch.manual_seed(seed)
-    model = DistributionTransformer(ModelConfig(dim=dim, sources=sources or {"z": dim}, d_model=32, num_heads=4,
-                                                num_layers=2, ff_dim=64, hidden=32, encoder_layers=encoder_layers))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+from helpers import perturbed_model, random_mixture
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -85,7 +74,7 @@ def test_the_entrywise_site_update_is_the_matrix_form_and_the_closed_form_in_flo
 
 @pytest.mark.parametrize("encoder_layers", [0, 2])
 def test_traced_inference_matches_eager_forward(encoder_layers, rng):
-    model = _perturbed_model(encoder_layers=encoder_layers)
+    model = perturbed_model(encoder_layers=encoder_layers)
     for batch, k, n in [((1,), 4, 20), ((5,), 3, 1), ((2, 3), 6, 9)]:
         prior = random_mixture(batch, k, 2, rng, dtype=torch.float32)
         z = torch.randn(*batch, n, 2, generator=rng)
@@ -96,7 +85,7 @@ def test_traced_inference_matches_eager_forward(encoder_layers, rng):
 
 
 def test_large_batches_are_chunked_with_the_same_result(rng):
-    model = _perturbed_model()
+    model = perturbed_model()
     prior = random_mixture((50,), 4, 2, rng, dtype=torch.float32)
     z = torch.randn(50, 6, 2, generator=rng)
     whole = model.posterior(prior, z)
@@ -106,7 +95,7 @@ def test_large_batches_are_chunked_with_the_same_result(rng):
 
 
 def test_permuting_prior_components_permutes_the_posterior(rng):
-    model = _perturbed_model()
+    model = perturbed_model()
     prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
     z = torch.randn(2, 7, 2, generator=rng)
     perm = torch.tensor([2, 0, 3, 1])
@@ -120,7 +109,7 @@ def test_permuting_prior_components_permutes_the_posterior(rng):
 
 @pytest.mark.parametrize("encoder_layers", [0, 2])
 def test_permuting_observations_leaves_the_posterior_unchanged(encoder_layers, rng):
-    model = _perturbed_model(encoder_layers=encoder_layers)
+    model = perturbed_model(encoder_layers=encoder_layers)
     prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
     z = torch.randn(2, 9, 2, generator=rng)
     a = model.posterior(prior, z)
@@ -131,7 +120,7 @@ def test_permuting_observations_leaves_the_posterior_unchanged(encoder_layers, r
 
 @pytest.mark.parametrize("encoder_layers", [0, 2])
 def test_masked_observations_equal_dropped_ones(encoder_layers, rng):
-    model = _perturbed_model(encoder_layers=encoder_layers)
+    model = perturbed_model(encoder_layers=encoder_layers)
     prior = random_mixture((), 4, 2, rng, dtype=torch.float32).expand((1,))
     z = torch.randn(1, 8, 2, generator=rng)
     mask = torch.tensor([[True, False, True, True, False, False, True, False]])
@@ -173,7 +162,7 @@ def test_the_observation_encoder_starts_as_the_identity_and_mixes_observations_o
 
 
 def test_batch_broadcasting_and_dtype(rng):
-    model = _perturbed_model()
+    model = perturbed_model()
     prior = random_mixture((), 3, 2, rng)  # float64, K=3 differs from training K
     post = model.posterior(prior, torch.randn(5, 4, 2, generator=rng))
     assert post.batch_shape == (5,) and post.num_components == 3 and post.dtype == torch.float64
@@ -182,7 +171,7 @@ def test_batch_broadcasting_and_dtype(rng):
 
 
 def test_multiple_sources_with_a_missing_source(rng):
-    model = _perturbed_model(sources={"gps": 2, "range": 1})
+    model = perturbed_model(sources={"gps": 2, "range": 1})
     prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
     obs = {"gps": torch.randn(2, 1, 2, generator=rng), "range": torch.randn(2, 3, 1, generator=rng)}
     mask = {"gps": torch.tensor([[True], [False]]), "range": torch.ones(2, 3, dtype=torch.bool)}
@@ -193,7 +182,7 @@ def test_multiple_sources_with_a_missing_source(rng):
 
 
 def test_bad_inputs(rng):
-    model = _perturbed_model()
+    model = perturbed_model()
     prior = random_mixture((2,), 4, 2, rng, dtype=torch.float32)
     with pytest.raises(ValueError, match="D=2 dimensions for this model, but got D=3"):
         model.posterior(random_mixture((2,), 4, 3, rng), torch.zeros(2, 3, 2))
@@ -210,7 +199,7 @@ def test_bad_inputs(rng):
 
 
 def test_non_finite_model_output_is_an_error(rng):
-    model = _perturbed_model()
+    model = perturbed_model()
     with torch.no_grad():
         model.head.last.bias.fill_(float("nan"))
     prior = random_mixture((1,), 4, 2, rng, dtype=torch.float32)

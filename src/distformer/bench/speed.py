@@ -27,6 +27,7 @@ import torch
 from ..diagnostics import estimate
 from ..nn.export import cpp_compiler
 from ..nn.layers import layer_norm
+from ..nn.engine import trace
 from ..nn.site import apply_site
 from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..observations import as_observations
@@ -84,7 +85,7 @@ def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
 def _previous_path(model):
     """The batched path before folded attention and side-by-side chunks: a trace of the module's own forward over
     chunks of 1,024 problems in turn, each operator split over all threads (kept as the same-run reference)."""
-    traced = model._trace(model.prior_embedding.last.weight, forward=model.forward)
+    traced = trace(model, model.prior_embedding.last.weight, forward=model.forward)
     names = list(model.config.sources)
 
     def posterior(prior, z):

@@ -8,8 +8,10 @@ worker threads each run whole chunks on one thread (the operators' kernels relea
 forward is a TorchScript trace where one is available (``DistributionTransformer._inference_forward(chunks=True)``):
 run eagerly, the Python code between a chunk's few hundred operators holds the interpreter lock and leaves the
 other worker waiting. ``DistributionTransformer.chunk_size`` sets :math:`c`; ``benchmarks/speed.md`` measures the
-result against one forward over the whole batch. The intra-op thread count is set to one while the workers run
-and restored afterwards (concurrent calls take turns). Chunks are independent, so the result is the concatenation
+result against one forward over the whole batch. torch's intra-op thread count is process-wide, so while the
+workers run it is one for the whole process, and it is restored afterwards (concurrent calls take turns); a
+program that runs other torch work on other threads at the same time can set ``model.chunk_workers = 1`` to run the
+chunks in turn and leave the count alone. Chunks are independent, so the result is the concatenation
 of the chunks' results in order, whatever thread ran them. On an accelerator the chunks run in turn on the calling
 thread.
 
@@ -46,9 +48,11 @@ def _workers(threads: int) -> ThreadPoolExecutor:
 
 
 def map_chunks(forward: Callable[[Tensor, Observations], Tensor], chart: Tensor, observations: Observations,
-               chunk_size: int) -> Tensor:
+               chunk_size: int, workers: int | None = None) -> Tensor:
     """``forward`` over ``chart`` ``(n, K, C)`` and ``observations`` (batch ``(n,)``) in chunks of ``chunk_size``
-    problems, under ``torch.inference_mode``; returns the chunks' outputs concatenated along the batch."""
+    problems, under ``torch.inference_mode``, on ``workers`` threads side by side (``None``: torch's intra-op
+    thread count; 1: in turn on the calling thread, leaving the thread count alone); returns the chunks' outputs
+    concatenated along the batch."""
     if chunk_size < 1:
         raise ValueError(f"Expected a positive chunk_size, but got {chunk_size}.")
     starts = range(0, chart.shape[0], chunk_size)
@@ -57,12 +61,15 @@ def map_chunks(forward: Callable[[Tensor, Observations], Tensor], chart: Tensor,
         with torch.inference_mode():  # grad mode is per thread: a worker does not inherit the caller's
             return forward(chart[start:start + chunk_size], observations.slice(start, start + chunk_size))
 
-    workers = min(torch.get_num_threads(), len(starts)) if chart.device.type == "cpu" else 1
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"Expected chunk_workers to be a whole number >= 1 or None, but got {workers!r}.")
+    workers = min(torch.get_num_threads() if workers is None else workers, len(starts)) \
+        if chart.device.type == "cpu" else 1
     if workers < 2:
         return torch.cat([run(start) for start in starts])
     with _THREAD_COUNT:  # concurrent callers take turns, so that each restores the count it found
         threads = torch.get_num_threads()
-        pool = _workers(threads)
+        pool = _workers(workers)
         torch.set_num_threads(1)
         try:
             return torch.cat(list(pool.map(run, starts)))

@@ -7,7 +7,7 @@ Steps, for a batch ``B`` of (prior, data) problems:
 2. **judge** (``check``): each problem against the training support (``support.py``), and with
    ``check="importance"`` also the Pareto :math:`\hat k` of importance ratios against the prior times the
    likelihood (``reliability.py``); the verdict is ``post.reliable`` and ``post.reliability``.
-3. **run**: data sets with an observation go through the network (``DistributionTransformer._decode`` chooses the
+3. **run**: data sets with an observation go through the network (``engine.decode`` chooses the
    traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`.
 4. **finish**: Bayes' rule for the weights that the chart floors (:math:`\log w < -16`): the network's weight
    change is added to the true log weight, so a component of prior weight 0 keeps weight 0.
@@ -29,6 +29,7 @@ from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import WarpedGaussianMixture
 from ..observations import Observations, as_observations
+from .engine import decode
 from .support import Reliability, warn_flagged
 from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 
@@ -113,12 +114,12 @@ def _posterior(model, prior: GaussianMixture, encoded, parameters, obs: Observat
         reliability = _judged(model, chart, flat_obs, parameters, batch) if check else None
         present = flat_obs.any_present()
         if present is None:  # every data set has observations: the common, fast path
-            out = model._decode(chart, flat_obs, grad)
+            out = decode(model, chart, flat_obs, grad)
         else:  # only data sets with observations go through the network
             rows = present.nonzero().squeeze(-1)
             out = chart.clone()
             if rows.numel():
-                out[rows] = model._decode(chart[rows], flat_obs.index(rows), grad)
+                out[rows] = decode(model, chart[rows], flat_obs.index(rows), grad)
         out = out.reshape(*batch, K, C)
         if encoded is None:  # Bayes' rule for the weights the chart floors: 0 stays 0, tiny stays tiny
             log_w = prior.log_weights.expand(*batch, K).to(out.dtype)

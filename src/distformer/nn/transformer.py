@@ -27,7 +27,6 @@ then goes through the same decoder. The decoded chart is the model's GMM fit to 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -35,18 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions.gmm import GaussianMixture
-from ..distributions.small_linalg import shortcuts_in_trace
 from ..distributions.transforms import Warp, WarpedGaussianMixture
 from ..observations import Observations
-from .chunks import map_chunks
 from .embeddings import MLP, SOURCE_TRANSFORMS, SourceEmbedding, observation_tokens
-from .kernels import bias_add_pays
-from .folded import folded_forward, folded_weights, folding_pays
 from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .sizes import NetworkSizes
 from .structure import framed, moved, prior_features
-from .tokens import _tril_index, chart_size, chart_to_gmm
+from .tokens import chart_size, chart_to_gmm
 
 
 PRIOR_LOGITS = ("normalized", "raw")
@@ -183,8 +178,9 @@ class ModelConfig(NetworkSizes):
 class DistributionTransformer(nn.Module):
     """Maps (GMM prior, observations) to a GMM posterior; see the module docstring for the equations."""
 
-    chunk_size: int = 512  # problems per forward pass in ``posterior`` for large batches (``chunks.py``)
-    traced_batch_size: int = 32  # up to this many problems, ``posterior`` runs the traced forward (``_trace``)
+    chunk_size: int = 512  # problems per forward pass in ``posterior`` for large batches (``engine.py``)
+    traced_batch_size: int = 32  # up to this many problems, ``posterior`` runs one traced forward (``engine.py``)
+    chunk_workers: int | None = None  # chunks run side by side on this many threads (None: torch's count)
 
     def __init__(self, config: ModelConfig, card: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -349,81 +345,6 @@ class DistributionTransformer(nn.Module):
 
         return posterior(self, prior, observations, mask, grad=grad, strict=strict, check=check,
                          likelihood=likelihood, importance_draws=importance_draws, generator=generator)
-
-    def _decode(self, chart: Tensor, obs: Observations, grad: bool) -> Tensor:
-        """The network's posterior chart ``(n, K, C)`` for charts ``(n, K, C)`` and a flat batch of data sets."""
-        size = chart.shape[0]
-        if grad:
-            out = self.forward(chart, obs)
-        elif size <= self.traced_batch_size:
-            out = self._inference_forward()(chart, obs)
-        else:  # chunks keep the activations in cache; with several threads, chunks run side by side
-            memory = sum(v.shape[-2] for v in obs.values.values())
-            forward = self._inference_forward(chunks=True) if folding_pays(self, chart.shape[1], memory) \
-                else self.forward
-            out = map_chunks(forward, chart, obs, self.chunk_size)
-        if not bool(torch.isfinite(out).all()):
-            raise FloatingPointError("Expected the model to produce a finite posterior, but it produced NaN or "
-                                     "inf; the prior or the data are probably far outside its training family "
-                                     f"({self.card.get('problem', {}).get('meta_prior', 'see model.card')}).")
-        return out
-
-    def _inference_forward(self, chunks: bool = False):
-        """``folded_forward`` traced with TorchScript (falling back to it eager if tracing fails).
-
-        At batch size 1 the eager forward pass spends most of its time in Python dispatch; the traced graph runs
-        the same operators (shapes stay symbolic, so any batch size, ``K`` and ``N`` work) in about half the time.
-        With ``chunks`` the trace records the forms meant for large batches (the in-place GELU and bias add of
-        ``kernels.py``, the written-out Cholesky factors of ``small_linalg.py``), for the chunks that
-        ``map_chunks`` runs side by side: the traced graph runs its operators without holding Python's
-        interpreter lock, so the workers wait on each other less (``chunks.py``).
-        The trace records the folded attention matrices as constants, so it is made again whenever they are
-        rebuilt (a parameter changed in place, or its dtype or device changed).
-        """
-        folded = folded_weights(self)
-        key = "_traced_chunks" if chunks else "_traced"
-        cached = self.__dict__.get(key)  # kept out of the module tree and the state dict
-        if cached is None or cached[0] is not folded:
-            weight = self.prior_embedding.last.weight
-            _tril_index(self.dim, str(weight.device))  # cached first: the trace then holds it as a constant
-            bias_add_pays()  # measured before tracing, which records the faster form of the linear layers
-            with shortcuts_in_trace() if chunks else contextlib.nullcontext():
-                cached = (folded, self._trace(weight))
-            self.__dict__[key] = cached
-        traced = cached[1]
-        if traced is None:
-            return lambda chart, obs: folded_forward(self, chart, obs)
-        names = list(self.config.sources)
-        return lambda chart, obs: traced(chart, *[obs.values[n] for n in names], *[obs.masks[n] for n in names])
-
-    def _trace(self, weight: Tensor, forward=None):
-        """TorchScript trace of ``forward(chart, observations)`` (default: ``folded_forward`` of this model) taking
-        ``(chart, *values, *masks)``, or ``None`` where tracing fails."""
-        import warnings
-
-        names = list(self.config.sources)
-        model = self
-        forward = forward or (lambda chart, obs: folded_forward(model, chart, obs))
-
-        class _Flat(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, chart, *tensors):
-                values, masks = tensors[:len(names)], tensors[len(names):]
-                return forward(chart, Observations(dict(zip(names, values)), dict(zip(names, masks))))
-
-        c = chart_size(self.dim)
-        chart = torch.zeros(2, 3, c, dtype=weight.dtype, device=weight.device)
-        values = [torch.zeros(2, 5, e, dtype=weight.dtype, device=weight.device) for e in self.config.sources.values()]
-        masks = [torch.ones(2, 5, dtype=torch.bool, device=weight.device) for _ in names]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch.jit.trace(_Flat(), (chart, *values, *masks), check_trace=False)
-        except Exception:  # tracing is an optimisation only; eager forward is always correct
-            return None
 
     def export(self, path, format: str = "torchscript", num_components: int | None = None,
                max_observations: int = 20, autotune: bool = True):
