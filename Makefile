@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,baselines,onnx]'
+	$(BIN)/pip install --quiet -e '.[dev,baselines,onnx,plot]'
 	touch $(STAMP)
 
 install: $(STAMP)

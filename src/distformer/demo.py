@@ -83,10 +83,9 @@ def run_demo(model_name: str = "linear-gaussian-2d", out: str | None = "demo.png
 
 def plot_demo(results: list[dict], z: torch.Tensor, x_true: torch.Tensor, out: str) -> None:
     """One panel per prior: prior (grey), exact posterior (black), model posterior (orange, dashed)."""
-    import matplotlib
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.6))
     for ax, r in zip(axes, results):

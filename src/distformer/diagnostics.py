@@ -96,10 +96,9 @@ def sbc_ranks(posterior: GaussianMixture, theta: Tensor, num_samples: int = 99,
 def plot_calibration(results: dict[str, dict], num_samples: int, path) -> None:
     """Coverage curves (empirical vs nominal) and SBC rank histograms per method; ``results[name]`` holds
     ``levels`` (N,) and ``ranks`` (N, D)."""
-    import matplotlib
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from scipy import stats
 
     dims = next(iter(results.values()))["ranks"].shape[-1]

@@ -215,10 +215,9 @@ def _k() -> int:
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     examples = results[0]["examples"]
     fig, axes = plt.subplots(1, len(examples) + 1, figsize=(4 * (len(examples) + 1), 3.6))

@@ -115,10 +115,9 @@ def _tensors(series) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _plot(rows: list[dict], gap: torch.Tensor, path: Path, series: int) -> None:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     plot_compute_curve(ax1, rows, series=series)

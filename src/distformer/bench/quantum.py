@@ -187,10 +187,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(r: dict, order: list[str], path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     examples = r["examples"]
     fig, axes = plt.subplots(1, len(examples) + 1, figsize=(4 * (len(examples) + 1), 3.6))

@@ -152,10 +152,9 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(MODELS), figsize=(6 * len(MODELS), 4.2), sharey=True)
     for ax, name in zip(axes, MODELS):

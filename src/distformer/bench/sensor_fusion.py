@@ -181,10 +181,9 @@ def _ellipse(mean, cov, n_sd: float = 2.0):
 
 def _plot(rows: list[dict], model_beliefs: GaussianMixture, pf_beliefs: GaussianMixture, states: torch.Tensor,
           path: Path) -> None:
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
     plot_compute_curve(ax1, rows)
