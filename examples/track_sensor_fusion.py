@@ -11,7 +11,7 @@ Run: ``python examples/track_sensor_fusion.py``
 import torch
 
 import distformer as dfm
-from distformer.bench.sensor_fusion import particle_filter
+from distformer.baselines import bootstrap_filter
 from distformer.problems.sensor_fusion import SensorFusion
 
 system = SensorFusion()  # motion (A, Q) and the two sensors
@@ -42,6 +42,6 @@ for t in range(series.states.shape[0]):
 
 # 4. The whole series in one call, against a particle filter with 100,000 particles.
 learned = filt.run(prior, obs)
-pf = particle_filter(system, 100_000).run(prior, obs, generator=torch.Generator().manual_seed(0))
+pf = bootstrap_filter(system, 100_000).run(prior, obs, generator=torch.Generator().manual_seed(0))
 print(f"mean NLL of the true state: model {learned.nll(series.states).mean():.3f}, particle filter (moment-matched "
       f"Gaussian) {-pf.to(torch.float64).log_prob(series.states).mean():.3f}")

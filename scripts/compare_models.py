@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-import distformer as dfm
-from distformer.bench.inverse_gamma import _kl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for benchmarks/runners
+
+import distformer as dfm  # noqa: E402
+from benchmarks.runners.inverse_gamma import _kl  # noqa: E402
 from distformer.diagnostics import estimate, kl_divergence
 from distformer.problems import get
 

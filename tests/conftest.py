@@ -1,5 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+if str(CHECKOUT) not in sys.path:  # the benchmark runners (benchmarks/runners) live outside the package
+    sys.path.insert(0, str(CHECKOUT))
 
 
 @pytest.fixture(autouse=True)

@@ -186,7 +186,7 @@ def test_state_dependent_noise_callable_matches_the_constant():
 def test_bench_sensor_fusion_quick_writes_a_report(tmp_path, monkeypatch):
     """The quick run's particle filters (100, 1,000) do not reach the model's NLL, so a match is declared here to
     run the repeated timing of the matched filter as well."""
-    import distformer.bench.sensor_fusion as bench
+    import benchmarks.runners.sensor_fusion as bench
     from distformer.cli import main
 
     real = bench.smallest_match
@@ -203,7 +203,7 @@ def test_bench_sensor_fusion_quick_writes_a_report(tmp_path, monkeypatch):
 def test_repeated_timing_alternates_the_two_runs_and_takes_medians(monkeypatch):
     """The model and the particle filter run in turn (so both meet the same machine state); the reported times are
     medians per step, not means: one slow outlier run does not move them."""
-    import distformer.bench.filter_runs as fr
+    import benchmarks.runners.filter_runs as fr
 
     calls, clock = [], iter([0.0, 1.0, 1.0, 31.0, 31.0, 32.0, 32.0, 92.0, 92.0, 102.0, 102.0, 132.0])
     monkeypatch.setattr(fr.time, "perf_counter", lambda: next(clock))
@@ -216,7 +216,7 @@ def test_repeated_timing_alternates_the_two_runs_and_takes_medians(monkeypatch):
 def test_score_filter_warms_up_on_the_timed_batch_size_and_times_only_the_full_run():
     """The warm-up call has every series (so batched inference takes the same path as the timed call) and 2 steps;
     the row's time is that of the full run alone, per step."""
-    import distformer.bench.filter_runs as fr
+    import benchmarks.runners.filter_runs as fr
     from distformer import GaussianMixture
 
     T, n = 6, 5
@@ -324,7 +324,7 @@ class _ExactOrPrior:
 
 def test_single_step_kl_is_zero_for_the_exact_update_and_the_information_for_the_prior():
     from distformer import GaussianMixture
-    from distformer.bench.filter_runs import single_step_kl
+    from benchmarks.runners.filter_runs import single_step_kl
 
     n, s0 = 1000, 2.0
     prior = GaussianMixture(torch.ones(n, 1, dtype=F64), torch.zeros(n, 1, 1, dtype=F64),

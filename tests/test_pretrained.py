@@ -57,13 +57,15 @@ def test_models_command_lists_the_shipped_models(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert name in out
-    # a filtering model's line carries the per-step NLL its benchmark measured, read from its card
-    import json
+    # each line points to the reports that measure the model (the card's ``results``), and each report exists
     from distformer.zoo import pretrained_path
 
-    line = next(row for row in out.splitlines() if row.startswith("sensor-fusion "))
-    card = json.loads(pretrained_path("sensor-fusion").with_suffix(".json").read_text())["card"]
-    assert f"filter NLL/step={card['metrics']['filter_nll']['mean']:.3f}" in line
+    checkout = Path(__file__).resolve().parents[1]
+    for name in NAMES:
+        card = json.loads(pretrained_path(name).with_suffix(".json").read_text())["card"]
+        line = next(row for row in out.splitlines() if row.startswith(name + " "))
+        assert card["results"] and "measured in " + ", ".join(card["results"]) in line
+        assert all((checkout / path).is_file() for path in card["results"]), card["results"]
 
 
 def test_demo_runs_and_writes_a_figure(tmp_path, capsys):

@@ -228,7 +228,7 @@ def test_bar_distribution_integrates_to_one_on_both_spaces():
 
 
 def test_inverse_gamma_bench_quick_runs(tmp_path):
-    from distformer.bench import run_benchmark
+    from benchmarks.runners import run_benchmark
 
     if "inverse-gamma" not in distformer.pretrained_names():
         pytest.skip("the inverse-gamma model is not shipped in this checkout")
@@ -289,7 +289,7 @@ def test_quantum_reference_posterior_is_normalised_and_matches_brute_force():
 
 
 def test_quantum_bench_quick_runs(tmp_path):
-    from distformer.bench import run_benchmark
+    from benchmarks.runners import run_benchmark
 
     if "quantum" not in distformer.pretrained_names():
         pytest.skip("the quantum model is not shipped in this checkout")
@@ -424,7 +424,7 @@ def test_gp_models_read_inputs_relative_to_the_query():
 
 
 def test_gp_bench_quick_runs(tmp_path):
-    from distformer.bench import run_benchmark
+    from benchmarks.runners import run_benchmark
 
     md = run_benchmark("gp-hyperprior", quick=True, out_dir=tmp_path)
     text = md.read_text()
@@ -437,7 +437,7 @@ def test_gp_bench_quick_runs(tmp_path):
 def test_gp_bench_quick_measures_a_model(tmp_path, monkeypatch):
     """The measuring path of the GP bench, on a tiny model trained here (the shipped ones may be absent)."""
     import distformer.zoo as zoo
-    from distformer.bench import run_benchmark
+    from benchmarks.runners import run_benchmark
 
     config = TrainConfig(problem=ProblemConfig("gp-hyperprior", {"variant": "1d"}), steps=10, batch_size=32,
                          warmup_steps=2, validation_size=64, validate_every=10, checkpoint_every=10, num_threads=1)

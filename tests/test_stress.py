@@ -3,8 +3,8 @@ silent and accurate on its training meta-prior."""
 
 import torch
 
-from distformer.bench.stress import mixture_rows, summarise
-from distformer.bench.stress_families import FAMILIES
+from benchmarks.runners.stress import mixture_rows, summarise
+from benchmarks.runners.stress_families import FAMILIES
 
 
 def test_summary_counts_silent_failures_and_false_alarms():

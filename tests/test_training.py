@@ -137,7 +137,7 @@ def test_a_benchmark_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch
     when the disk fails mid-way the previous report stays as it was."""
     import json
 
-    from distformer.bench.report import write_report
+    from benchmarks.runners.report import write_report
 
     md = write_report(tmp_path, "demo", ["# demo", "| a |"], {"dtype": torch.float32, "rows": [1, 2]})
     assert md == tmp_path / "demo.md" and md.read_text() == "# demo\n| a |\n"

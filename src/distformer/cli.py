@@ -22,11 +22,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         command = f"distformer train {args.config} --nproc {args.nproc} --out {args.out}"
         spawn_training(args.nproc, train_worker, config.to_dict(), args.out, checkpoint, args.resume, args.quiet,
-                       False, command)
+                       False, command, args.time_budget)
         print(f"saved {args.out}.safetensors/.json after training in {args.nproc} processes")
         return 0
+    budget = f" --time-budget {args.time_budget:g}" if args.time_budget else ""
     model = train_and_save(config, args.out, checkpoint, args.resume, args.quiet,
-                           f"distformer train {args.config} --out {args.out}")
+                           f"distformer train {args.config} --out {args.out}{budget}", time_budget=args.time_budget)
     from .training.distributed import world_size_and_rank
 
     if world_size_and_rank()[1] != 0:  # under torchrun every process trains the same replica; rank 0 wrote it
@@ -53,9 +54,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    from pathlib import Path
 
-    run_benchmark(args.name, quick=args.quick, out_dir=args.out_dir, update_cards=args.update_cards)
+    checkout = Path(__file__).resolve().parents[2]  # src/distformer/cli.py -> the source checkout
+    if not (checkout / "benchmarks" / "runners" / "__init__.py").is_file():
+        raise ValueError("Expected a source checkout of distformer (benchmarks/runners/), but this installation has "
+                         "none; clone the repository and install it with pip install -e.")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from benchmarks.runners import run_benchmark
+
+    run_benchmark(args.name, quick=args.quick, out_dir=args.out_dir)
     return 0
 
 
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again over an existing checkpoint or model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop cleanly after this much training time and save the model reached (its weight average)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (gloo on CPU, NCCL on GPU); see also torchrun")
     p.set_defaults(func=_cmd_train)
@@ -193,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--quick", action="store_true", help="small run (seconds), for tests")
     p.add_argument("--out-dir", default="benchmarks")
-    p.add_argument("--update-cards", action="store_true", help="write the measured metrics into the shipped model cards")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="write the posterior update as a program that runs without distformer")

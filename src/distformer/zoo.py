@@ -40,36 +40,20 @@ def load_named_or_path(name_or_path: str):
 
 
 def describe(name: str) -> str:
-    """One line: name, problem, size, training time, headline metric from the card."""
+    """One line: name, size, training time, and where in the repository its accuracy is measured (the card's
+    ``results``: benchmark reports, never numbers copied into the card, which would go stale)."""
     import json
 
     meta = json.loads((_folder() / f"{name}.json").read_text())
     card, config = meta["card"], meta["config"]
-    metrics = card.get("metrics", {})
-    kl = metrics.get("kl_exact_to_model", {})
-    kl = kl.get("mean", kl.get("wide", {}).get("mean"))  # per meta-prior where a model was measured on several
     parts = [f"{name:24s}", f"D={config['dim']}", f"K={config['num_components']}",
              f"{card.get('num_parameters', 0) / 1e3:.0f}k params",
              f"trained {_training_seconds(card.get('training', {})) / 60:.1f} min"]
-    if kl is not None:
-        parts.append(f"KL(exact||model)={kl:.4f}")
-    if "filter_nll" in metrics:  # filtering models: NLL of the true state per step over the benchmark's series
-        parts.append(f"filter NLL/step={metrics['filter_nll']['mean']:.3f} ({metrics['command']})")
+    if card.get("results"):
+        parts.append("measured in " + ", ".join(card["results"]))
     return "  ".join(parts)
 
 
 def _training_seconds(training: dict) -> float:
     """All training time of a card, a fine-tuned model's base run included (``total_time_s``)."""
     return training.get("total_time_s", training.get("time_s", float("nan")))
-
-
-def record_metrics(name: str, metrics: dict) -> None:
-    """Store benchmark ``metrics`` (with the command that measured them) in the shipped model card ``name``."""
-    import json
-
-    from .io import atomic_write
-
-    path = pretrained_path(name).with_suffix(".json")
-    meta = json.loads(path.read_text())
-    meta["card"]["metrics"] = metrics
-    atomic_write(path, (json.dumps(meta, indent=2) + "\n").encode())

@@ -5,9 +5,9 @@ imported from their modules."""
 
 from .kalman import ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter, UnscentedKalmanFilter, gaussian_beliefs
 from .pfn import PFN, BarDistribution, PFNConfig, train_pfn
-from .particle import (ParticleFilter, gaussian_log_likelihood, gaussian_transition, problem_log_likelihood,
-                       systematic_resample)
+from .particle import (ParticleFilter, bootstrap_filter, gaussian_log_likelihood, gaussian_transition,
+                       problem_log_likelihood, systematic_resample)
 
 __all__ = ["GaussianStateSpace", "KalmanFilter", "ExtendedKalmanFilter", "UnscentedKalmanFilter", "ParticleFilter",
-           "gaussian_transition", "gaussian_log_likelihood", "problem_log_likelihood", "systematic_resample",
+           "bootstrap_filter", "gaussian_transition", "gaussian_log_likelihood", "problem_log_likelihood", "systematic_resample",
            "gaussian_beliefs", "PFN", "PFNConfig", "BarDistribution", "train_pfn"]

@@ -169,3 +169,16 @@ def gaussian_log_likelihood(h: Callable[[Tensor], Tensor], R: Tensor) -> Callabl
         return (per * mask.unsqueeze(-2).to(x.dtype)).sum(-1)
 
     return log_likelihood
+
+
+def bootstrap_filter(problem, num_particles: int) -> "ParticleFilter":
+    """The bootstrap particle filter of a linear-Gaussian-motion problem (``problem.A``, optional ``problem.b``,
+    ``problem.Q``: :math:`x_t = A x_{t-1} + b + w_t`, :math:`w_t\sim\mathcal N(0, Q)`) with the problem's exact
+    ``log_likelihood`` for the readings, ``num_particles`` particles."""
+    A, b = problem.A, getattr(problem, "b", None)
+
+    def motion(x: Tensor) -> Tensor:
+        y = x @ A.to(x.dtype).T
+        return y if b is None else y + b.to(x.dtype)
+
+    return ParticleFilter(gaussian_transition(motion, problem.Q), problem_log_likelihood(problem), num_particles)

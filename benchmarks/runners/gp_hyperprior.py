@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..baselines.pfn import PFNConfig, train_pfn
-from ..diagnostics import estimate
-from ..problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
+from distformer.baselines.pfn import PFNConfig, train_pfn
+from distformer.diagnostics import estimate
+from distformer.problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
 from .report import fmt_estimate, stage, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 SEED = 7171
 PAPER = {"VI": (None, 0.39), "MCMC": (None, 2.27), "PFN": (0.90, 1.53), "model": (0.81, 0.31)}  # 5-D, Table 2
@@ -53,7 +53,7 @@ def gp_marginal_model(mean, scale, a, b, x, y, mask):
 def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
     import distformer
 
-    from ..baselines.numpyro_linear_gaussian import available
+    from distformer.baselines.numpyro_linear_gaussian import available
 
     name = f"gp-hyperprior-{variant}"
     model = distformer.pretrained(name)
@@ -78,7 +78,7 @@ def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
     nll_l["model"] = -post.marginal([1]).log_prob(theta[:, 1:])
 
     if available():
-        from ..baselines.svi import BatchedSVI
+        from distformer.baselines.svi import BatchedSVI
 
         p = batch.prior.double()
         data = batch.observations.values["data"].double()
@@ -139,7 +139,7 @@ def figure_data(model, problem: GPHyperprior, generator: torch.Generator, num_qu
             "prior": batch.prior[0].tolist()}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/gp-hyperprior.{md,json,png}``."""
     import distformer
 
@@ -185,18 +185,11 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     md = write_report(out_dir, "gp-hyperprior", lines, {"command": command, "results": results, "missing": missing})
     if figure is not None:
         _plot(figure, out_dir / "gp-hyperprior.png")
-    if update_cards and not quick:
-        from ..zoo import record_metrics
-
-        for r in results:
-            record_metrics(r["model"], {"command": command, "nll_f": r["nll_f"]["model"],
-                                        "nll_lengthscale": r["nll_lengthscale"]["model"],
-                                        "time_per_1000_s": r["time_per_1000_s"]["model"]})
     return md
 
 
 def _plot(fig_data: dict, path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
     import numpy as np

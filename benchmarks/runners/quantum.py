@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..baselines.pfn import PFNConfig, train_pfn
-from ..diagnostics import estimate
-from ..problems.quantum import TIME_SD, TwoLevelSystem
+from distformer.baselines.pfn import PFNConfig, train_pfn
+from distformer.diagnostics import estimate
+from distformer.problems.quantum import TIME_SD, TwoLevelSystem
 from .report import fmt_estimate, stage, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 MODEL = "quantum"
 SEED = 6161
@@ -47,7 +47,7 @@ def _grid_kl(grid: torch.Tensor, log_ref: torch.Tensor, log_q: torch.Tensor) -> 
 def evaluate(size: dict, generator: torch.Generator) -> dict:
     import distformer
 
-    from ..baselines.numpyro_linear_gaussian import available
+    from distformer.baselines.numpyro_linear_gaussian import available
 
     model = distformer.pretrained(MODEL)
     problem = TwoLevelSystem(num_components=model.config.num_components)
@@ -76,9 +76,9 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     if available():
         import numpy as np
 
-        from ..baselines.nuts import SequentialNUTS
-        from ..baselines.numpyro_models import quantum_model
-        from ..baselines.svi import BatchedSVI
+        from distformer.baselines.nuts import SequentialNUTS
+        from distformer.baselines.numpyro_models import quantum_model
+        from distformer.baselines.svi import BatchedSVI
 
         tokens = obs.values["shots"].double()
         settings = tokens[..., 1:]
@@ -138,7 +138,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     }
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/quantum.{md,json,png}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -176,18 +176,11 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     slim = {k: v for k, v in r.items() if k != "examples"} | {"command": command}
     md = write_report(out_dir, "quantum", lines, slim)
     _plot(r, order, out_dir / "quantum.png")
-    if update_cards and not quick:
-        from ..zoo import record_metrics
-
-        record_metrics(MODEL, {"command": command, "nll": r["nll"]["model"],
-                               "nll_reference": r["nll"]["reference (grid)"],
-                               "kl_reference_to_model": r["kl_reference_to_method"]["model"],
-                               "time_per_1000_s": r["time_per_1000_s"]["model"]})
     return md
 
 
 def _plot(r: dict, order: list[str], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

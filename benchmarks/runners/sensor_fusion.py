@@ -14,18 +14,18 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, ParticleFilter, UnscentedKalmanFilter,
-                         gaussian_beliefs, gaussian_transition, problem_log_likelihood)
-from ..distributions.gmm import GaussianMixture
-from ..filtering import Filter, LinearGaussianMotion
-from ..observations import Observations
-from ..problems.sensor_fusion import (BEARING_SD, SensorFusion, range_reading_moments, true_bearing, true_range,
-                                      wrap_angle)
+from distformer.baselines import (ExtendedKalmanFilter, GaussianStateSpace, UnscentedKalmanFilter, bootstrap_filter,
+                                  gaussian_beliefs)
+from distformer.distributions.gmm import GaussianMixture
+from distformer.filtering import Filter, LinearGaussianMotion
+from distformer.observations import Observations
+from distformer.problems.sensor_fusion import (BEARING_SD, SensorFusion, range_reading_moments, true_bearing,
+                                               true_range, wrap_angle)
 from .filter_runs import (describe_match, out_of_family_line, out_of_family_messages, plot_compute_curve,
-                          record_filter_metrics, repeated_timing, row_cells, score_filter, score_particle_filter,
+                          repeated_timing, row_cells, score_filter, score_particle_filter,
                           single_step_kl, smallest_match)
 from .report import fmt_estimate as _fmt, write_report
-from ..timing import machine
+from distformer.timing import machine
 
 SEED = 27182
 MODEL = "sensor-fusion"
@@ -66,14 +66,7 @@ class TwoSensorGaussianFilter:
         return gaussian_beliefs(means, covs)
 
 
-def particle_filter(problem: SensorFusion, num_particles: int) -> ParticleFilter:
-    """Bootstrap filter on the true motion and the exact (mixture, wrapped-normal) sensor likelihoods."""
-    A = problem.A
-    return ParticleFilter(gaussian_transition(lambda x: x @ A.to(x.dtype).T, problem.Q),
-                          problem_log_likelihood(problem), num_particles)
-
-
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/sensor-fusion.{md,json,png}``."""
     import distformer
 
@@ -101,13 +94,13 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
             reference = nll if reference is None else reference
             rows.append(row)
         for J in size["particles"]:
-            row, beliefs_of[J], _ = score_particle_filter(particle_filter(problem, J), prior32, obs32, states,
+            row, beliefs_of[J], _ = score_particle_filter(bootstrap_filter(problem, J), prior32, obs32, states,
                                                           SEED + 1, size["series"], reference)
             rows.append(row)
         model_row = rows[0]
         match = smallest_match(rows, model_row)
         if match["matched"]:  # the speed-up at equal NLL, timed again
-            pf = particle_filter(problem, match["particles"])
+            pf = bootstrap_filter(problem, match["particles"])
             match["repeated"] = repeated_timing(
                 lambda: model_filter.run(prior32, obs32),
                 lambda: pf.run(prior32, obs32, generator=torch.Generator().manual_seed(SEED + 1)),
@@ -150,9 +143,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![NLL against time per step; NLL by step; one tracked series](sensor-fusion.png)",
     ]
-    if update_cards and not quick:
-        record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"],
-                              {"single_step_kl": single_step})
     md = write_report(out_dir, "sensor-fusion", lines, {"command": command, "filters": rows, "match": match,
                                                         "single_step_kl": single_step, "out_of_family": out_of_family})
     _plot(rows, beliefs_of[f"model ({MODEL})"], beliefs_of[size["particles"][-1]], states,
@@ -181,7 +171,7 @@ def _ellipse(mean, cov, n_sd: float = 2.0):
 
 def _plot(rows: list[dict], model_beliefs: GaussianMixture, pf_beliefs: GaussianMixture, states: torch.Tensor,
           path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from ..baselines.pfn import PFNConfig, train_pfn
-from ..diagnostics import estimate
-from ..problems.inverse_gamma import InverseGammaVariance
-from ..problems.sampling import inverse_gamma
+from distformer.baselines.pfn import PFNConfig, train_pfn
+from distformer.diagnostics import estimate
+from distformer.problems.inverse_gamma import InverseGammaVariance
+from distformer.problems.sampling import inverse_gamma
 from .report import fmt_estimate, stage, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 MODEL = "inverse-gamma"
 SEED = 4141
@@ -59,8 +59,8 @@ def _kl(exact_alpha, exact_beta, log_q, num_samples: int, generator: torch.Gener
 def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     """Every method on ``size['problems']`` fresh problems from ``meta_prior``."""
     import distformer
-    from ..baselines import svi as svi_module
-    from ..baselines.numpyro_models import inverse_gamma_model
+    from distformer.baselines import svi as svi_module
+    from distformer.baselines.numpyro_models import inverse_gamma_model
 
     model = distformer.pretrained(MODEL)
     problem = InverseGammaVariance(meta_prior=meta_prior, num_components=model.config.num_components)
@@ -122,7 +122,7 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
 
 
 def svi_module_available() -> bool:
-    from ..baselines.numpyro_linear_gaussian import available
+    from distformer.baselines.numpyro_linear_gaussian import available
 
     return available()
 
@@ -149,7 +149,7 @@ def _examples(batch, post, exact, pfn, svi_q, count: int = 3) -> list[dict]:
     return out
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/inverse-gamma.{md,json,png}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -198,13 +198,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     slim = [{k: v for k, v in r.items() if k != "examples"} | {"command": command} for r in results]
     md = write_report(out_dir, "inverse-gamma", lines, slim)
     _plot(results, out_dir / "inverse-gamma.png")
-    if update_cards and not quick:
-        from ..zoo import record_metrics
-
-        record_metrics(MODEL, {"command": command,
-                               "kl_exact_to_model": {r["meta_prior"]: r["kl"]["model"] for r in slim},
-                               "prior_approximation_kl": {r["meta_prior"]: r["prior_approximation_kl"] for r in slim},
-                               "time_per_1000_s": {r["meta_prior"]: r["time_per_1000_s"]["model"] for r in slim}})
     return md
 
 
@@ -215,7 +208,7 @@ def _k() -> int:
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter, ParticleFilter,
-                         UnscentedKalmanFilter, gaussian_log_likelihood, gaussian_transition)
-from ..diagnostics import estimate
-from ..filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
-from ..problems.lti import LTI, Series
+from distformer.baselines import (ExtendedKalmanFilter, GaussianStateSpace, KalmanFilter, ParticleFilter,
+                                  UnscentedKalmanFilter, gaussian_log_likelihood, gaussian_transition)
+from distformer.diagnostics import estimate
+from distformer.filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
+from distformer.problems.lti import LTI, Series
 from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, plot_compute_curve, timed
 from .report import fmt_estimate as _fmt, write_report
-from ..timing import machine
+from distformer.timing import machine
 
 SEED = 31415
 MODEL = "linear-gaussian-2d"
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/lti.{md,json,png}``."""
     import distformer
 
@@ -115,7 +115,7 @@ def _tensors(series) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _plot(rows: list[dict], gap: torch.Tensor, path: Path, series: int) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ..diagnostics import kl_divergence
-from ..problems import get
-from ..support import OutOfFamilyWarning
+from distformer.diagnostics import kl_divergence
+from distformer.problems import get
+from distformer.support import OutOfFamilyWarning
 from .report import stage, write_report
-from ..timing import machine
+from distformer.timing import machine
 
 SEED = 2727
 SILENT_KL = 0.1
@@ -97,7 +97,7 @@ def flag_cost(repeats: int, batch: int, generator: torch.Generator) -> dict:
     on the machine's threads; medians of interleaved calls."""
     import distformer
 
-    from ..timing import interleaved_median_seconds, threads
+    from distformer.timing import interleaved_median_seconds, threads
 
     model = distformer.pretrained("linear-gaussian-2d")
     problem = get("linear-gaussian", **model.card["problem"]["options"])
@@ -123,7 +123,7 @@ def flag_cost(repeats: int, batch: int, generator: torch.Generator) -> dict:
     return out
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/stress.{md,json}``."""
     from .stress_parametric import gp_refinement, parametric_rows
 

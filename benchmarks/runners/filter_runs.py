@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from ..baselines import ParticleFilter
-from ..diagnostics import estimate
-from ..observations import Observations
+from distformer.baselines import ParticleFilter
+from distformer.diagnostics import estimate
+from distformer.observations import Observations
 from .report import fmt_estimate
 
 
@@ -127,22 +127,6 @@ def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0, series: int 
     ax.set_xlabel(f"ms per step (batch of {series} series)")
     ax.set_ylabel("NLL of the true state per step")
     ax.legend(fontsize=7)
-
-
-def record_filter_metrics(model_name: str, command: str, rows: list[dict], match: dict, series: int,
-                          steps: int, extra: dict | None = None) -> None:
-    """Store the model filter's NLL, its time per step and the particle-filter match (and ``extra``) in the shipped
-    model card."""
-    from ..zoo import record_metrics
-
-    model_row = rows[0]
-    record_metrics(model_name, {
-        "command": command, "series": series, "steps": steps, "filter_nll": model_row["nll"],
-        "ms_per_step_batch": model_row["ms_per_step"],
-        "particle_filters": {r["particles"]: {"nll": r["nll"], "gap_to_model": r["gap_to_model"],
-                                              "ms_per_step_batch": r["ms_per_step"]}
-                             for r in rows if "particles" in r},
-        "particle_filter_match": match} | (extra or {}))
 
 
 def out_of_family_messages(run: Callable[[], object]) -> list[str]:

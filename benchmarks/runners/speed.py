@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from ..diagnostics import estimate
-from ..nn.export import cpp_compiler
-from ..nn.layers import layer_norm
-from ..nn.engine import trace
-from ..nn.site import apply_site
-from ..nn.tokens import chart_to_gmm, gmm_to_chart
-from ..observations import as_observations
-from ..problems import get
+from distformer.diagnostics import estimate
+from distformer.nn.export import cpp_compiler
+from distformer.nn.layers import layer_norm
+from distformer.nn.engine import trace
+from distformer.nn.site import apply_site
+from distformer.nn.tokens import chart_to_gmm, gmm_to_chart
+from distformer.observations import as_observations
+from distformer.problems import get
 from .report import fmt_estimate, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 SEED = 1618
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -143,7 +143,7 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
     result = {"model": name, "latency_ms": {k: 1e3 * v for k, v in latency.items()}, "aoti_export_s": aoti_s,
               "parts_ms": parts, "throughput": throughput, "threads": torch.get_num_threads(),
               "chunk_size": model.chunk_size}
-    from ..baselines import numpyro_linear_gaussian as npl
+    from distformer.baselines import numpyro_linear_gaussian as npl
 
     if npl.available():
         result |= _peers(model, problem, npl, quick, generator)
@@ -179,7 +179,7 @@ def _peers(model, problem, npl, quick: bool, generator: torch.Generator) -> dict
     return {"peers": out, "peer_problems": n}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/speed.{md,json}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED)

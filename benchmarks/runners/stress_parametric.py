@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from ..problems import get
-from ..problems.sampling import inverse_gamma
+from distformer.problems import get
+from distformer.problems.sampling import inverse_gamma
 from .report import stage
 
 
@@ -141,9 +141,9 @@ def _hermite(nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _resimulated(problem, prior, batch, generator):
     """The batch's inputs with ``f`` and ``y`` drawn anew under ``prior`` (``(n, 4)``)."""
-    from ..observations import as_observations
-    from ..problems.base import Batch
-    from ..problems.gp_hyperprior import NOISE_VARIANCE, rbf
+    from distformer.observations import as_observations
+    from distformer.problems.base import Batch
+    from distformer.problems.gp_hyperprior import NOISE_VARIANCE, rbf
 
     p = prior.double()
     ell = inverse_gamma(p[:, 2], p[:, 3], generator)
@@ -170,8 +170,8 @@ def gp_refinement(n: int, draws: int, generator: torch.Generator) -> dict:
 
     import distformer
 
-    from ..diagnostics import estimate
-    from ..refinement import refine
+    from distformer.diagnostics import estimate
+    from distformer.refinement import refine
 
     model = distformer.pretrained("gp-hyperprior-5d")
     problem = get("gp-hyperprior", **model.card["problem"]["options"])

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..diagnostics import estimate, kl_divergence
-from ..problems import get
-from ..refinement import refine
-from ..support import OutOfFamilyWarning
+from distformer.diagnostics import estimate, kl_divergence
+from distformer.problems import get
+from distformer.refinement import refine
+from distformer.support import OutOfFamilyWarning
 from .report import fmt_estimate as _fmt, write_report
-from ..timing import interleaved_median_seconds, machine
+from distformer.timing import interleaved_median_seconds, machine
 
 SEED = 2718
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -42,7 +42,7 @@ SCENARIOS = {
 
 def _scenario_batch(problem, spec: dict, n: int, generator: torch.Generator):
     """A batch from ``problem``'s meta-prior, modified as ``spec`` says (see the module docstring)."""
-    from ..problems.base import Batch
+    from distformer.problems.base import Batch
 
     options = problem.options()
     if "scale" in spec:
@@ -102,7 +102,7 @@ def evaluate(name: str, scenario: str, num_problems: int, draws: int, kl_samples
 
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/refine.{md,json,png}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -152,7 +152,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 TARGET = 0.01
 GRID = [(32, 128), (64, 128), (32, 256), (64, 256)]  # (d_model, batch_size)
-CONFIG = Path(__file__).resolve().parents[3] / "configs" / "time-to-accuracy.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "time-to-accuracy.yaml"
 
 
 class _Reached(Exception):
@@ -28,9 +28,9 @@ def train_until(args: tuple) -> dict:
     d_model, batch_size, cap_s, validate_every, config_text = args
     import torch
 
-    from ..problems import get
-    from ..training.config import TrainConfig
-    from ..training.trainer import build_model, train
+    from distformer.problems import get
+    from distformer.training.config import TrainConfig
+    from distformer.training.trainer import build_model, train
 
     torch.set_num_threads(1)
     base = TrainConfig.from_yaml(config_text)
@@ -56,10 +56,10 @@ def train_until(args: tuple) -> dict:
             "steps_to_target": reached[0]["step"] if reached else None, "cap_s": cap_s}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the grid (two configurations at a time) and write ``out_dir/time-to-accuracy.{md,json,png}``."""
     from .report import write_report
-    from ..timing import machine
+    from distformer.timing import machine
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cap_s, validate_every = (8.0, 5) if quick else (2400.0, 250)
@@ -100,7 +100,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

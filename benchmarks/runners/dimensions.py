@@ -32,24 +32,24 @@ from pathlib import Path
 
 import torch
 
-from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
-from ..problems import get
+from distformer.diagnostics import estimate, kl_divergence, negative_log_likelihood
+from distformer.problems import get
 from .report import fmt_estimate, stage, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 DIMS = (1, 2, 4, 8)
 QUICK_DIMS = (1, 4)  # --quick: trains both for a few steps
 SHIPPED = {1: "linear-gaussian-1d", 2: "linear-gaussian-2d"}
 SEED = 2424
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CACHE = Path("runs") / "dimensions"
 
 
 def _train_one(args: tuple) -> str:
     """Train one ablation model from a config's YAML text and save it at ``out``; returns ``out``."""
     config_text, out, steps = args
-    from ..training.config import TrainConfig
-    from ..training.trainer import train
+    from distformer.training.config import TrainConfig
+    from distformer.training.trainer import train
 
     torch.set_num_threads(1)
     config = TrainConfig.from_yaml(config_text)
@@ -65,8 +65,8 @@ def _train_one(args: tuple) -> str:
 def _models(dims: tuple[int, ...], quick: bool, folder: Path) -> dict[int, object]:
     """The model for each of ``dims``: shipped, kept in ``folder`` with a matching config, or trained now."""
     import distformer
-    from ..nn.serialization import load_model
-    from ..training.config import TrainConfig
+    from distformer.nn.serialization import load_model
+    from distformer.training.config import TrainConfig
 
     models, todo = {}, []
     for dim in dims:
@@ -95,7 +95,7 @@ def _models(dims: tuple[int, ...], quick: bool, folder: Path) -> dict[int, objec
 
 def evaluate(dim: int, model, size: dict, generator: torch.Generator) -> dict:
     """KL and NLL gap of ``model`` and of SVI at dimension ``dim``, with their times."""
-    from ..baselines.numpyro_linear_gaussian import available
+    from distformer.baselines.numpyro_linear_gaussian import available
 
     problem = get("linear-gaussian", **model.card["problem"]["options"])
     n = size["problems"]
@@ -113,7 +113,7 @@ def evaluate(dim: int, model, size: dict, generator: torch.Generator) -> dict:
                                          - negative_log_likelihood(exact, batch.theta)).as_dict()},
            "time_per_1000_s": {"model": 1000 * t_model / n}}
     if available():
-        from ..baselines.numpyro_linear_gaussian import batched_svi, svi_arguments
+        from distformer.baselines.numpyro_linear_gaussian import batched_svi, svi_arguments
 
         stage("dimensions", f"D = {dim}: SVI, {size['svi_steps']} steps, vmapped over {n} problems")
         svi = batched_svi(dim, num_steps=size["svi_steps"])
@@ -129,7 +129,7 @@ def evaluate(dim: int, model, size: dict, generator: torch.Generator) -> dict:
     return row
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the sweep and write ``out_dir/dimensions.{md,json,png}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     size = dict(problems=50, samples=64, svi_steps=50, repeats=3) if quick else \
@@ -173,7 +173,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

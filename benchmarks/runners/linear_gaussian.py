@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..distributions.gmm import GaussianMixture
-from ..diagnostics import estimate, kl_divergence, negative_log_likelihood
-from ..problems import get
+from distformer.distributions.gmm import GaussianMixture
+from distformer.diagnostics import estimate, kl_divergence, negative_log_likelihood
+from distformer.problems import get
 from .report import fmt_estimate as _fmt, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
 SEED = 12345
@@ -89,7 +89,7 @@ def conflict_sweep(name: str, kl_samples: int, generator: torch.Generator) -> li
     """KL(exact || model) for one data set (10 points around (1, -0.5)) under priors moved ever further away."""
     import distformer
 
-    from ..demo import prior_distance
+    from distformer.demo import prior_distance
 
     model = distformer.pretrained(name)
     problem = get("linear-gaussian", **model.card["problem"]["options"])
@@ -107,7 +107,7 @@ def conflict_sweep(name: str, kl_samples: int, generator: torch.Generator) -> li
 
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/linear-gaussian.{md,json,png}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(SEED)
@@ -163,16 +163,11 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
     slim = [{k: v for k, v in r.items() if k != "kl_values"} | {"command": command} for r in results]
     md = write_report(out_dir, "linear-gaussian", lines, {"models": slim, "prior_data_conflict": conflict})
     _plot(results, out_dir / "linear-gaussian.png")
-    if update_cards and not quick:
-        from ..zoo import record_metrics
-
-        for r in slim:
-            record_metrics(r["model"], r)
     return md
 
 
 def _plot(results: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

@@ -12,27 +12,20 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import ParticleFilter, gaussian_transition, problem_log_likelihood
-from ..filtering import Filter, LinearGaussianMotion
-from ..problems.stochastic_volatility import StochasticVolatility
+from distformer.baselines import bootstrap_filter
+from distformer.filtering import Filter, LinearGaussianMotion
+from distformer.problems.stochastic_volatility import StochasticVolatility
 from .filter_runs import (describe_match, first_steps, out_of_family_line, out_of_family_messages,
-                          plot_compute_curve, record_filter_metrics, row_cells, score_filter, score_particle_filter,
+                          plot_compute_curve, row_cells, score_filter, score_particle_filter,
                           smallest_match)
 from .report import fmt_estimate as _fmt, write_report
-from ..timing import machine
+from distformer.timing import machine
 
 SEED = 16180
 MODEL = "stochastic-volatility"
 
 
-def particle_filter(problem: StochasticVolatility, num_particles: int) -> ParticleFilter:
-    """Bootstrap filter on the OU motion and the exact Gaussian likelihood of the returns."""
-    A, b = problem.A, problem.b
-    return ParticleFilter(gaussian_transition(lambda x: x @ A.to(x.dtype).T + b.to(x.dtype), problem.Q),
-                          problem_log_likelihood(problem), num_particles)
-
-
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/stochastic-volatility.{md,json,png}``."""
     import distformer
 
@@ -59,7 +52,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
                                  prior32, obs32, states, reference)[0])
         for J, n in size["particles"]:
             subset = first_steps(obs32, size["steps"], n)
-            rows.append(score_particle_filter(particle_filter(problem, J), prior32[:n], subset, states[:, :n],
+            rows.append(score_particle_filter(bootstrap_filter(problem, J), prior32[:n], subset, states[:, :n],
                                               SEED + 1, size["series"], reference)[0])
     model_row = rows[0]
     match = smallest_match(rows, model_row)
@@ -91,8 +84,6 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
         "",
         "![NLL against time per step; NLL by step](stochastic-volatility.png)",
     ]
-    if update_cards and not quick:
-        record_filter_metrics(MODEL, command, rows, match, size["series"], size["steps"])
     md = write_report(out_dir, "stochastic-volatility", lines,
                       {"command": command, "filters": rows, "match": match, "out_of_family": out_of_family})
     _plot(rows, out_dir / "stochastic-volatility.png")
@@ -100,7 +91,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

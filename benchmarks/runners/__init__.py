@@ -1,4 +1,6 @@
-"""Benchmarks: one runner per experiment, each writing ``benchmarks/NAME.md`` and a figure."""
+"""The benchmark runners: one per experiment, each writing ``benchmarks/NAME.md`` (with the command that made it)
+and a figure. They live beside their results, outside the installed package: ``distformer bench NAME`` runs them
+from a source checkout, and ``import distformer`` never imports them."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ def _runners():
             "stochastic-volatility": stochastic_volatility.run, "time-to-accuracy": time_to_accuracy.run}
 
 
-def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks", update_cards: bool = False) -> Path:
+def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks") -> Path:
     """Run benchmark ``name``; returns the path of the markdown report."""
     runners = _runners()
     if name not in runners:
         raise ValueError(f"Expected a benchmark name among {sorted(runners)}, but got {name!r}.")
-    return runners[name](quick=quick, out_dir=Path(out_dir), update_cards=update_cards)
+    return runners[name](quick=quick, out_dir=Path(out_dir))

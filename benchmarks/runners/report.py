@@ -10,7 +10,7 @@ def write_report(out_dir: Path, name: str, lines: list[str], payload) -> Path:
     """Write ``out_dir/NAME.md`` (the lines) and ``out_dir/NAME.json`` (the payload, JSON; values it cannot encode
     as their ``str``), each atomically so that an interrupted run leaves the previous report whole; print the
     report and return the markdown path."""
-    from ..io import atomic_write
+    from distformer.io import atomic_write
 
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"{name}.md"

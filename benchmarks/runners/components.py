@@ -15,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ..diagnostics import estimate, kl_divergence
-from ..problems import get
+from distformer.diagnostics import estimate, kl_divergence
+from distformer.problems import get
 from .report import fmt_estimate, write_report
-from ..timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, machine, threads
 
 MODEL = "linear-gaussian-2d"
 COMPONENTS = (1, 2, 4, 5, 10, 20)
 SEED = 5151
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: bool = False) -> Path:
+def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     """Run the benchmark and write ``out_dir/components.{md,json,png}``."""
     import distformer
 
@@ -72,7 +72,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks"), update_cards: b
 
 
 def _plot(rows: list[dict], trained_k: int, path: Path) -> None:
-    from ..plotting import pyplot
+    from distformer.plotting import pyplot
 
     plt = pyplot()
 

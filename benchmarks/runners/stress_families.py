@@ -29,9 +29,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..distributions.gmm import GaussianMixture
-from ..observations import Observations, as_observations
-from ..problems.linear_gaussian import random_gmm_priors, random_rotation
+from distformer.distributions.gmm import GaussianMixture
+from distformer.observations import Observations, as_observations
+from distformer.problems.linear_gaussian import random_gmm_priors, random_rotation
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def conflict(n, D, g):
 
 def uniform_in_range(n, D, g):
     """Chart coordinates uniform inside the per-coordinate ranges of 20,000 training-meta-prior draws."""
-    from ..nn.tokens import chart_to_gmm, gmm_to_chart
+    from distformer.nn.tokens import chart_to_gmm, gmm_to_chart
 
     seen = gmm_to_chart(_priors(20000, 4, D, torch.Generator().manual_seed(7))).reshape(-1, 1 + D + D * (D + 1) // 2)
     low, high = seen.amin(0), seen.amax(0)

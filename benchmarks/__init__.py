@@ -1,0 +1,1 @@
+"""Benchmark results (``*.md``, ``*.png``) and, in ``runners/``, the code that measures them."""
