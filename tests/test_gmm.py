@@ -294,3 +294,42 @@ def test_exact_conditioning_ignores_what_the_mask_hides(rng):
     torch.testing.assert_close(a.log_weights, b.log_weights)
     with pytest.raises(ValueError, match="where the mask is True"):
         gm.condition_linear_gaussian(eye, eye, padded, torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_one_dimensional_cdf_and_quantiles_invert_each_other_and_match_scipy(rng):
+    """F by scipy's normal CDF summed over components (float64, 1e-12); icdf(F(x)) = x to 1e-9 wherever F identifies
+    x, with a component 1e6 times narrower than another; F(icdf(q)) = q; 0 and 1 map to -inf and inf."""
+    from scipy import stats
+
+    gm = GaussianMixture(torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64),
+                         torch.tensor([[[-3.0], [0.5], [40.0]]], dtype=torch.float64),
+                         scale_tril=torch.tensor([[[[1e-6]], [[2.0]], [[0.7]]]], dtype=torch.float64))
+    x = torch.linspace(-12, 45, 400, dtype=torch.float64).view(400, 1, 1)
+    expected = sum(w * stats.norm.cdf(x[:, 0, 0].numpy(), m, s) for w, m, s in ((0.2, -3.0, 1e-6), (0.5, 0.5, 2.0),
+                                                                                  (0.3, 40.0, 0.7)))
+    F = gm.cdf(x)
+    torch.testing.assert_close(F[:, 0], torch.as_tensor(expected), rtol=0, atol=1e-12)
+    # x is identifiable from F(x) where the density is not vanishing (F is flat between the modes) and not spiked
+    # (the 1e-6-wide component's step at -3)
+    inside = (gm.log_prob(x)[:, 0].exp() > 1e-3) & ((x[:, 0, 0] + 3).abs() > 1e-4)
+    torch.testing.assert_close(gm.icdf(F)[inside], x[inside], rtol=0, atol=1e-9)
+    q = torch.rand(300, 1, generator=rng, dtype=torch.float64)
+    # at -3 the density is 8e4 and float64 values 4.4e-16 apart, so F moves 4e-11 from one representable x to the next
+    torch.testing.assert_close(gm.cdf(gm.icdf(q)), q, rtol=0, atol=1e-10)
+    assert gm.icdf(torch.tensor([[0.0], [1.0]], dtype=torch.float64)).flatten().tolist() == [-math.inf, math.inf]
+    with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]"):
+        gm.icdf(torch.tensor([1.5]))
+    with pytest.raises(NotImplementedError, match="one-dimensional mixture"):
+        random_mixture((), 2, 2, rng).cdf(torch.zeros(2, dtype=torch.float64))
+
+
+def test_component_and_mixture_distributions_are_torch_distributions(rng):
+    """``component_distribution`` and ``mixture_distribution`` rebuild the mixture as MixtureSameFamily does, and
+    the moments named like torch's are the mixture's."""
+    gm = random_mixture((3,), 4, 2, rng)
+    same = torch.distributions.MixtureSameFamily(gm.mixture_distribution, gm.component_distribution)
+    x = torch.randn(5, 3, 2, generator=rng, dtype=torch.float64)
+    torch.testing.assert_close(same.log_prob(x), gm.log_prob(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(gm.component_distribution.covariance_matrix, gm.component_covariance_matrix)
+    torch.testing.assert_close(same.mean, gm.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(same.variance, gm.variance, rtol=0, atol=1e-10)

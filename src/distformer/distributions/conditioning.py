@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gmm import _describe
+from .checks import describe as _describe
 from .linalg import cholesky, gaussian_log_prob, symmetrize
 
 

@@ -23,11 +23,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 
+from .checks import check_shapes, check_weights, describe as _describe
 from .linalg import broadcast_shapes, cholesky, gaussian_log_prob, symmetrize
-
-
-def _describe(t: Tensor) -> str:
-    return f"tensor of shape {tuple(t.shape)}"
 
 
 class GaussianMixture(Distribution):
@@ -40,6 +37,12 @@ class GaussianMixture(Distribution):
         scale_tril: lower Cholesky factors with positive diagonal ``(*B, K, D, D)``.
         logits: unnormalised log-weights ``(*B, K)``, instead of ``weights`` (normalised by softmax).
         validate_args: check every input (default ``True``); ``False`` skips checks in hot loops.
+
+    Names, as in ``torch.distributions.MixtureSameFamily``: the constructor's ``covariance_matrix`` and
+    ``scale_tril`` are per component, like ``loc``; the properties ``mean``, ``covariance_matrix`` and ``variance``
+    are the *mixture's* moments. The components' are ``loc``, ``scale_tril``, ``component_covariance_matrix`` and
+    ``component_distribution`` (a ``MultivariateNormal`` of batch ``(*B, K)``); the weights' are ``weights``,
+    ``log_weights`` and ``mixture_distribution``.
 
     Example:
         >>> gm = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0], [2.0]]),
@@ -87,7 +90,7 @@ class GaussianMixture(Distribution):
             dtype = torch.float32
         mix, loc, matrix = mix.to(dtype), loc.to(dtype), matrix.to(dtype)
         if validate:
-            self._check_shapes(mix, loc, matrix, "weights" if weights is not None else "logits",
+            check_shapes(mix, loc, matrix, "weights" if weights is not None else "logits",
                                "covariance_matrix" if covariance_matrix is not None else "scale_tril")
         k, d = loc.shape[-2], loc.shape[-1]
         batch_shape = broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
@@ -96,7 +99,7 @@ class GaussianMixture(Distribution):
         matrix = matrix.expand(*batch_shape, k, d, d)
         if weights is not None:
             if validate:
-                self._check_weights(mix, weights.dtype)
+                check_weights(mix, weights.dtype)
                 mix = mix / mix.sum(-1, keepdim=True)  # exactly normalised within the tolerance accepted
             log_weights = mix.clamp_min(0).log()
         else:
@@ -137,49 +140,6 @@ class GaussianMixture(Distribution):
         Distribution.__init__(self, batch_shape=loc.shape[:-2], event_shape=loc.shape[-1:], validate_args=False)
         return self
 
-    # ----------------------------------------------------------------------------------- validation
-    @staticmethod
-    def _check_shapes(mix: Tensor, loc: Tensor, matrix: Tensor, mix_name: str, matrix_name: str) -> None:
-        if mix.dim() < 1:
-            raise ValueError(f"Expected {mix_name} of shape (*B, K), but got a {_describe(mix)}.")
-        if loc.dim() < 2:
-            raise ValueError(f"Expected loc of shape (*B, K, D), but got a {_describe(loc)}.")
-        if matrix.dim() < 3:
-            raise ValueError(f"Expected {matrix_name} of shape (*B, K, D, D), but got a {_describe(matrix)}.")
-        k, d = loc.shape[-2], loc.shape[-1]
-        if k < 1 or d < 1:
-            raise ValueError(f"Expected at least one component and one dimension, but loc has shape {tuple(loc.shape)}.")
-        if mix.shape[-1] != k:
-            raise ValueError(f"Expected {mix_name} to have K={k} entries in its last dimension (from loc "
-                             f"{tuple(loc.shape)}), but got {_describe(mix)}.")
-        if matrix.shape[-3:] != (k, d, d):
-            raise ValueError(f"Expected {matrix_name} to end in (K, D, D)=({k}, {d}, {d}) (from loc "
-                             f"{tuple(loc.shape)}), but got a {_describe(matrix)}.")
-        try:
-            broadcast_shapes(mix.shape[:-1], loc.shape[:-2], matrix.shape[:-3])
-        except RuntimeError:
-            raise ValueError(f"Expected broadcastable batch shapes, but got {mix_name} {tuple(mix.shape)}, loc "
-                             f"{tuple(loc.shape)} and {matrix_name} {tuple(matrix.shape)}.") from None
-        for name, t in ((mix_name, mix), ("loc", loc), (matrix_name, matrix)):
-            if name == "logits":
-                continue
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"Expected {name} to be finite, but found NaN or inf.")
-
-    @staticmethod
-    def _check_weights(weights: Tensor, given: torch.dtype) -> None:
-        """Non-negative weights summing to one within the precision of the weights as given (``given``): 1e-4
-        for float32 and narrower, 1e-6 for float64 (float32 numbers cast to float64, or typed as decimals of
-        float32 precision, sum to one only within about 1e-7)."""
-        if bool((weights < 0).any()):
-            raise ValueError("Expected non-negative weights, but found negative entries.")
-        tol = 1e-6 if given == torch.float64 else 1e-4
-        total = weights.sum(-1)
-        worst = float((total - 1).abs().max())
-        if worst > tol:
-            raise ValueError(f"Expected weights to sum to one over the K components, but a sum is off by "
-                             f"{worst:.3g} (tolerance {tol:g}); normalise them or pass logits=.")
-
     # ----------------------------------------------------------------------------------- parameters
     @property
     def num_components(self) -> int:
@@ -215,6 +175,16 @@ class GaussianMixture(Distribution):
         return self._scale_tril @ self._scale_tril.transpose(-1, -2)
 
     @property
+    def component_distribution(self) -> MultivariateNormal:
+        """The components as one ``MultivariateNormal`` of batch ``(*B, K)``."""
+        return MultivariateNormal(self._loc, scale_tril=self._scale_tril, validate_args=False)
+
+    @property
+    def mixture_distribution(self) -> Categorical:
+        """The weights as a ``Categorical`` of batch ``(*B)``."""
+        return Categorical(logits=self._log_weights, validate_args=False)
+
+    @property
     def mean(self) -> Tensor:
         """Mixture mean ``(*B, D)``."""
         return (self.weights.unsqueeze(-1) * self._loc).sum(-2)
@@ -248,6 +218,18 @@ class GaussianMixture(Distribution):
     def log_prob(self, x: Tensor) -> Tensor:
         """``x``: ``sample_shape + batch_shape + (D,)`` (broadcastable) -> ``sample_shape + batch_shape``."""
         return torch.logsumexp(self._log_weights + self.component_log_prob(x), dim=-1)
+
+    def cdf(self, x: Tensor) -> Tensor:
+        """Distribution function of a one-dimensional mixture, values ``(..., 1)`` -> ``(...)`` (``univariate.py``)."""
+        from .univariate import cdf
+
+        return cdf(self, x)
+
+    def icdf(self, q: Tensor) -> Tensor:
+        """Quantiles of a one-dimensional mixture, probabilities ``(...)`` -> ``(..., 1)`` (``univariate.py``)."""
+        from .univariate import icdf
+
+        return icdf(self, q)
 
     def _check_value(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.dim:
