@@ -444,3 +444,38 @@ def test_posterior_draws_need_an_exact_posterior():
     with pytest.raises(ValueError, match="exact posterior"):
         train("quantum", TrainConfig.from_dict(TINY.to_dict() | {"problem": {"name": "quantum", "options": {}},
                                                                 "posterior_draws": 4}), progress=False)
+
+
+def test_a_time_budget_stops_cleanly_with_a_checkpoint_and_a_card(tmp_path):
+    """A budget far shorter than the steps stops the run early: the model is returned with its card (steps done,
+    the budget, a validation at the last step), a checkpoint holds that step, and resuming it with a larger budget
+    continues from there. The learning rate's cosine follows the spent share of the budget."""
+    config = TrainConfig.from_dict(TINY.to_dict() | {"steps": 100000, "validate_every": 1000, "checkpoint_every": 1000})
+    model = train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", progress=False, time_budget=1.0)
+    training = model.card["training"]
+    assert 0 < training["steps_done"] < config.steps and training["time_budget_s"] == 1.0
+    assert training["final_validation"]["step"] == training["steps_done"]
+    from distformer.training.checkpoint import load_checkpoint
+
+    assert json.loads(load_checkpoint(tmp_path / "b.ckpt")[1]["meta"])["step"] == training["steps_done"]
+    more = train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", resume=True, progress=False, time_budget=2.0)
+    assert more.card["training"]["steps_done"] > training["steps_done"]
+    assert learning_rate(50, config, 1.0) == pytest.approx(config.lr * config.final_lr_ratio)
+    assert learning_rate(50, config, 0.5) == pytest.approx(config.lr * (1 + config.final_lr_ratio) / 2, rel=1e-3)
+    with pytest.raises(ValueError, match="time_budget"):
+        train("linear-gaussian", TINY, progress=False, time_budget=0)
+
+
+def test_a_stopped_run_becomes_a_model_from_its_checkpoint(tmp_path):
+    """``dfm.model_from_checkpoint`` gives the weight average a run would have returned at that step, with a card
+    (training config, step, support) that loads back after a save."""
+    import distformer as dfm
+
+    config = TrainConfig.from_dict(TINY.to_dict() | {"weight_average_decay": 0.9})
+    trained = train("linear-gaussian", config, checkpoint=tmp_path / "c.ckpt", progress=False)
+    model = dfm.model_from_checkpoint(tmp_path / "c.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    assert model.card["training"]["steps_done"] == config.steps and "support" in model.card
+    model.save(tmp_path / "m")
+    prior = dfm.GaussianMixture(torch.tensor([1.0]), torch.zeros(1, 1), scale_tril=torch.ones(1, 1, 1))
+    assert load_model(tmp_path / "m").posterior(prior, torch.zeros(2, 1)).reliable is not None

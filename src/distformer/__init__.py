@@ -10,7 +10,7 @@ from .nn import DistributionTransformer, ModelConfig
 from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
 from .observations import Observations
 from .refinement import Refinement, refine
-from .training import ArchitectureConfig, ProblemConfig, TrainConfig, train
+from .training import ArchitectureConfig, ProblemConfig, TrainConfig, model_from_checkpoint, train
 from .nn.serialization import load_model as load
 
 __version__ = "0.1.0"
@@ -31,5 +31,5 @@ def pretrained_names() -> list[str]:
 
 
 __all__ = ["GaussianMixture", "WarpedGaussianMixture", "Warp", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
-           "ProblemConfig", "ArchitectureConfig", "train", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement",
+           "ProblemConfig", "ArchitectureConfig", "train", "model_from_checkpoint", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement",
            "Filter", "LinearGaussianMotion", "NonlinearMotion"]

@@ -22,14 +22,14 @@ from .training.trainer import train
 
 
 def train_and_save(config: TrainConfig, out: str, checkpoint: str | None, resume: bool, quiet: bool,
-                   command: str | None = None, every_rank: bool = False):
+                   command: str | None = None, every_rank: bool = False, time_budget: float | None = None):
     """Train ``config``'s problem and, on rank 0, save the model at ``out`` with ``command`` (the command line that
     trained it) and the number of processes in its card; returns the model. With ``every_rank`` each rank also
     saves ``out.rank{r}`` (tests use it to check that the replicas agree)."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     problem = get(config.problem.name, **dict(config.problem.options))
-    model = train(problem, config, checkpoint=checkpoint, resume=resume, progress=not quiet)
+    model = train(problem, config, checkpoint=checkpoint, resume=resume, progress=not quiet, time_budget=time_budget)
     world, rank = world_size_and_rank()
     if every_rank:
         model.save(f"{out}.rank{rank}")
@@ -43,9 +43,10 @@ def train_and_save(config: TrainConfig, out: str, checkpoint: str | None, resume
 
 
 def train_worker(rank: int, config_dict: dict, out: str, checkpoint: str | None, resume: bool, quiet: bool,
-                 every_rank: bool = False, command: str | None = None) -> None:
+                 every_rank: bool = False, command: str | None = None, time_budget: float | None = None) -> None:
     """One process of ``distformer train --nproc N`` (:func:`train_and_save` in process ``rank``)."""
-    train_and_save(TrainConfig.from_dict(config_dict), out, checkpoint, resume, quiet, command, every_rank)
+    train_and_save(TrainConfig.from_dict(config_dict), out, checkpoint, resume, quiet, command, every_rank,
+                   time_budget)
 
 
 def spawn_training(nproc: int, worker: Callable, *args) -> None:

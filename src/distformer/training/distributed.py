@@ -42,3 +42,12 @@ def gather_rng_states(local: dict[int, torch.Tensor], world: int) -> dict[int, t
     parts: list = [None] * world
     dist.all_gather_object(parts, local)
     return {i: state for part in parts for i, state in part.items()}
+
+
+def rank_zero_decides(flag: bool, world: int) -> bool:
+    """Rank 0's ``flag`` on every process (each process's clock differs, but all must stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.broadcast(value, 0)
+    return bool(value.item())

@@ -34,16 +34,17 @@ from ..timing import hardware
 from ..zoo import load_named_or_path
 from .averaging import WeightAverage
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from .distributed import gather_rng_states, world_size_and_rank, wrap_ddp
+from .distributed import gather_rng_states, rank_zero_decides, world_size_and_rank, wrap_ddp
 from .config import TrainConfig
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Warm-up then cosine learning rate at (0-based) ``step``."""
+def learning_rate(step: int, config: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Warm-up then cosine learning rate at (0-based) ``step``; with a time budget the cosine follows whichever is
+    further along, the steps or ``time_fraction`` (the share of the budget spent), so it ends when the budget does."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     span = max(config.steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
+    progress = min(max((step - config.warmup_steps) / span, time_fraction), 1.0)
     r = config.final_lr_ratio
     return config.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -151,7 +152,8 @@ def evaluate(model: DistributionTransformer, problem: Problem, batch: Batch) -> 
 
 def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoint: str | Path | None = None,
           resume: bool = False, progress: bool = True,
-          callback: Callable[[int, dict[str, float]], None] | None = None) -> DistributionTransformer:
+          callback: Callable[[int, dict[str, float]], None] | None = None,
+          time_budget: float | None = None) -> DistributionTransformer:
     """Train a Distribution Transformer on ``problem``.
 
     Args:
@@ -161,6 +163,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         resume: continue from ``checkpoint`` exactly where it stopped (weights, optimizer, data RNG, step).
         progress: show a progress bar with the loss and validation metrics.
         callback: called as ``callback(step, metrics)`` after each validation.
+        time_budget: seconds of training (this run and any it resumes) after which it stops cleanly, validates,
+            checkpoints and returns the model (its weight average), as if ``steps`` had been reached; the learning
+            rate's cosine then ends with the budget. The card records the steps done. A run stopped by its budget
+            follows the clock, so it is not bit-for-bit reproducible.
 
     Under ``torch.distributed`` (initialised by the caller, ``torchrun``, or ``distformer train --nproc``) the
     model is wrapped in ``DistributedDataParallel``; each process simulates its share of ``config.data_shards``;
@@ -171,6 +177,9 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         ``model.card`` describing the run.
     """
     config = config or TrainConfig()
+    if time_budget is not None and (isinstance(time_budget, bool) or not isinstance(time_budget, (int, float))
+                                    or not time_budget > 0):
+        raise ValueError(f"Expected time_budget to be a positive number of seconds or None, but got {time_budget!r}.")
     if isinstance(problem, str):
         problem = get(problem, **dict(config.problem.options))
     if config.num_threads:
@@ -220,8 +229,12 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
     bar = _progress(config.steps, start, progress)
     model.train()
     t0 = time.perf_counter()
+    last = start
     for step in range(start, config.steps):
-        lr = learning_rate(step, config)
+        spent = (elapsed + time.perf_counter() - t0) / time_budget if time_budget else 0.0
+        if time_budget and rank_zero_decides(spent >= 1.0, world):
+            break
+        lr = learning_rate(step, config, spent)
         for group in optimizer.param_groups:
             group["lr"] = lr
         shards = [_shard(problem, per_shard, shard_rngs[i], config.posterior_draws) for i in mine]
@@ -235,7 +248,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        done = step + 1
+        done = last = step + 1
         if average is not None:
             average.update(done)
         if rank == 0 and (done % config.validate_every == 0 or done == config.steps):
@@ -256,6 +269,12 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             t0 = now
             save(done)
     elapsed += time.perf_counter() - t0
+    if start < last < config.steps:  # stopped by the time budget: validate and checkpoint where it stopped
+        if rank == 0 and last % config.validate_every:
+            history.append({"step": last, "train_nll": nll.item()} | evaluate(result, problem, val_batch)
+                           | {"elapsed_s": elapsed})
+        if last % config.checkpoint_every:
+            save(last)
     if bar is not None:
         bar.close()
     model.eval()
@@ -268,8 +287,10 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
                                     model=result).to_dict(),
         "training": {
             "config": config.to_dict(),
+            "time_budget_s": time_budget,
             "time_s": round(elapsed, 1),
-            "samples": config.steps * config.batch_size,
+            "samples": last * config.batch_size,
+            "steps_done": last,
             "hardware": hardware(),
             "final_validation": history[-1] if history else None,
         },
