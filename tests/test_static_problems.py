@@ -27,7 +27,8 @@ def _trapezoid_total(log_density, grid: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ warps
-@pytest.mark.parametrize("kind,points", [("log", [1e-3, 0.5, 7.0]), ("logit", [1e-3, 0.3, 0.999])])
+@pytest.mark.parametrize("kind,points", [("log", [1e-3, 0.5, 7.0]), ("logit", [1e-3, 0.3, 0.999]),
+                                         ("logit[-2,10]", [-1.999, 0.3, 9.99])])
 def test_warp_round_trip_and_jacobian_match_autograd(kind, points):
     warp = Warp([kind, "identity"])
     x = torch.tensor([[p, -2.0] for p in points], dtype=torch.float64, requires_grad=True)
@@ -42,9 +43,13 @@ def test_warp_rejects_unknown_kinds_and_wrong_shapes():
         Warp(["log", "sqrt"])
     with pytest.raises(ValueError, match="last dimension 2"):
         Warp(["log", "log"]).forward(torch.ones(3, 1))
+    for bad in ("logit[3,1]", "logit[0,inf]", "logit[a,b]", "logit[0]"):
+        with pytest.raises(ValueError, match="one warp per coordinate"):
+            Warp([bad])
+    assert Warp(["logit[0, 1]"]).in_support(torch.tensor([[0.5], [1.0]])).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("kind", ["log", "logit"])
+@pytest.mark.parametrize("kind", ["log", "logit", "logit[-2,10]"])
 def test_warped_log_prob_integrates_to_one_and_is_minus_inf_outside(kind, rng):
     base = random_mixture((2,), 3, 1, rng, spread=1.0)
     q = WarpedGaussianMixture(base, [kind])
@@ -53,7 +58,8 @@ def test_warped_log_prob_integrates_to_one_and_is_minus_inf_outside(kind, rng):
     density = q.log_prob(x.unsqueeze(-2).expand(-1, 2, 1)).exp()  # (G, 2)
     total = torch.trapezoid(density, x[:, 0], dim=0)
     torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
-    outside = torch.tensor([[-1.0], [2.0]] if kind == "logit" else [[-1.0], [0.0]], dtype=torch.float64)
+    outside = torch.tensor({"logit": [[-1.0], [2.0]], "log": [[-1.0], [0.0]], "logit[-2,10]": [[-2.5], [10.0]]}[kind],
+                           dtype=torch.float64)
     assert torch.isneginf(q.log_prob(outside)).all()
 
 

@@ -4,9 +4,12 @@ A warp acts coordinate-wise, each coordinate by one of
 
 .. math::
     f_{\text{identity}}(x) = x,\qquad f_{\log}(x) = \log x\ \ (x>0),\qquad
-    f_{\operatorname{logit}}(x) = \log\frac{x}{1-x}\ \ (0<x<1),
+    f_{\operatorname{logit}}(x) = \log\frac{x}{1-x}\ \ (0<x<1),\qquad
+    f_{\operatorname{logit}[a,b]}(x) = f_{\operatorname{logit}}\Big(\frac{x-a}{b-a}\Big)\ \ (a<x<b),
 
-with log-Jacobians :math:`\log|f'(x)| = 0,\ -\log x,\ -\log x - \log(1-x)`. For :math:`y = f(x)` distributed as a
+with log-Jacobians :math:`\log|f'(x)| = 0,\ -\log x,\ -\log x - \log(1-x)` and, for an interval, with
+:math:`u = (x-a)/(b-a)`, :math:`-\log u - \log(1-u) - \log(b-a)`. The interval's kind is the string
+``"logit[a,b]"`` (``"logit"`` is ``"logit[0,1]"``), so a model's JSON configuration records it. For :math:`y = f(x)` distributed as a
 mixture :math:`q(y)`, the density on the original space is the change of variables
 
 .. math::
@@ -19,6 +22,8 @@ so do KL divergences: :math:`\mathrm{KL}(p\,\|\,q)` is the same on either space.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Sequence
 
 import torch
@@ -27,7 +32,22 @@ from torch.distributions import Distribution
 
 from .gmm import GaussianMixture
 
-WARPS = ("identity", "log", "logit")
+WARPS = ("identity", "log", "logit", "logit[a,b]")
+_INTERVAL = re.compile(r"^logit\[\s*([^,\]]+)\s*,\s*([^\]]+)\s*\]$")
+
+
+def _interval(kind: str) -> tuple[float, float] | None:
+    """``(a, b)`` of a kind ``"logit[a,b]"`` with finite ``a < b``, ``(0, 1)`` for ``"logit"``, else ``None``."""
+    if kind == "logit":
+        return 0.0, 1.0
+    match = _INTERVAL.match(kind)
+    if match is None:
+        return None
+    try:
+        a, b = float(match.group(1)), float(match.group(2))
+    except ValueError:
+        return None
+    return (a, b) if math.isfinite(a) and math.isfinite(b) and a < b else None
 
 
 class Warp:
@@ -35,12 +55,15 @@ class Warp:
 
     def __init__(self, kinds: Sequence[str]) -> None:
         kinds = tuple(str(k) for k in kinds)
-        bad = [k for k in kinds if k not in WARPS]
+        bad = [k for k in kinds if k not in ("identity", "log") and _interval(k) is None]
         if not kinds or bad:
-            raise ValueError(f"Expected one warp per coordinate among {WARPS}, but got {list(kinds)}.")
+            raise ValueError(f"Expected one warp per coordinate among {WARPS} (a < b finite), but got {list(kinds)}.")
         self.kinds = kinds
         self._log = torch.tensor([k == "log" for k in kinds])
-        self._logit = torch.tensor([k == "logit" for k in kinds])
+        self._logit = torch.tensor([_interval(k) is not None for k in kinds])
+        bounds = [_interval(k) or (0.0, 1.0) for k in kinds]
+        self._low = torch.tensor([a for a, _ in bounds], dtype=torch.float64)
+        self._width = torch.tensor([b - a for a, b in bounds], dtype=torch.float64)
 
     @property
     def dim(self) -> int:
@@ -61,33 +84,43 @@ class Warp:
             raise ValueError(f"Expected values with last dimension {self.dim} for {self!r}, but got shape "
                              f"{tuple(x.shape)}.")
 
+    def _unit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, width)``: interval coordinates moved to (0, 1) (others unchanged), and the intervals' widths."""
+        low, width = self._low.to(x.device, x.dtype), self._width.to(x.device, x.dtype)
+        logit = self._logit.to(x.device)
+        return torch.where(logit, (x - low) / width, x), width
+
     def in_support(self, x: Tensor) -> Tensor:
         """``(...)`` booleans: whether each point ``(..., D)`` lies where every coordinate's warp is defined."""
         self._check(x)
         log, logit = self._log.to(x.device), self._logit.to(x.device)
-        ok = torch.where(log, x > 0, True) & torch.where(logit, (x > 0) & (x < 1), True)
+        u, _ = self._unit(x)
+        ok = torch.where(log, x > 0, True) & torch.where(logit, (u > 0) & (u < 1), True)
         return ok.all(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """``y = f(x)`` ``(..., D)``; points outside the support map to NaN."""
         self._check(x)
         log, logit = self._log.to(x.device), self._logit.to(x.device)
+        u, _ = self._unit(x)
         y = torch.where(log, torch.log(x), x)
-        return torch.where(logit, torch.log(x) - torch.log1p(-x), y)
+        return torch.where(logit, torch.log(u) - torch.log1p(-u), y)
 
     def inverse(self, y: Tensor) -> Tensor:
         """``x = f^{-1}(y)`` ``(..., D)``."""
         self._check(y)
         log, logit = self._log.to(y.device), self._logit.to(y.device)
+        low, width = self._low.to(y.device, y.dtype), self._width.to(y.device, y.dtype)
         x = torch.where(log, torch.exp(y), y)
-        return torch.where(logit, torch.sigmoid(y), x)
+        return torch.where(logit, low + width * torch.sigmoid(y), x)
 
     def log_abs_det_jacobian(self, x: Tensor) -> Tensor:
         """``sum_d log|f_d'(x_d)|`` ``(...)`` for points ``(..., D)`` inside the support."""
         self._check(x)
         log, logit = self._log.to(x.device), self._logit.to(x.device)
-        j = torch.where(log | logit, -torch.log(x), torch.zeros_like(x))
-        return torch.where(logit, j - torch.log1p(-x), j).sum(-1)
+        u, width = self._unit(x)
+        j = torch.where(log, -torch.log(x), torch.zeros_like(x))
+        return torch.where(logit, -torch.log(u) - torch.log1p(-u) - torch.log(width), j).sum(-1)
 
 
 class WarpedGaussianMixture(Distribution):
