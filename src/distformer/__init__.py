@@ -4,7 +4,8 @@ Distribution Transformers (Whittle et al., ICML 2026): a transformer maps a Gaus
 observations to a Gaussian-mixture posterior, which can be fed back as the next prior.
 """
 
-from . import problems
+from . import meta_priors, problems
+from .evaluation import evaluate
 from .distributions import GaussianMixture, Warp, WarpedGaussianMixture
 from .nn import DistributionTransformer, ModelConfig
 from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
@@ -31,5 +32,5 @@ def pretrained_names() -> list[str]:
 
 
 __all__ = ["GaussianMixture", "WarpedGaussianMixture", "Warp", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
-           "ProblemConfig", "ArchitectureConfig", "train", "model_from_checkpoint", "load", "pretrained", "pretrained_names", "problems", "refine", "Refinement",
+           "ProblemConfig", "ArchitectureConfig", "train", "model_from_checkpoint", "load", "pretrained", "pretrained_names", "problems", "meta_priors", "evaluate", "refine", "Refinement",
            "Filter", "LinearGaussianMotion", "NonlinearMotion"]
