@@ -29,6 +29,7 @@ from distformer.nn.export import cpp_compiler
 from distformer.nn.layers import layer_norm
 from distformer.nn.engine import trace
 from distformer.nn.site import apply_site
+from distformer.nn.structure import framed, prior_features
 from distformer.nn.tokens import chart_to_gmm, gmm_to_chart
 from distformer.observations import as_observations
 from distformer.problems import get
@@ -48,8 +49,10 @@ def _problems(problem, n: int, generator: torch.Generator, count: int = 20):
 
 def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
     """Median ms of each part of one eager ``posterior`` call at batch 1."""
-    obs = as_observations(z, model.config.sources)
-    chart = gmm_to_chart(prior)
+    config = model.config
+    raw_obs = as_observations(z, model.config.sources)
+    raw_chart = gmm_to_chart(prior)
+    chart, obs, _ = framed(config, raw_chart, raw_obs)
 
     def embed_sources():
         return [embed(obs.values[n], obs.masks[n]) for n, embed in model.sources.items()]
@@ -57,7 +60,11 @@ def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
     tokens = embed_sources()
     memory = layer_norm(model.memory_norm, torch.cat([t for t, _ in tokens], 1))
     key_mask = torch.cat([m for _, m in tokens], 1)
-    h0 = model.prior_embedding(chart)
+
+    def embed_prior():
+        return model.prior_embedding(prior_features(chart, model.dim) if config.bounded_prior_features else chart)
+
+    h0 = embed_prior()
 
     def blocks():
         h = h0
@@ -66,17 +73,22 @@ def parts_ms(model, prior, z, repeats: int) -> dict[str, float]:
         return h
 
     h = blocks()
-    out = apply_site(chart, model.head(layer_norm(model.final_norm, h)), model.dim)
+
+    def head_and_site():
+        return apply_site(chart, model.head(layer_norm(model.final_norm, h)), model.dim, config.site_evidence)
+
+    out = head_and_site()
     support = model.support
     fns = {
         "input checks and chart encoding": lambda: (as_observations(z, model.config.sources), gmm_to_chart(prior)),
-        "per-problem typicality check": lambda: support.outside(chart, obs),
+        "per-problem typicality check": lambda: support.outside(raw_chart, raw_obs),
+        "the problem in the network's frame (anchor)": lambda: framed(config, raw_chart, raw_obs),
         "observation embedding": embed_sources,
-        "prior embedding": lambda: model.prior_embedding(chart),
+        "prior embedding": embed_prior,
         "decoder blocks (attention + feed-forward)": blocks,
-        "head and site update": lambda: apply_site(chart, model.head(layer_norm(model.final_norm, h)), model.dim),
+        "head and site update": head_and_site,
         "chart to GaussianMixture (Cholesky de-embedding)": lambda: chart_to_gmm(out, model.dim),
-        "whole forward, eager": lambda: model(chart, obs),
+        "whole forward, eager": lambda: model(raw_chart, raw_obs),
     }
     with torch.inference_mode():
         return {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
