@@ -107,3 +107,21 @@ def test_interval_support_samples_inside_and_the_grid_reference_is_exact_for_a_c
     closed_form = torch.log(s0 / s1) + (s1**2 + (m1 - m0) ** 2) / (2 * s0**2) - 0.5
     result = dfm.evaluate(PriorOnly(), problem, num_problems=50, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(result.kl.double(), closed_form, rtol=1e-5, atol=1e-6)
+
+
+def test_the_command_line_trains_and_checks_a_users_problem_from_its_factory(tmp_path):
+    """``problem: {factory: "module:function"}`` in a YAML config: ``distformer train`` builds the problem from it,
+    the card records the user's problem, and ``distformer check`` rebuilds it from the card's training config."""
+    from distformer.cli import main
+
+    config = tmp_path / "user.yaml"
+    config.write_text("problem: {factory: 'user_problem:make', options: {max_observations: 5}}\n"
+                      "architecture: {d_model: 16, num_heads: 2, num_layers: 1, ff_dim: 32, hidden: 16}\n"
+                      "steps: 3\nbatch_size: 16\nvalidation_size: 32\nvalidate_every: 3\n")
+    assert main(["train", str(config), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    model = dfm.load(tmp_path / "m")
+    assert model.card["problem"]["name"] == "user-poisson" and model.card["problem"]["user_problem"]
+    assert main(["check", str(tmp_path / "m"), "--problems", "50", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "check-m.md").is_file()
+    with pytest.raises(ValueError, match="importable"):
+        dfm.ProblemConfig(factory="no_such_module:make").build()

@@ -69,7 +69,7 @@ def _train_one(args: tuple) -> str:
     if steps is not None:
         config = dataclasses.replace(config, steps=steps, validation_size=256, validate_every=steps,
                                      checkpoint_every=steps)
-    model = train(config.problem.name, config, checkpoint=f"{out}.ckpt.safetensors", progress=False)
+    model = train(config.problem.build(), config, checkpoint=f"{out}.ckpt.safetensors", progress=False)
     model.card["training"]["command"] = "distformer bench dimensions" + (" --quick" if steps is not None else "")
     model.save(out)
     return out

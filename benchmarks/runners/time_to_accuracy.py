@@ -28,7 +28,6 @@ def train_until(args: tuple) -> dict:
     d_model, batch_size, cap_s, validate_every, config_text = args
     import torch
 
-    from distformer.problems import get
     from distformer.training.config import TrainConfig
     from distformer.training.trainer import build_model, train
 
@@ -45,11 +44,11 @@ def train_until(args: tuple) -> dict:
             raise _Reached
 
     try:
-        train(get(config.problem.name, **dict(config.problem.options)), config, progress=False, callback=callback)
+        train(config.problem.build(), config, progress=False, callback=callback)
     except _Reached:
         pass
     reached = [h for h in history if h["val_kl"] <= TARGET]
-    problem = get(config.problem.name, **dict(config.problem.options))
+    problem = config.problem.build()
     model_parameters = sum(p.numel() for p in build_model(problem, config).parameters())
     return {"d_model": d_model, "batch_size": batch_size, "parameters": model_parameters, "history": history,
             "time_to_target_s": reached[0]["elapsed_s"] if reached else None,

@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .problems import get
 from .training.config import TrainConfig
 from .training.distributed import world_size_and_rank
 from .training.trainer import train
@@ -28,7 +27,7 @@ def train_and_save(config: TrainConfig, out: str, checkpoint: str | None, resume
     saves ``out.rank{r}`` (tests use it to check that the replicas agree)."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    problem = get(config.problem.name, **dict(config.problem.options))
+    problem = config.problem.build()
     model = train(problem, config, checkpoint=checkpoint, resume=resume, progress=not quiet, time_budget=time_budget)
     world, rank = world_size_and_rank()
     if every_rank:

@@ -36,3 +36,23 @@ def get(name: str, **options) -> Problem:
     if name not in _REGISTRY:
         raise ValueError(f"Expected a problem name among {names()}, but got {name!r}.")
     return _REGISTRY[name](**options)
+
+
+def from_factory(factory: str, **options) -> Problem:
+    """The problem that ``factory`` (``"package.module:function"``) returns for ``**options``; the module is imported
+    by name, so it must be importable where this runs (installed, or on ``PYTHONPATH``)."""
+    import importlib
+
+    module, _, attribute = str(factory).partition(":")
+    if not module or not attribute:
+        raise ValueError(f"Expected a problem factory as 'package.module:function', but got {factory!r}.")
+    try:
+        target = importlib.import_module(module)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Expected the problem factory {factory!r} to be importable, but: {e}.") from None
+    problem = target(**options) if callable(target) and not isinstance(target, Problem) else target
+    if not isinstance(problem, Problem):
+        raise ValueError(f"Expected {factory!r} to give a distformer Problem, but it gave {type(problem).__name__}.")
+    return problem

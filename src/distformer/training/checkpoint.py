@@ -80,7 +80,6 @@ def model_from_checkpoint(path: str | Path, problem=None):
     ``post.reliable`` needs. For a run that was stopped (a crash, a killed job) without writing its model."""
     from ..nn.support import estimate_support
     from ..nn.transformer import DistributionTransformer, ModelConfig
-    from ..problems import get
     from .config import TrainConfig
 
     tensors, metadata = load_checkpoint(path)
@@ -92,7 +91,7 @@ def model_from_checkpoint(path: str | Path, problem=None):
     model.eval()
     if problem is None:
         try:
-            problem = get(config.problem.name, **dict(config.problem.options))
+            problem = config.problem.build()
         except (KeyError, ValueError, TypeError):
             problem = None
     model.card = {

@@ -23,10 +23,21 @@ from ..nn.sizes import NetworkSizes
 
 @dataclass(frozen=True)
 class ProblemConfig:
-    """Which problem to simulate: ``distformer.problems.get(name, **options)``."""
+    """Which problem to simulate: ``distformer.problems.get(name, **options)``, or, with ``factory`` (a
+    ``"package.module:function"`` string), the problem that function returns for ``**options``: a problem of the
+    user's own, importable where training runs. ``build()`` makes it."""
 
     name: str = "linear-gaussian"
     options: Mapping[str, Any] = field(default_factory=dict)
+    factory: str | None = None
+
+    def build(self):
+        """The :class:`~distformer.problems.Problem` this config names."""
+        from ..problems import get
+        from ..problems.registry import from_factory
+
+        return from_factory(self.factory, **dict(self.options)) if self.factory else get(self.name,
+                                                                                          **dict(self.options))
 
 
 @dataclass(frozen=True)
