@@ -93,6 +93,27 @@ def sbc_ranks(posterior: GaussianMixture, theta: Tensor, num_samples: int = 99,
     return (x < theta.to(torch.float64)).sum(0)
 
 
+def calibration_summary(model, problem, num_problems: int = 1000, generator: torch.Generator | None = None,
+                        hpd_samples: int = 1000, sbc_samples: int = 99, bins: int = 20) -> dict:
+    """Coverage at 50/80/95% (with binomial standard errors) and, per coordinate, the p-value of a chi-square test
+    of SBC rank uniformity over ``bins`` bins, on ``num_problems`` fresh simulations of ``problem``: what a model
+    card records after training."""
+    batch = problem.sample_batch(num_problems, generator=generator)
+    with torch.inference_mode():
+        post = model.posterior(problem.as_prior(batch.prior), batch.observations, check=False)
+    levels = hpd_level(post, batch.theta, hpd_samples, generator)
+    ranks = sbc_ranks(post, batch.theta, sbc_samples, generator)  # (n, D) in 0..S
+    counts = torch.stack([torch.bincount((ranks[:, d] * bins) // (sbc_samples + 1), minlength=bins)
+                          for d in range(ranks.shape[-1])]).double()  # (D, bins)
+    expected = num_problems / bins
+    statistic = ((counts - expected) ** 2 / expected).sum(-1)
+    p_values = torch.special.gammaincc(torch.tensor((bins - 1) / 2, dtype=torch.float64), statistic / 2)
+    cover = coverage(levels)
+    return {"problems": num_problems, "coverage": {f"{a:g}": round(e.mean, 4) for a, e in cover.items()},
+            "coverage_stderr": {f"{a:g}": round(e.stderr, 4) for a, e in cover.items()},
+            "sbc_uniformity_p": [round(float(p), 4) for p in p_values]}
+
+
 def plot_calibration(results: dict[str, dict], num_samples: int, path) -> None:
     """Coverage curves (empirical vs nominal) and SBC rank histograms per method; ``results[name]`` holds
     ``levels`` (N,) and ``ranks`` (N, D)."""

@@ -49,7 +49,7 @@ def evaluate(model, problem, num_problems: int = 300, grid_size: int | None = No
     grid_size = grid_size or (2001 if problem.dim == 1 else 201)
     batch = problem.sample_batch(num_problems, generator=generator)
     with torch.inference_mode():
-        post = model.posterior(batch.prior, batch.observations, check=False)
+        post = model.posterior(problem.as_prior(batch.prior), batch.observations, check=False)
     q = post.base if hasattr(post, "base") else post
     warp = Warp(problem.warp) if problem.warp else Warp(["identity"] * problem.dim)
     prior = batch.prior.to(torch.float64)

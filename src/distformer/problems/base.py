@@ -105,6 +105,15 @@ class Problem(ABC):
         theta = self.sample_parameters(prior, generator=generator)
         return Batch(prior, theta, self.simulate(theta, generator=generator))
 
+    def as_prior(self, prior):
+        """A simulated prior as ``model.posterior`` takes it: a mixture on the warped space wrapped with the
+        problem's warp (a ``WarpedGaussianMixture``), other priors as they are."""
+        if isinstance(prior, GaussianMixture) and self.warp and any(k != "identity" for k in self.warp):
+            from ..distributions.transforms import WarpedGaussianMixture
+
+            return WarpedGaussianMixture(prior, self.warp)
+        return prior
+
     def options(self) -> dict[str, Any]:
         """Constructor options, so that ``problems.get(name, **options)`` rebuilds this problem."""
         return {}

@@ -29,6 +29,7 @@ from ..nn.tokens import chart_to_gmm, gmm_to_chart
 from ..nn.transformer import DistributionTransformer, ModelConfig
 from ..problems import Problem, get
 from ..problems.base import Batch
+from ..diagnostics import calibration_summary
 from ..nn.support import estimate_support
 from ..timing import hardware
 from ..zoo import load_named_or_path
@@ -295,6 +296,9 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
             "final_validation": history[-1] if history else None,
         },
     }
+    if config.calibration_size and rank == 0:
+        result.card["calibration"] = calibration_summary(
+            result, problem, config.calibration_size, torch.Generator().manual_seed(config.seed + 4))
     return result
 
 
