@@ -1,5 +1,7 @@
 """NumPyro NUTS and SVI baselines (extra ``baselines``; skipped cleanly without it): both recover an exact posterior."""
 
+import math
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ pytest.importorskip("numpyro")
 pytest.importorskip("jax")
 
 from distformer import GaussianMixture, problems  # noqa: E402
+from distformer import Observations as dfm_observations  # noqa: E402
 from distformer.baselines.numpyro_linear_gaussian import NUTSBaseline, SVIBaseline  # noqa: E402
 
 
@@ -109,3 +112,39 @@ def test_numpyro_models_have_the_problems_log_joint(name):
     got = np.array([[float(log_density(model, args(i), {}, {"x": jnp.array(float(x))})[0]) for i in range(4)]
                     for x in points])
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_the_gp_numpyro_model_and_the_torch_likelihood_agree():
+    """The benchmark's NumPyro GP model (the marginal over f, ``y ~ N(m, K_l + noise I)``) against the problem's
+    torch likelihood, which conditions on f(x*): for any f, log p(y | f, l) + log N(f; m, s^2) - log p(f | y, l) is
+    log p(y | l) (float64 to 1e-8), and NumPyro's log density minus its InvGamma prior term is the same number (JAX
+    computes in float32 here: to 1e-3 nats) up to a constant: NumPyro's model keeps absent points as unit-variance
+    entries with zero residual, each adding log N(0; 0, 1), which does not depend on l and so leaves its posterior
+    over l unchanged."""
+    import numpy as np
+    from numpyro.infer.util import log_density
+
+    from benchmarks.runners.gp_hyperprior import gp_marginal_model
+
+    problem = problems.get("gp-hyperprior", variant="1d")
+    batch = problem.sample_batch(3, generator=torch.Generator().manual_seed(4))
+    p = batch.prior.double()
+    ell = torch.tensor([[0.4, 1.0, 2.5]], dtype=torch.float64)  # (1, n)
+    log_marginal, mean, var = problem._conditionals(p, batch.observations, ell)
+    f = torch.tensor([[-0.7, 0.2, 1.3]], dtype=torch.float64)
+    theta = torch.stack([f, ell], -1)[0]  # (n, 2)
+    normal = torch.distributions.Normal
+    via_f = (problem.log_likelihood(theta, batch.observations, prior=p) + normal(p[:, 0], p[:, 1]).log_prob(f[0])
+             - normal(mean[0], var[0].sqrt()).log_prob(f[0]))
+    torch.testing.assert_close(via_f, log_marginal[0], rtol=0, atol=1e-8)
+    data, mask = batch.observations.values["data"].double(), batch.observations.masks["data"].clone()
+    mask[:, -2:] = False  # two absent points per problem
+    observations = dfm_observations({"data": batch.observations.values["data"], "query": batch.observations.values[
+        "query"]}, {"data": mask, "query": batch.observations.masks["query"]})
+    log_marginal = problem._conditionals(p, observations, ell)[0]
+    for i in range(3):
+        args = tuple(np.asarray(v) for v in (p[i, 0], p[i, 1], p[i, 2], p[i, 3], data[i, :, :-1], data[i, :, -1]))
+        total, _ = log_density(gp_marginal_model, args + (np.asarray(mask[i]),), {}, {"x": float(ell[0, i])})
+        prior_term = torch.distributions.InverseGamma(p[i, 2], p[i, 3]).log_prob(ell[0, i])
+        absent = -0.5 * math.log(2 * math.pi) * int((~mask[i]).sum())
+        assert abs(float(total) - float(prior_term) - absent - float(log_marginal[0, i])) < 1e-3

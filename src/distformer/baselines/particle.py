@@ -172,7 +172,7 @@ def gaussian_log_likelihood(h: Callable[[Tensor], Tensor], R: Tensor) -> Callabl
 
 
 def bootstrap_filter(problem, num_particles: int) -> "ParticleFilter":
-    """The bootstrap particle filter of a linear-Gaussian-motion problem (``problem.A``, optional ``problem.b``,
+    r"""The bootstrap particle filter of a linear-Gaussian-motion problem (``problem.A``, optional ``problem.b``,
     ``problem.Q``: :math:`x_t = A x_{t-1} + b + w_t`, :math:`w_t\sim\mathcal N(0, Q)`) with the problem's exact
     ``log_likelihood`` for the readings, ``num_particles`` particles."""
     A, b = problem.A, getattr(problem, "b", None)
