@@ -38,6 +38,7 @@ problem = dfm.problems.from_simulator(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--problems", type=int, default=300, help="fresh problems for the grid-reference KL")
     parser.add_argument("--out", default="runs/exponential-decay")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -46,4 +47,4 @@ if __name__ == "__main__":
                              steps=40000, batch_size=256, lr=2e-3, weight_average_decay=0.999)
     model = dfm.train(problem, config, time_budget=60 * args.minutes)
     model.save(args.out)
-    print(dfm.evaluate(model, problem, num_problems=300))
+    print(dfm.evaluate(model, problem, num_problems=args.problems))

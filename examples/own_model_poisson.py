@@ -31,6 +31,7 @@ problem = dfm.problems.from_simulator(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--problems", type=int, default=300, help="fresh problems for the grid-reference KL")
     parser.add_argument("--out", default="runs/poisson-lograte")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -39,7 +40,7 @@ if __name__ == "__main__":
                              steps=20000, batch_size=256, lr=3e-3, weight_average_decay=0.999, posterior_draws=0)
     model = dfm.train(problem, config, time_budget=60 * args.minutes)
     model.save(args.out)
-    print(dfm.evaluate(model, problem, num_problems=300))  # KL to a grid reference on fresh problems
+    print(dfm.evaluate(model, problem, num_problems=args.problems))  # KL to a grid reference on fresh problems
     # A prior chosen now: log-rate ~ N(1, 0.5^2), and 5 counts.
     prior = dfm.GaussianMixture(torch.tensor([1.0]), torch.tensor([[1.0]]), covariance_matrix=torch.tensor([[[0.25]]]))
     post = model.posterior(prior, torch.tensor([[3.0], [5.0], [2.0], [4.0], [6.0]]))
