@@ -31,25 +31,38 @@ from torch import Tensor
 
 MAX_UNROLLED_DIM = 4
 MIN_UNROLLED_BATCH = 512
-_TRACE_SHORTCUTS = threading.local()  # .on: a trace in this thread records the large-batch forms
 
 
-@contextmanager
-def shortcuts_in_trace():
-    """Within this block a TorchScript trace records the forms meant for large batches (the written-out factors here,
-    the in-place GELU and bias add of ``nn/kernels.py``) whatever its example's size: for a trace used on large
-    batches only, since each computes the same function at any size."""
-    outer = getattr(_TRACE_SHORTCUTS, "on", False)
-    _TRACE_SHORTCUTS.on = True
-    try:
-        yield
-    finally:
-        _TRACE_SHORTCUTS.on = outer
+class ThreadFlag:
+    """A switch that is on, in the calling thread only, inside ``with flag():`` blocks (nested blocks restore the
+    outer state); ``flag.on`` reads it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def on(self) -> bool:
+        return getattr(self._local, "on", False)
+
+    @contextmanager
+    def __call__(self):
+        outer = self.on
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = outer
+
+
+# Within ``with shortcuts_in_trace():`` a TorchScript trace records the forms meant for large batches (the written-out
+# factors here, the in-place GELU and bias add of ``nn/kernels.py``) whatever its example's size: for a trace used on
+# large batches only, since each computes the same function at any size.
+shortcuts_in_trace = ThreadFlag()
 
 
 def tracing_with_shortcuts() -> bool:
     """Whether a TorchScript trace is being recorded under :func:`shortcuts_in_trace` in this thread."""
-    return torch.jit.is_tracing() and getattr(_TRACE_SHORTCUTS, "on", False)
+    return torch.jit.is_tracing() and shortcuts_in_trace.on
 
 
 def unrolled(dim: int, count: int) -> bool:

@@ -33,32 +33,21 @@ and name the module that disagrees.
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 
 import torch
 from torch import Tensor, nn
 
-from ..distributions.small_linalg import shortcuts_in_trace
+from ..distributions.small_linalg import ThreadFlag, shortcuts_in_trace
 from ..observations import Observations
 from .chunks import map_chunks
 from .folded import folded_forward, folded_weights, folding_pays
 from .kernels import bias_add_pays
 from .tokens import _tril_index, chart_size
 
-_NO_TORCHSCRIPT = threading.local()  # .on: this thread's engine runs the folded forward eagerly
-
-
-@contextlib.contextmanager
-def without_torchscript():
-    """Within this block (in this thread) the engine runs the folded forward eagerly, as where TorchScript is
-    gone: for tests of that path and for comparing speed."""
-    outer = getattr(_NO_TORCHSCRIPT, "on", False)
-    _NO_TORCHSCRIPT.on = True
-    try:
-        yield
-    finally:
-        _NO_TORCHSCRIPT.on = outer
+# Within ``with without_torchscript():`` (in this thread) the engine runs the folded forward eagerly, as where
+# TorchScript is gone: for tests of that path and for comparing speed.
+without_torchscript = ThreadFlag()
 
 
 def decode(model, chart: Tensor, obs: Observations, grad: bool) -> Tensor:
@@ -92,7 +81,7 @@ def inference_forward(model, chunks: bool = False):
     parameter changed in place, or its dtype or device changed). It is cached on the model, outside its module
     tree and state dict.
     """
-    if getattr(_NO_TORCHSCRIPT, "on", False):
+    if without_torchscript.on:
         return lambda chart, obs: folded_forward(model, chart, obs)
     folded = folded_weights(model)
     key = "_traced_chunks" if chunks else "_traced"
