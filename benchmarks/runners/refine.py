@@ -121,7 +121,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
         f"observations, n={size['draws']})` with a 10% defensive share of prior draws; KL(exact ‖ ·) by Monte "
         f"Carlo with {size['kl_samples']} exact-posterior samples per problem; intervals are 95%. The flag fires "
         f"when Pareto k̂ ≥ {min(1 - 1 / math.log10(size['draws']), 0.7):.2f}. A refinement *fails* when its KL to the "
-        f"exact posterior exceeds {FAILURE_KL}. Scenarios: see `src/distformer/bench/refine.py`.",
+        f"exact posterior exceeds {FAILURE_KL}. Scenarios: see `benchmarks/runners/refine.py`.",
         "",
         "| model | scenario | range check fires | k̂ flag fires | KL model: mean | median | KL refined: median "
         "| unflagged: KL model | unflagged: KL refined | failed refinements flagged | false alarms "

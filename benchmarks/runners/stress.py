@@ -147,7 +147,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
         f"`post.reliable` is False with each model's default check (the ranges; the importance check for "
         f"`gp-hyperprior-5d`, whose card sets it). Silent: KL > {SILENT_KL} and not flagged (share of all problems). False alarm: "
         f"flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families are described in "
-        "`src/distformer/bench/stress_families.py` and `stress_parametric.py`.",
+        "`benchmarks/runners/stress_families.py` and `stress_parametric.py`.",
         "",
         "The last three columns are the same with `check=\"importance\"` (256 draws; the default flag or the "
         "importance check).",
