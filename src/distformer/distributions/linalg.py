@@ -40,13 +40,24 @@ def cholesky(matrix: Tensor, what: str = "covariance_matrix") -> Tensor:
 
 
 def gaussian_log_prob(x: Tensor, loc: Tensor, scale_tril: Tensor) -> Tensor:
-    """Log-density of ``N(loc, L L^T)`` at ``x``; ``x``/``loc`` ``(..., D)`` broadcast, ``L`` ``(..., D, D)``."""
+    """Log-density of ``N(loc, L L^T)`` at ``x``; ``x``/``loc`` ``(..., D)`` broadcast, ``L`` ``(..., D, D)``.
+
+    Leading dimensions of ``x`` that ``L`` lacks (sample dimensions) become columns of one triangular solve per
+    factor, so ``L`` is never copied once per sample."""
     diff = x - loc
-    shape = torch.broadcast_shapes(diff.shape[:-1], scale_tril.shape[:-2])
-    diff = diff.expand(*shape, diff.shape[-1])
-    tril = scale_tril.expand(*shape, *scale_tril.shape[-2:])
-    white = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
-    dim = x.shape[-1]
+    dim = diff.shape[-1]
+    extra = diff.dim() - (scale_tril.dim() - 1)
+    if extra > 0:
+        lead = diff.shape[:extra]
+        batch = torch.broadcast_shapes(diff.shape[extra:-1], scale_tril.shape[:-2])
+        columns = diff.expand(*lead, *batch, dim).reshape(-1, *batch, dim).movedim(0, -1)  # (*batch, D, M)
+        tril = scale_tril.expand(*batch, dim, dim)
+        white = torch.linalg.solve_triangular(tril, columns, upper=False).movedim(-1, 0).reshape(*lead, *batch, dim)
+    else:
+        shape = torch.broadcast_shapes(diff.shape[:-1], scale_tril.shape[:-2])
+        diff = diff.expand(*shape, dim)
+        tril = scale_tril.expand(*shape, *scale_tril.shape[-2:])
+        white = torch.linalg.solve_triangular(tril, diff.unsqueeze(-1), upper=False).squeeze(-1)
     half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
     return -0.5 * white.pow(2).sum(-1) - half_log_det - 0.5 * dim * _LOG_2PI
 
