@@ -107,8 +107,10 @@ def test_bench_dimensions_quick_trains_and_scores_each_dimension(tmp_path):
     assert main(["bench", "dimensions", "--quick", "--out-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "dimensions.json").read_text())
     assert [r["D"] for r in data["rows"]] == [1, 4]
+    assert data["rows"][0]["model"] == "linear-gaussian-1d" and data["rows"][1]["training_steps"] == 40  # shipped; trained
     for r in data["rows"]:
-        assert r["training_steps"] == 40 and all(e["mean"] == e["mean"] for e in r["kl"].values())
+        assert all(e["mean"] == e["mean"] for e in r["kl"].values()) and r["peak_memory_mb"] >= 0
+    assert set(data["growth"]) >= {"batched time", "peak memory"} and data["parts_ms"]
     assert "distformer bench dimensions --quick" in (tmp_path / "dimensions.md").read_text()
     assert (tmp_path / "dimensions.png").is_file()
 
