@@ -76,11 +76,11 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 def model_from_checkpoint(path: str | Path, problem=None):
     """The model a checkpoint holds, as :func:`distformer.train` would have returned it at that step: the weight
     average where the run keeps one, else the weights; its card gives the training config, step, time and history,
-    and, where ``problem`` is given (or the config names a registered problem), the training support that
+    and, where ``problem`` is given (or the config names a registered problem), calibration and the training support that
     ``post.reliable`` needs. For a run that was stopped (a crash, a killed job) without writing its model."""
-    from ..nn.support import estimate_support
     from ..nn.transformer import DistributionTransformer, ModelConfig
     from .config import TrainConfig
+    from .trainer import model_card
 
     tensors, metadata = load_checkpoint(path)
     meta = json.loads(metadata["meta"])
@@ -94,15 +94,6 @@ def model_from_checkpoint(path: str | Path, problem=None):
             problem = config.problem.build()
         except (KeyError, ValueError, TypeError):
             problem = None
-    model.card = {
-        "problem": problem.describe() if problem is not None else {"name": config.problem.name},
-        "num_components": model.config.num_components,
-        "num_parameters": model.num_parameters(),
-        "training": {"config": config.to_dict(), "time_s": round(meta["elapsed_s"], 1), "steps_done": meta["step"],
-                     "samples": meta["step"] * config.batch_size, "from_checkpoint": str(path),
-                     "final_validation": meta["history"][-1] if meta["history"] else None},
-    }
-    if problem is not None:
-        model.card["support"] = estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3),
-                                                 model=model).to_dict()
+    model.card = model_card(model, problem, config, meta["step"], meta["elapsed_s"], meta["history"])
+    model.card["training"]["from_checkpoint"] = str(path)
     return model

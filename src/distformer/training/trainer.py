@@ -280,26 +280,36 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         bar.close()
     model.eval()
     result.eval()
-    result.card = {
-        "problem": problem.describe(),
-        "num_components": problem.num_components,
-        "num_parameters": result.num_parameters(),
-        "support": estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3),
-                                    model=result).to_dict(),
+    result.card = model_card(result, problem, config, last, elapsed, history, calibrate=rank == 0)
+    result.card["training"]["time_budget_s"] = time_budget
+    return result
+
+
+def model_card(model: DistributionTransformer, problem: Problem | None, config: TrainConfig, steps: int,
+               elapsed: float, history: list, calibrate: bool = True) -> dict:
+    """The card of a model trained by ``config`` for ``steps`` steps in ``elapsed`` seconds: the problem, sizes, the
+    training support and calibration on fresh simulations of ``problem`` (both skipped where it is ``None``), and
+    the run (config, time, samples, hardware, last validation)."""
+    card = {
+        "problem": problem.describe() if problem is not None else {"name": config.problem.name},
+        "num_components": model.config.num_components,
+        "num_parameters": model.num_parameters(),
         "training": {
             "config": config.to_dict(),
-            "time_budget_s": time_budget,
             "time_s": round(elapsed, 1),
-            "samples": last * config.batch_size,
-            "steps_done": last,
+            "samples": steps * config.batch_size,
+            "steps_done": steps,
             "hardware": hardware(),
             "final_validation": history[-1] if history else None,
         },
     }
-    if config.calibration_size and rank == 0:
-        result.card["calibration"] = calibration_summary(
-            result, problem, config.calibration_size, torch.Generator().manual_seed(config.seed + 4))
-    return result
+    if problem is not None:
+        card["support"] = estimate_support(problem, generator=torch.Generator().manual_seed(config.seed + 3),
+                                           model=model).to_dict()
+        if config.calibration_size and calibrate:
+            card["calibration"] = calibration_summary(
+                model, problem, config.calibration_size, torch.Generator().manual_seed(config.seed + 4))
+    return card
 
 
 def _shard(problem: Problem, n: int, generator: torch.Generator, draws: int) -> tuple[Batch, torch.Tensor | None]:
