@@ -94,6 +94,8 @@ def test_interval_support_samples_inside_and_the_grid_reference_is_exact_for_a_c
 
     result = dfm.evaluate(Exact(), problem, num_problems=50, generator=torch.Generator().manual_seed(3))
     assert float(result.kl.abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="num_problems"):
+        dfm.evaluate(Exact(), problem, num_problems=0)
 
     class PriorOnly:
         def posterior(self, prior, observations, check=False):

@@ -46,6 +46,8 @@ def evaluate(model, problem, num_problems: int = 300, grid_size: int | None = No
              generator: torch.Generator | None = None) -> Evaluation:
     """KL(grid reference ‖ model) on ``num_problems`` fresh problems of ``problem`` (module docstring); ``grid_size``
     points per axis (default 2001 in 1-D, 201 in 2-D)."""
+    if isinstance(num_problems, bool) or not isinstance(num_problems, int) or num_problems < 1:
+        raise ValueError(f"Expected num_problems to be a whole number >= 1, but got {num_problems!r}.")
     if problem.dim > 2:
         raise ValueError(f"Expected a problem of at most 2 latent coordinates for a grid reference, but it has "
                          f"{problem.dim}.")

@@ -76,8 +76,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 def model_from_checkpoint(path: str | Path, problem=None):
     """The model a checkpoint holds, as :func:`distformer.train` would have returned it at that step: the weight
     average where the run keeps one, else the weights; its card gives the training config, step, time and history,
-    and, where ``problem`` is given (or the config names a registered problem), calibration and the training support that
-    ``post.reliable`` needs. For a run that was stopped (a crash, a killed job) without writing its model."""
+    and, where ``problem`` is given (or the config names a registered problem), calibration and the training
+    support that ``post.reliable`` needs. For a run that was stopped (a crash, a killed job) without writing its model."""
     from ..nn.transformer import DistributionTransformer, ModelConfig
     from .config import TrainConfig
     from .trainer import model_card
