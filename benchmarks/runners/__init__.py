@@ -7,18 +7,23 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _runners():
-    from . import components, dimensions, gp_hyperprior, inverse_gamma, linear_gaussian, lti, quantum, refine, sensor_fusion, speed, stochastic_volatility, stress, time_to_accuracy
+MODULES = {"components": "components", "dimensions": "dimensions", "gp-hyperprior": "gp_hyperprior",
+           "inverse-gamma": "inverse_gamma", "linear-gaussian": "linear_gaussian", "lti": "lti", "quantum": "quantum",
+           "refine": "refine", "sensor-fusion": "sensor_fusion", "speed": "speed", "stress": "stress",
+           "stochastic-volatility": "stochastic_volatility", "time-to-accuracy": "time_to_accuracy"}
 
-    return {"components": components.run, "dimensions": dimensions.run, "gp-hyperprior": gp_hyperprior.run, "inverse-gamma": inverse_gamma.run, "linear-gaussian": linear_gaussian.run, "lti": lti.run, "quantum": quantum.run,
-            "refine": refine.run,
-            "sensor-fusion": sensor_fusion.run, "speed": speed.run, "stress": stress.run,
-            "stochastic-volatility": stochastic_volatility.run, "time-to-accuracy": time_to_accuracy.run}
+
+def experiment(name: str):
+    """The :class:`~benchmarks.runners.harness.Experiment` declared for benchmark ``name``."""
+    from importlib import import_module
+
+    if name not in MODULES:
+        raise ValueError(f"Expected a benchmark name among {sorted(MODULES)}, but got {name!r}.")
+    return import_module(f".{MODULES[name]}", __name__).EXPERIMENT
 
 
 def run_benchmark(name: str, quick: bool = False, out_dir: str | Path = "benchmarks") -> Path:
-    """Run benchmark ``name``; returns the path of the markdown report."""
-    runners = _runners()
-    if name not in runners:
-        raise ValueError(f"Expected a benchmark name among {sorted(runners)}, but got {name!r}.")
-    return runners[name](quick=quick, out_dir=Path(out_dir))
+    """Run benchmark ``name`` through the harness; returns the path of the markdown report."""
+    from .harness import run_experiment
+
+    return run_experiment(experiment(name), quick=quick, out_dir=Path(out_dir))

@@ -17,65 +17,55 @@ import torch
 
 from distformer.diagnostics import estimate, kl_divergence
 from distformer.problems import get
-from .report import fmt_estimate, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+
+from .harness import Experiment, Table
+from .methods import batched_times, per_thousand
+from .report import fmt_estimate
 
 MODEL = "linear-gaussian-2d"
 COMPONENTS = (1, 2, 4, 5, 10, 20)
 SEED = 5151
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/components.{md,json,png}``."""
+def evaluate(size: dict, generator: torch.Generator) -> dict:
     import distformer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    n, samples, repeats = (100, 128, 3) if quick else (1000, 1024, 7)
+    n, samples = size["problems"], size["kl_samples"]
     model = distformer.pretrained(MODEL)
     options = dict(model.card["problem"]["options"])
-    trained_k = options["num_components"]
     rows = []
     for k in COMPONENTS:
         problem = get("linear-gaussian", **(options | {"num_components": k}))
         batch = problem.sample_batch(n, generator=generator)
-        prior64 = batch.prior.to(torch.float64)
-        exact = problem.exact_posterior(prior64, batch.observations)
+        exact = problem.exact_posterior(batch.prior.to(torch.float64), batch.observations)
         post = model.posterior(batch.prior, batch.observations, check=False)
         kl = kl_divergence(exact, post, samples, generator)
-        with threads(torch.get_num_threads()):
-            times = interleaved_median_seconds({
-                "model": lambda: model.posterior(batch.prior, batch.observations, check=False),
-                "exact": lambda: problem.exact_posterior(batch.prior, batch.observations)}, repeats, 1)
-        rows.append({"K": k, "kl": estimate(kl).as_dict(),
-                     "time_per_1000_s": {name: 1000 * t / n for name, t in times.items()}})
-    command = "distformer bench components" + (" --quick" if quick else "")
-    lines = [
-        f"# components: K at inference for `{MODEL}` (trained with K={trained_k})",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Problems: {n} per K from the training meta-prior with K components (seed {SEED}); KL by Monte Carlo with "
-        f"{samples} exact-posterior draws per problem; intervals are 95%. Time: per 1000 problems, batched, "
-        f"{torch.get_num_threads()} thread(s), median of {repeats} interleaved calls.",
-        "",
-        "| K | KL(exact ‖ model) | model, s / 1000 problems | exact, s / 1000 problems |",
-        "|---|---|---|---|",
-        *[f"| {r['K']}{' (trained)' if r['K'] == trained_k else ''} | {fmt_estimate(r['kl'], 4)} | "
-          f"{r['time_per_1000_s']['model']:.3f} | {r['time_per_1000_s']['exact']:.3f} |" for r in rows],
-        "",
-        "![KL against K](components.png)",
-    ]
-    md = write_report(out_dir, "components", lines, {"model": MODEL, "command": command, "rows": rows})
-    _plot(rows, trained_k, out_dir / "components.png")
-    return md
+        times = batched_times({
+            "model": lambda: model.posterior(batch.prior, batch.observations, check=False),
+            "exact": lambda: problem.exact_posterior(batch.prior, batch.observations)}, size["repeats"], 1)
+        rows.append({"K": k, "kl": estimate(kl).as_dict(), "time_per_1000_s": per_thousand(times, n)[0]})
+    return {"trained_K": options["num_components"], "rows": rows}
 
 
-def _plot(rows: list[dict], trained_k: int, path: Path) -> None:
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {size['problems']} per K from the training meta-prior with K components (seed {SEED}); KL by "
+            f"Monte Carlo with {size['kl_samples']} exact-posterior draws per problem; intervals are 95%. Time: per 1000 "
+            f"problems, batched, {torch.get_num_threads()} thread(s), median of {size['repeats']} interleaved calls.")
+
+
+def body(r: dict, size: dict) -> list:
+    return [Table(r["rows"], (
+        ("K", lambda row: f"{row['K']}{' (trained)' if row['K'] == r['trained_K'] else ''}"),
+        ("KL(exact ‖ model)", lambda row: fmt_estimate(row["kl"], 4)),
+        ("model, s / 1000 problems", lambda row: f"{row['time_per_1000_s']['model']:.3f}"),
+        ("exact, s / 1000 problems", lambda row: f"{row['time_per_1000_s']['exact']:.3f}")))]
+
+
+def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
-
+    rows, trained_k = r["rows"], r["trained_K"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ks = [r["K"] for r in rows]
     ax.errorbar(ks, [r["kl"]["mean"] for r in rows], yerr=[1.96 * r["kl"]["stderr"] for r in rows], marker="o",
@@ -89,3 +79,9 @@ def _plot(rows: list[dict], trained_k: int, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="components", title=f"K at inference for `{MODEL}`", seed=SEED,
+    sizes={"quick": dict(problems=100, kl_samples=128, repeats=3), "full": dict(problems=1000, kl_samples=1024, repeats=7)},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot, caption="KL against K")

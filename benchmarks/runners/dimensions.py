@@ -41,8 +41,10 @@ from distformer.diagnostics import estimate, kl_divergence, negative_log_likelih
 from distformer.distributions.gmm import GaussianMixture
 from distformer.problems import get
 from distformer.problems.base import Batch
-from .report import fmt_estimate, stage, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, threads
+
+from .harness import Experiment, Table
+from .report import fmt_estimate, stage
 
 ROWS = (("1", 1, "linear-gaussian-1d"), ("2", 2, "linear-gaussian-2d"), ("4", 4, "linear-gaussian-4d"),
         ("8, recipe before", 8, "linear-gaussian-8d-before"), ("8", 8, "linear-gaussian-8d"),
@@ -271,87 +273,87 @@ def where_time_goes(where: str, dim: int, n: int) -> dict[str, float]:
         return parts_ms(model, batch.prior, batch.observations.values["z"], 5)
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the sweep and write ``out_dir/dimensions.{md,json,png}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = dict(problems=50, samples=64, svi_steps=50, repeats=3, latency_repeats=20) if quick else \
-        dict(problems=1000, samples=1024, svi_steps=2000, repeats=7, latency_repeats=200)
+def evaluate_all(size: dict, generator: torch.Generator) -> dict:
+    """Train (or reuse from ``CACHE``) a model per dimension and score it; each dimension seeds its own problems."""
+    quick = size["quick"]
     table = QUICK_ROWS if quick else ROWS
     with tempfile.TemporaryDirectory() as scratch:
         where = _models(table, quick, Path(scratch) if quick else CACHE)
         svi: dict = {}
         rows = [evaluate(label, dim, where[name], size, svi) for label, dim, name in table]
-        largest = max(table, key=lambda r: r[1])
-        parts = where_time_goes(where[largest[2]], largest[1], 100 if quick else 1000)
+        largest = max(table, key=lambda r: r[1])[1]
+        parts = where_time_goes(where[max(table, key=lambda r: r[1])[2]], largest, size["parts_problems"])
         sbibm = None if quick else gaussian_linear(where["linear-gaussian-10d"], size["problems"], size["samples"],
-                                                   torch.Generator().manual_seed(SEED))
-    command = "distformer bench dimensions" + (" --quick" if quick else "")
-    has_svi = all("SVI" in r["kl"] for r in rows)
-    lines = [
-        "# dimensions: the linear-Gaussian model as the latent dimension grows, against SVI (the paper's C.1)", "",
-        f"Command: `{command}`  ", f"Machine: {machine()}  ",
-        f"Problems: {size['problems']} per dimension, the same kind at every D: K = 8 prior components (C.1), means "
-        "3 N(0, I), axis standard deviations log-uniform in [0.1, 3], 1–20 readings with identity noise; seed 2424 + D. "
-        f"KL(exact ‖ method) by Monte Carlo with {size['samples']} exact-posterior draws per problem; NLL gap = NLL "
-        "of the true parameter under the method minus under the exact posterior; intervals are 95% over problems. "
-        f"SVI: full-covariance Gaussian, {size['svi_steps']} steps of Adam (0.1 · 0.999^t), 10 draws, batched over "
-        f"the first {min(size['problems'], SVI_PROBLEMS)} problems in torch (`fit_svi`; NumPyro's vmapped SVI stalled "
-        "here from D = 10 on). D = 1, 2 and `10, shipped` are the shipped models; the rest follow `configs/linear-gaussian-{D}d.yaml` (the "
-        "exact-site recipe), and `8, recipe before` follows `configs/linear-gaussian-8d-before.yaml`.", "",
-        "## Accuracy", "",
-        "| D | model: training | model KL | SVI KL | SVI KL / model KL | model NLL gap | SVI NLL gap |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        kl_m, kl_s = r["kl"]["model"], r["kl"].get("SVI")
-        lines.append(
-            f"| {r['label']} | {r['training_steps']:,} steps, {r['training_time_s'] / 60:.1f} min | "
-            f"{fmt_estimate(kl_m)} | {fmt_estimate(kl_s)} | "
-            f"{(kl_s['mean'] / max(kl_m['mean'], 1e-12)) if kl_s else float('nan'):.3g}× | "
-            f"{fmt_estimate(r['nll_gap']['model'])} | {fmt_estimate(r['nll_gap'].get('SVI'))} |")
-    if not has_svi:
-        lines += ["", "SVI not measured: the `baselines` extra (numpyro, jax) is not installed."]
-    lines += ["", "## Cost", "",
-              f"Batched: {size['problems']} problems per call, all threads; batch 1: one thread, median of "
-              f"{size['latency_repeats']} calls; memory: resident-set growth of one call of "
-              f"{min(size['problems'], MEMORY_BATCH)} problems in a fresh process.", "",
-              "| D | model s / 1000 | SVI s / 1000 | SVI time / model | batch-1 ms | peak memory MB | parameters |",
-              "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t_m, t_s = r["time_per_1000_s"]["model"], r["time_per_1000_s"].get("SVI")
-        lines.append(f"| {r['label']} | {t_m:.3g} | {t_s if t_s is not None else float('nan'):.3g} | "
-                     f"{(t_s / t_m) if t_s else float('nan'):.3g}× | {r['latency_ms']:.3f} | "
-                     f"{r['peak_memory_mb']:.1f} | {r['parameters']:,} |")
+                                                   generator)
     rates = {name: growth(rows, fn) for name, fn in (
         ("batched time", lambda r: r["time_per_1000_s"]["model"]), ("batch-1 latency", lambda r: r["latency_ms"]),
         ("peak memory", lambda r: r["peak_memory_mb"]), ("parameters", lambda r: r["parameters"]),
         ("training time", lambda r: r["training_time_s"]))}
-    lines += ["", "Growth, cost ∝ D^p fitted over the exact-site rows with D ≥ 4: "
-              + "; ".join(f"{k} p = {v:.2f}" for k, v in rates.items()) + ".", "",
-              f"Where a batched eager forward's time goes at D = {largest[1]} ({100 if quick else 1000} problems, "
-              "median ms; the parts are timed separately, so they need not sum to the whole):", "",
-              "| part | ms | share of the whole forward |", "|---|---|---|"]
+    return {"rows": rows, "growth": rates, "parts_ms": parts, "largest_D": largest, "gaussian_linear": sbibm}
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {size['problems']} per dimension, the same kind at every D: K = 8 prior components (C.1), "
+            "means 3 N(0, I), axis standard deviations log-uniform in [0.1, 3], 1–20 readings with identity noise; "
+            f"seed 2424 + D. KL(exact ‖ method) by Monte Carlo with {size['samples']} exact-posterior draws per "
+            "problem; NLL gap = NLL of the true parameter under the method minus under the exact posterior; intervals "
+            f"are 95% over problems. SVI: full-covariance Gaussian, {size['svi_steps']} steps of Adam (0.1 · 0.999^t), "
+            f"10 draws, batched over the first {min(size['problems'], SVI_PROBLEMS)} problems in torch (`fit_svi`; "
+            "NumPyro's vmapped SVI stalled here from D = 10 on). D = 1, 2 and `10, shipped` are the shipped models; "
+            "the rest follow `configs/linear-gaussian-{D}d.yaml` (the exact-site recipe), and `8, recipe before` "
+            "follows `configs/linear-gaussian-8d-before.yaml`.")
+
+
+def _ratio(r: dict, key: str) -> str:
+    model, svi = r[key]["model"], r[key].get("SVI")
+    if key == "kl":
+        return f"{(svi['mean'] / max(model['mean'], 1e-12)) if svi else float('nan'):.3g}×"
+    return f"{(svi / model) if svi else float('nan'):.3g}×"
+
+
+def body(out: dict, size: dict) -> list:
+    rows, parts = out["rows"], out["parts_ms"]
     whole = parts.get("whole forward, eager", float("nan"))
-    for k, v in parts.items():
-        lines.append(f"| {k} | {v:.2f} | {100 * v / whole:.0f}% |")
+    lines = ["## Accuracy", "", Table(rows, (
+        ("D", lambda r: str(r["label"])),
+        ("model: training", lambda r: f"{r['training_steps']:,} steps, {r['training_time_s'] / 60:.1f} min"),
+        ("model KL", lambda r: fmt_estimate(r["kl"]["model"])), ("SVI KL", lambda r: fmt_estimate(r["kl"].get("SVI"))),
+        ("SVI KL / model KL", lambda r: _ratio(r, "kl")),
+        ("model NLL gap", lambda r: fmt_estimate(r["nll_gap"]["model"])),
+        ("SVI NLL gap", lambda r: fmt_estimate(r["nll_gap"].get("SVI")))))]
+    if not all("SVI" in r["kl"] for r in rows):
+        lines += ["", "SVI not measured: the `baselines` extra (numpyro, jax) is not installed."]
+    lines += ["", "## Cost", "",
+              f"Batched: {size['problems']} problems per call, all threads; batch 1: one thread, median of "
+              f"{size['latency_repeats']} calls; memory: resident-set growth of one call of "
+              f"{min(size['problems'], MEMORY_BATCH)} problems in a fresh process.", "", Table(rows, (
+                  ("D", lambda r: str(r["label"])), ("model s / 1000", lambda r: f"{r['time_per_1000_s']['model']:.3g}"),
+                  ("SVI s / 1000", lambda r: f"{r['time_per_1000_s'].get('SVI', float('nan')):.3g}"),
+                  ("SVI time / model", lambda r: _ratio(r, "time_per_1000_s")),
+                  ("batch-1 ms", lambda r: f"{r['latency_ms']:.3f}"),
+                  ("peak memory MB", lambda r: f"{r['peak_memory_mb']:.1f}"),
+                  ("parameters", lambda r: f"{r['parameters']:,}"))),
+              "", "Growth, cost ∝ D^p fitted over the exact-site rows with D ≥ 4: "
+              + "; ".join(f"{k} p = {v:.2f}" for k, v in out["growth"].items()) + ".", "",
+              f"Where a batched eager forward's time goes at D = {out['largest_D']} ({size['parts_problems']} problems, "
+              "median ms; the parts are timed separately, so they need not sum to the whole):", "",
+              Table(list(parts.items()), (("part", lambda kv: kv[0]), ("ms", lambda kv: f"{kv[1]:.2f}"),
+                                          ("share of the whole forward", lambda kv: f"{100 * kv[1] / whole:.0f}%")))]
+    sbibm = out["gaussian_linear"]
     if sbibm is not None:
         lines += ["", f"sbibm's `gaussian_linear` (10-D, prior N(0, 0.1 I), one reading with noise 0.1 I; "
                   f"{sbibm['problems']} problems) through `linear-gaussian-10d` rescaled with `affine`: "
                   f"KL(exact ‖ model) {fmt_estimate(sbibm['kl'])}."]
     lines += ["", "The paper (C.1, D up to 24) reports KL rising with D, roughly quadratically, and staying at least "
-              "10× below SVI's; its numbers are on its own problems and hardware.", "",
-              "![KL against dimension](dimensions.png)"]
-    md = write_report(out_dir, "dimensions", lines, {"command": command, "rows": rows, "growth": rates,
-                                                     "parts_ms": parts, "gaussian_linear": sbibm})
-    _plot(rows, out_dir / "dimensions.png")
-    return md
+              "10× below SVI's; its numbers are on its own problems and hardware."]
+    return lines
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(out: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
-
+    rows = out["rows"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     dims = [r["D"] for r in rows]
     for method, marker in (("model", "o"), ("SVI", "s")):
@@ -368,3 +370,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="dimensions", title="the linear-Gaussian model as the latent dimension grows, against SVI (the paper's C.1)",
+    seed=SEED,
+    sizes={"quick": dict(quick=True, problems=50, samples=64, svi_steps=50, repeats=3, latency_repeats=20,
+                         parts_problems=100),
+           "full": dict(quick=False, problems=1000, samples=1024, svi_steps=2000, repeats=7, latency_repeats=200,
+                        parts_problems=1000)},
+    evaluate=evaluate_all, protocol=protocol, body=body, figure=_plot, caption="KL against dimension")

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from distformer.baselines.pfn import PFNConfig, train_pfn
 from distformer.diagnostics import estimate
 from distformer.problems.gp_hyperprior import NOISE_VARIANCE, GPHyperprior
-from .report import fmt_estimate, stage, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+
+from .harness import Experiment, Table, drop_keys
+from .methods import baselines_available, batched_seconds, numpyro_svi, per_thousand, trained_pfn
+from .report import fmt_estimate, stage
 
 SEED = 7171
 PAPER = {"VI": (None, 0.39), "MCMC": (None, 2.27), "PFN": (0.90, 1.53), "model": (0.81, 0.31)}  # 5-D, Table 2
@@ -53,8 +54,6 @@ def gp_marginal_model(mean, scale, a, b, x, y, mask):
 def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
     import distformer
 
-    from distformer.baselines.numpyro_linear_gaussian import available
-
     name = f"gp-hyperprior-{variant}"
     model = distformer.pretrained(name)
     problem = GPHyperprior(variant, num_components=model.config.num_components)
@@ -69,48 +68,35 @@ def evaluate(variant: str, size: dict, generator: torch.Generator) -> dict:
     times["reference (quadrature)"] = time.perf_counter() - start
     nll_f["reference (quadrature)"], nll_l["reference (quadrature)"] = -ref["f"], -ref["lengthscale"]
 
-    with threads(torch.get_num_threads()):
-        post = model.posterior(batch.prior, batch.observations)
-        times["model"] = interleaved_median_seconds(
-            {"model": lambda: model.posterior(batch.prior, batch.observations)}, size["repeats"], 2)["model"]
-    post = post.to(torch.float64)
+    post = model.posterior(batch.prior, batch.observations).to(torch.float64)
+    times["model"] = batched_seconds(lambda: model.posterior(batch.prior, batch.observations), size["repeats"])
     nll_f["model"] = -post.marginal([0]).log_prob(theta[:, :1])
     nll_l["model"] = -post.marginal([1]).log_prob(theta[:, 1:])
 
-    if available():
-        from distformer.baselines.svi import BatchedSVI
-
+    if baselines_available():
         p = batch.prior.double()
         data = batch.observations.values["data"].double()
         args = (p[:, 0].numpy(), p[:, 1].numpy(), p[:, 2].numpy(), p[:, 3].numpy(), data[..., :-1].numpy(),
                 data[..., -1].numpy(), batch.observations.masks["data"].numpy())
-        stage("gp-hyperprior", f"{variant}: SVI, {size['svi_steps']} steps, vmapped over {n} problems")
-        svi = BatchedSVI(gp_marginal_model, ("log",), num_steps=size["svi_steps"], lr=0.03)
-        svi.posterior(*args)  # compile outside the clock
-        start = time.perf_counter()
-        q = svi.posterior(*args)
-        times["SVI (hyperposterior)"] = time.perf_counter() - start
+        q, times["SVI (hyperposterior)"] = numpyro_svi(f"gp-hyperprior {variant}", gp_marginal_model, ("log",), args,
+                                                       size["svi_steps"], lr=0.03)
         nll_l["SVI (hyperposterior)"] = -q.log_prob(theta[:, 1:])
 
-    pfn_time = 0.0
+    times["PFN-30"] = 0.0  # the two PFNs together give both columns
     for coordinate, target in ((0, nll_f), (1, nll_l)):
-        stage("gp-hyperprior", f"{variant}: training PFN-30 for coordinate {coordinate} ({size['pfn_steps']} steps)")
-        pfn = train_pfn(problem, PFNConfig(num_buckets=30, coordinate=coordinate, steps=size["pfn_steps"], seed=SEED),
-                        progress=False)
-        with threads(torch.get_num_threads()):
-            pfn_time += interleaved_median_seconds({"pfn": lambda: pfn.posterior(batch.observations)},
-                                                   size["repeats"], 2)["pfn"]
+        pfn, seconds = trained_pfn(f"gp-hyperprior {variant}, coordinate {coordinate}", problem, batch.observations,
+                                   size["repeats"], num_buckets=30, coordinate=coordinate, steps=size["pfn_steps"],
+                                   seed=SEED)
+        times["PFN-30"] += seconds
         target["PFN-30"] = -pfn.log_prob(theta[:, coordinate], batch.observations).double()
-    times["PFN-30"] = pfn_time  # the two PFNs together give both columns
 
-    per_1000 = {k: 1000 * v / n for k, v in times.items()}
+    per_1000, vs_model = per_thousand(times, n)
     mode = (batch.prior[:, 3] / (batch.prior[:, 2] + 1)).double()  # the prior's mode lengthscale b / (a + 1)
     gap_f, gap_l = nll_f["model"] - nll_f["reference (quadrature)"], nll_l["model"] - nll_l["reference (quadrature)"]
     return {"variant": variant, "model": name, "problems": n, "gap_by_lengthscale": gap_by_quantile(mode, gap_f, gap_l),
             "nll_f": {k: estimate(v).as_dict() for k, v in nll_f.items()},
             "nll_lengthscale": {k: estimate(v).as_dict() for k, v in nll_l.items()},
-            "time_per_1000_s": per_1000,
-            "time_vs_model": {k: v / per_1000["model"] for k, v in per_1000.items()}}
+            "time_per_1000_s": per_1000, "time_vs_model": vs_model}
 
 
 def gap_by_quantile(key: torch.Tensor, gap_f: torch.Tensor, gap_l: torch.Tensor, bins: int = 5) -> list[dict]:
@@ -139,61 +125,56 @@ def figure_data(model, problem: GPHyperprior, generator: torch.Generator, num_qu
             "prior": batch.prior[0].tolist()}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/gp-hyperprior.{md,json,png}``."""
+def evaluate_shipped(size: dict, generator: torch.Generator) -> dict:
+    """Both variants whose model is shipped, and the 1-D figure's data where ``gp-hyperprior-1d`` is."""
     import distformer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    size = dict(problems=30, svi_steps=50, pfn_steps=30, repeats=3) if quick else \
-        dict(problems=1000, svi_steps=2000, pfn_steps=3000, repeats=9)
     shipped = set(distformer.pretrained_names())
-    results, missing = [], []
-    for variant in ("5d", "1d"):
-        if f"gp-hyperprior-{variant}" in shipped:
-            results.append(evaluate(variant, size, generator))
-        else:
-            missing.append(f"gp-hyperprior-{variant}")
-    command = "distformer bench gp-hyperprior" + (" --quick" if quick else "")
-    lines = ["# gp-hyperprior: f(x*) and the lengthscale (the paper's Table 2 and Figure 4)", "",
-             f"Command: `{command}`  ", f"Machine: {machine()}  ",
-             f"Problems: {size['problems']} fresh draws per variant (seed {SEED}). NLL of the true f(x*) (PPD) and of "
-             "the true lengthscale (hyperposterior, density on l); intervals are 95% over problems. Time per 1000 "
-             "problems in this run.", ""]
-    for r in results:
-        lines += [f"## {r['variant']} inputs (`{r['model']}`)", "",
-                  "| method | PPD NLL | hyperposterior NLL | time / 1000 problems (s) | time vs model |", "|---|---|---|---|---|"]
-        for m in r["time_per_1000_s"]:
-            f = fmt_estimate(r["nll_f"].get(m), 3)
-            ell = fmt_estimate(r["nll_lengthscale"].get(m), 3)
-            lines.append(f"| {m} | {f} | {ell} | {r['time_per_1000_s'][m]:.4g} | {r['time_vs_model'][m]:.3g}× |")
-        lines += ["", "Model − reference, paired per problem, by the prior's mode lengthscale b/(a+1) (quintiles):", "",
-                  "| mode lengthscale | problems | PPD NLL gap | hyperposterior NLL gap |", "|---|---|---|---|"]
-        for row in r["gap_by_lengthscale"]:
-            lines.append(f"| {row['low']:.3g}–{row['high']:.3g} | {row['problems']} | "
-                         f"{fmt_estimate(row['gap_f'], 3)} | {fmt_estimate(row['gap_lengthscale'], 3)} |")
-        lines.append("")
-    if missing:
-        lines += [f"Not measured: {', '.join(missing)} (not shipped in this checkout).", ""]
-    lines += ["The paper's 5-D Table 2 (DT 0.81 / 0.31, PFN 0.90 / 1.53, VI – / 0.39, MCMC – / 2.27) is on its own "
-              "draws and hardware.", ""]
+    variants = [v for v in ("5d", "1d") if f"gp-hyperprior-{v}" in shipped]
+    results = [evaluate(v, size, generator) for v in variants]
     figure = None
     if "gp-hyperprior-1d" in shipped:
         model = distformer.pretrained("gp-hyperprior-1d")
         figure = figure_data(model, GPHyperprior("1d", model.config.num_components), generator)
-        lines += ["![1-D predictive bands](gp-hyperprior.png)"]
-    md = write_report(out_dir, "gp-hyperprior", lines, {"command": command, "results": results, "missing": missing})
-    if figure is not None:
-        _plot(figure, out_dir / "gp-hyperprior.png")
-    return md
+    return {"results": results, "missing": [f"gp-hyperprior-{v}" for v in ("5d", "1d") if v not in variants],
+            "figure": figure}
 
 
-def _plot(fig_data: dict, path: Path) -> None:
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {size['problems']} fresh draws per variant (seed {SEED}). NLL of the true f(x*) (PPD) and of "
+            "the true lengthscale (hyperposterior, density on l); intervals are 95% over problems. Time per 1000 "
+            "problems in this run.")
+
+
+def body(out: dict, size: dict) -> list:
+    lines = []
+    for r in out["results"]:
+        lines += [f"## {r['variant']} inputs (`{r['model']}`)", "", Table(list(r["time_per_1000_s"]), (
+            ("method", str),
+            ("PPD NLL", lambda m, r=r: fmt_estimate(r["nll_f"].get(m), 3)),
+            ("hyperposterior NLL", lambda m, r=r: fmt_estimate(r["nll_lengthscale"].get(m), 3)),
+            ("time / 1000 problems (s)", lambda m, r=r: f"{r['time_per_1000_s'][m]:.4g}"),
+            ("time vs model", lambda m, r=r: f"{r['time_vs_model'][m]:.3g}×"))),
+            "", "Model − reference, paired per problem, by the prior's mode lengthscale b/(a+1) (quintiles):", "",
+            Table(r["gap_by_lengthscale"], (
+                ("mode lengthscale", lambda row: f"{row['low']:.3g}–{row['high']:.3g}"),
+                ("problems", lambda row: str(row["problems"])),
+                ("PPD NLL gap", lambda row: fmt_estimate(row["gap_f"], 3)),
+                ("hyperposterior NLL gap", lambda row: fmt_estimate(row["gap_lengthscale"], 3)))), ""]
+    if out["missing"]:
+        lines += [f"Not measured: {', '.join(out['missing'])} (not shipped in this checkout).", ""]
+    lines += ["The paper's 5-D Table 2 (DT 0.81 / 0.31, PFN 0.90 / 1.53, VI – / 0.39, MCMC – / 2.27) is on its own "
+              "draws and hardware."]
+    return lines
+
+
+def _plot(out: dict, path: Path) -> None:
+    import numpy as np
+
     from distformer.plotting import pyplot
 
     plt = pyplot()
-    import numpy as np
-
+    fig_data = out["figure"]
     x = np.array(fig_data["x"])
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for key, colour, label in (("reference", "k", "reference (quadrature over l)"), ("model", "C0", "model")):
@@ -207,3 +188,11 @@ def _plot(fig_data: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="gp-hyperprior", title="f(x*) and the lengthscale (the paper's Table 2 and Figure 4)", seed=SEED,
+    sizes={"quick": dict(problems=30, svi_steps=50, pfn_steps=30, repeats=3),
+           "full": dict(problems=1000, svi_steps=2000, pfn_steps=3000, repeats=9)},
+    evaluate=evaluate_shipped, protocol=protocol, body=body, figure=_plot, caption="1-D predictive bands",
+    payload=drop_keys("figure"))

@@ -21,17 +21,17 @@ Command: ``distformer bench inverse-gamma`` (``--quick`` for a small run).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
-from distformer.baselines.pfn import PFNConfig, train_pfn
 from distformer.diagnostics import estimate
 from distformer.problems.inverse_gamma import InverseGammaVariance
 from distformer.problems.sampling import inverse_gamma
-from .report import fmt_estimate, stage, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+
+from .harness import Experiment, Table, drop_keys
+from .methods import baselines_available, batched_times, numpyro_svi, per_thousand, trained_pfn
+from .report import fmt_estimate, stage
 
 MODEL = "inverse-gamma"
 SEED = 4141
@@ -59,8 +59,6 @@ def _kl(exact_alpha, exact_beta, log_q, num_samples: int, generator: torch.Gener
 def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     """Every method on ``size['problems']`` fresh problems from ``meta_prior``."""
     import distformer
-    from distformer.baselines import svi as svi_module
-    from distformer.baselines.numpyro_models import inverse_gamma_model
 
     model = distformer.pretrained(MODEL)
     problem = InverseGammaVariance(meta_prior=meta_prior, num_components=model.config.num_components)
@@ -72,39 +70,33 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
     rows, times = {}, {}
 
     stage("inverse-gamma", f"{meta_prior}: model and exact update on {n} problems")
-    with threads(torch.get_num_threads()):
-        post = model.posterior(batch.prior, obs)
-        approx = model.prior_approximation(batch.prior)
-        times |= interleaved_median_seconds({
-            "model": lambda: model.posterior(batch.prior, obs),
-            "exact": lambda: problem.exact_posterior(prior, obs)}, size["repeats"], 2)
+    post, approx = model.posterior(batch.prior, obs), model.prior_approximation(batch.prior)
+    times |= batched_times({"model": lambda: model.posterior(batch.prior, obs),
+                            "exact": lambda: problem.exact_posterior(prior, obs)}, size["repeats"])
     post64, approx64 = post.to(torch.float64), approx.to(torch.float64)
     rows["model"] = _kl(a_post, b_post, post64.log_prob, size["kl_samples"], generator)
     rows["exact"] = torch.zeros(n, dtype=torch.float64)
     prior_kl = _kl(prior[:, 0], prior[:, 1], approx64.log_prob, size["kl_samples"], generator)
 
-    if svi_module_available():
-        stage("inverse-gamma", f"{meta_prior}: SVI, {size['svi_steps']} steps, vmapped over {n} problems")
-        svi = svi_module.BatchedSVI(inverse_gamma_model, problem.warp, num_steps=size["svi_steps"])
+    q = None
+    if baselines_available():
+        from distformer.baselines.numpyro_models import inverse_gamma_model
+
         args = (prior[:, 0].numpy(), prior[:, 1].numpy(), obs.values["z"][..., 0].double().numpy(),
                 obs.masks["z"].numpy())
-        svi.posterior(*args)  # compile for this batch shape, outside the clock
-        start = time.perf_counter()
-        q = svi.posterior(*args)
-        times["SVI"] = time.perf_counter() - start
+        q, times["SVI"] = numpyro_svi(f"inverse-gamma {meta_prior}", inverse_gamma_model, problem.warp, args,
+                                      size["svi_steps"])
         rows["SVI"] = _kl(a_post, b_post, q.log_prob, size["kl_samples"], generator)
 
     pfn_cards = {}
     for buckets in (15, 5000):
         name = f"PFN-{buckets}"
-        stage("inverse-gamma", f"{meta_prior}: training {name} ({size['pfn_steps']} steps)")
-        pfn = train_pfn(problem, PFNConfig(num_buckets=buckets, steps=size["pfn_steps"], seed=SEED), progress=False)
+        pfn, times[name] = trained_pfn(f"inverse-gamma {meta_prior}", problem, obs, size["repeats"],
+                                       num_buckets=buckets, steps=size["pfn_steps"], seed=SEED)
         pfn_cards[name] = pfn.card
-        with threads(torch.get_num_threads()):
-            times[name] = interleaved_median_seconds({name: lambda: pfn.posterior(obs)}, size["repeats"], 2)[name]
         rows[name] = _kl(a_post, b_post, lambda x: pfn.log_prob(x[..., 0], obs), size["kl_samples"], generator)
 
-    per_1000 = {k: 1000 * v / n for k, v in times.items()}
+    per_1000, vs_model = per_thousand(times, n)
     return {
         "meta_prior": meta_prior,
         "problems": n,
@@ -115,16 +107,10 @@ def evaluate(meta_prior: str, size: dict, generator: torch.Generator) -> dict:
                                  else 0.0 for k, v in rows.items()},
         "prior_approximation_kl": estimate(prior_kl).as_dict(),
         "time_per_1000_s": per_1000,
-        "time_vs_model": {k: v / per_1000["model"] for k, v in per_1000.items()},
+        "time_vs_model": vs_model,
         "pfn": pfn_cards,
-        "examples": _examples(batch, post, exact, pfn, q if "SVI" in rows else None),
+        "examples": _examples(batch, post, exact, pfn, q),
     }
-
-
-def svi_module_available() -> bool:
-    from distformer.baselines.numpyro_linear_gaussian import available
-
-    return available()
 
 
 def _examples(batch, post, exact, pfn, svi_q, count: int = 3) -> list[dict]:
@@ -149,56 +135,42 @@ def _examples(batch, post, exact, pfn, svi_q, count: int = 3) -> list[dict]:
     return out
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/inverse-gamma.{md,json,png}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    size = dict(problems=40, kl_samples=200, svi_steps=50, pfn_steps=30, repeats=3) if quick else \
-        dict(problems=1000, kl_samples=10000, svi_steps=2000, pfn_steps=3000, repeats=9)
-    results = [evaluate(meta, size, generator) for meta in ("wide", "narrow")]
-    command = "distformer bench inverse-gamma" + (" --quick" if quick else "")
-    methods = ["exact", "model", "SVI", "PFN-15", "PFN-5000"]
+METHODS = ("exact", "model", "SVI", "PFN-15", "PFN-5000")
+
+
+def evaluate_both(size: dict, generator: torch.Generator) -> list[dict]:
+    return [evaluate(meta, size, generator) for meta in ("wide", "narrow")]
+
+
+def protocol(size: dict, results: list[dict]) -> str:
+    return (f"Problems: {size['problems']} fresh draws per meta-prior (seed {SEED}); KL(exact ‖ method) by Monte Carlo "
+            f"with {size['kl_samples']} closed-form posterior draws per problem; intervals are 95% (1.96 standard "
+            "errors over problems). Time: per 1000 problems, batched, this machine, this run; the paper's times are "
+            "on a GPU and not comparable, its KLs are.")
+
+
+def body(results: list[dict], size: dict) -> list:
     k = _k()
-    lines = [
-        "# inverse-gamma: the paper's Table 1 on this library",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Problems: {size['problems']} fresh draws per meta-prior (seed {SEED}); KL(exact ‖ method) by Monte Carlo "
-        f"with {size['kl_samples']} closed-form posterior draws per problem; intervals are 95% (1.96 standard "
-        "errors over problems). Time: per 1000 problems, batched, this machine, this run; the paper's times are "
-        "on a GPU and not comparable, its KLs are.",
-        "",
-    ]
+    out = []
     for r in results:
-        lines += [f"## {r['meta_prior']} meta-prior", "",
-                  "| method | KL(exact ‖ method) | median KL | paper's KL | time / 1000 problems (s) | time vs model |",
-                  "|---|---|---|---|---|---|"]
-        for m in methods:
-            if m not in r["kl"]:
-                continue
-            paper = PAPER_KL.get(m, {}).get(r["meta_prior"])
-            label = f"model ({MODEL}, K={k})" if m == "model" else m
-            lines.append(f"| {label} | {fmt_estimate(r['kl'][m], 5)} | {r['kl_median'][m]:.5f} | "
-                         f"{'–' if paper is None else paper} | "
-                         f"{r['time_per_1000_s'][m]:.4g} | {r['time_vs_model'][m]:.3g}× |")
+        paper = lambda m, r=r: PAPER_KL.get(m, {}).get(r["meta_prior"])
+        out += [f"## {r['meta_prior']} meta-prior", "", Table([m for m in METHODS if m in r["kl"]], (
+            ("method", lambda m: f"model ({MODEL}, K={k})" if m == "model" else m),
+            ("KL(exact ‖ method)", lambda m, r=r: fmt_estimate(r["kl"][m], 5)),
+            ("median KL", lambda m, r=r: f"{r['kl_median'][m]:.5f}"),
+            ("paper's KL", lambda m, paper=paper: "–" if paper(m) is None else str(paper(m))),
+            ("time / 1000 problems (s)", lambda m, r=r: f"{r['time_per_1000_s'][m]:.4g}"),
+            ("time vs model", lambda m, r=r: f"{r['time_vs_model'][m]:.3g}×")))]
         kl_model = r["kl"]["model"]
         tail = (f" The 1% of problems with the largest KL carry {100 * r['kl_top_percent_share']['model']:.0f}% of "
                 "the model's total." if kl_model["mean"] > 5 * kl_model["stderr"] else "")
-        lines += ["", f"The model's prior approximation: KL(prior ‖ approximation) = "
-                      f"{fmt_estimate(r['prior_approximation_kl'], 5)}.{tail}", ""]
+        out += ["", f"The model's prior approximation: KL(prior ‖ approximation) = "
+                    f"{fmt_estimate(r['prior_approximation_kl'], 5)}.{tail}", ""]
     if "SVI" not in results[0]["kl"]:
-        lines += ["SVI was skipped: the `baselines` extra (numpyro, jax) is not installed.", ""]
-    lines += [
-        f"PFNs: {size['pfn_steps']} steps of batch 256 each (trained in this run; training time not in the table; "
-        "see the JSON). The paper's model is DT-5 (6 layers); the shipped one is in its model card.",
-        "",
-        "![posteriors and KL](inverse-gamma.png)",
-    ]
-    slim = [{k: v for k, v in r.items() if k != "examples"} | {"command": command} for r in results]
-    md = write_report(out_dir, "inverse-gamma", lines, slim)
-    _plot(results, out_dir / "inverse-gamma.png")
-    return md
+        out += ["SVI was skipped: the `baselines` extra (numpyro, jax) is not installed.", ""]
+    out += [f"PFNs: {size['pfn_steps']} steps of batch 256 each (trained in this run; training time not in the table; "
+            "see the JSON). The paper's model is DT-5 (6 layers); the shipped one is in its model card."]
+    return out
 
 
 def _k() -> int:
@@ -236,3 +208,11 @@ def _plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="inverse-gamma", title="the paper's Table 1 on this library", seed=SEED,
+    sizes={"quick": dict(problems=40, kl_samples=200, svi_steps=50, pfn_steps=30, repeats=3),
+           "full": dict(problems=1000, kl_samples=10000, svi_steps=2000, pfn_steps=3000, repeats=9)},
+    evaluate=evaluate_both, protocol=protocol, body=body, figure=_plot, caption="posteriors and KL",
+    payload=drop_keys("examples"))

@@ -23,8 +23,10 @@ import torch
 from distformer.distributions.gmm import GaussianMixture
 from distformer.diagnostics import estimate, kl_divergence, negative_log_likelihood
 from distformer.problems import get
-from .report import fmt_estimate as _fmt, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, threads
+
+from .harness import Experiment, Table
+from .report import fmt_estimate as _fmt
 
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
 SEED = 12345
@@ -107,37 +109,31 @@ def conflict_sweep(name: str, kl_samples: int, generator: torch.Generator) -> li
 
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/linear-gaussian.{md,json,png}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    size = dict(num_problems=200, nll_problems=500, kl_samples=64, latency_repeats=30, throughput_batch=1000) \
-        if quick else dict(num_problems=2000, nll_problems=20000, kl_samples=1024, latency_repeats=1000,
-                           throughput_batch=10000)
-    results = [evaluate_model(name, generator=generator, **size) for name in MODELS]
-    conflict = conflict_sweep(MODELS[-1], size["kl_samples"] * 4, generator)
-    command = "distformer bench linear-gaussian" + (" --quick" if quick else "")
-    lines = [
-        "# linear-gaussian: shipped models against the exact posterior",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Problems: {size['num_problems']} fresh draws from each model's training meta-prior (seed {SEED}); "
-        f"KL by Monte Carlo with {size['kl_samples']} exact-posterior samples per problem. The NLL columns use "
-        f"another {size['nll_problems']} problems: their gap estimates the same expected KL from one true parameter "
-        "per problem, which is noisier. Intervals are 95% (1.96 standard errors over problems).",
-        "",
-        "| model | KL(exact ‖ model) | NLL model | NLL exact | NLL gap | latency model (ms) | latency exact (ms) "
-        "| latency ratio | latency, check=False (ms) | model problems/s | exact problems/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lat, thr = r["latency_ms_batch1_20obs_1thread"], r["throughput_problems_per_s"]
-        lines.append(f"| {r['model']} | {_fmt(r['kl_exact_to_model'])} | {_fmt(r['nll_model'])} | "
-                     f"{_fmt(r['nll_exact'])} | {_fmt(r['nll_gap'])} | {lat['model']:.3f} | {lat['exact']:.3f} | "
-                     f"{lat['model'] / lat['exact']:.2f} | {lat['unchecked']:.3f} | "
-                     f"{thr['model']:,.0f} | {thr['exact']:,.0f} |")
-    lines += [
+def evaluate_all(size: dict, generator: torch.Generator) -> dict:
+    models = [evaluate_model(name, generator=generator, **size) for name in MODELS]
+    return {"models": models, "prior_data_conflict": conflict_sweep(MODELS[-1], size["kl_samples"] * 4, generator)}
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {size['num_problems']} fresh draws from each model's training meta-prior (seed {SEED}); "
+            f"KL by Monte Carlo with {size['kl_samples']} exact-posterior samples per problem. The NLL columns use "
+            f"another {size['nll_problems']} problems: their gap estimates the same expected KL from one true "
+            "parameter per problem, which is noisier. Intervals are 95% (1.96 standard errors over problems).")
+
+
+def body(r: dict, size: dict) -> list:
+    lat = lambda m: m["latency_ms_batch1_20obs_1thread"]
+    thr = lambda m: m["throughput_problems_per_s"]
+    return [
+        Table(r["models"], (
+            ("model", lambda m: m["model"]), ("KL(exact ‖ model)", lambda m: _fmt(m["kl_exact_to_model"])),
+            ("NLL model", lambda m: _fmt(m["nll_model"])), ("NLL exact", lambda m: _fmt(m["nll_exact"])),
+            ("NLL gap", lambda m: _fmt(m["nll_gap"])), ("latency model (ms)", lambda m: f"{lat(m)['model']:.3f}"),
+            ("latency exact (ms)", lambda m: f"{lat(m)['exact']:.3f}"),
+            ("latency ratio", lambda m: f"{lat(m)['model'] / lat(m)['exact']:.2f}"),
+            ("latency, check=False (ms)", lambda m: f"{lat(m)['unchecked']:.3f}"),
+            ("model problems/s", lambda m: f"{thr(m)['model']:,.0f}"),
+            ("exact problems/s", lambda m: f"{thr(m)['exact']:,.0f}"))),
         "",
         f"Latency: median of {size['latency_repeats']} `model.posterior(prior, z)` calls for one problem with 20 "
         "observations on one thread (with the out-of-family check; `check=False` skips it), interleaved with the "
@@ -145,9 +141,7 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
         "on the same input, so both see the same machine load (this shared machine's speed drifts by up to 2x "
         "between runs; the ratio is steadier than either time). Throughput: median over 5 interleaved calls on a "
         f"batch of {size['throughput_batch']:,} problems with 20 observations each, "
-        f"{results[0]['throughput_problems_per_s']['threads']} threads.",
-        "",
-        "![KL by number of observations](linear-gaussian.png)",
+        f"{r['models'][0]['throughput_problems_per_s']['threads']} threads.",
         "",
         f"## Prior-data conflict ({MODELS[-1]})",
         "",
@@ -155,22 +149,17 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
         "Distance: data mean from prior mean in prior standard deviations. The training meta-prior draws the "
         "parameter from the prior, so distances beyond about 4 are rarely seen in training.",
         "",
-        "| prior centre | prior sd | distance (sd) | KL(exact ‖ model) |",
-        "|---|---|---|---|",
-        *[f"| ({r['prior_centre']}, {r['prior_centre']}) | {r['prior_sd']} | {r['distance_sd']:.1f} | {r['kl']:.4f} |"
-          for r in conflict],
-    ]
-    slim = [{k: v for k, v in r.items() if k != "kl_values"} | {"command": command} for r in results]
-    md = write_report(out_dir, "linear-gaussian", lines, {"models": slim, "prior_data_conflict": conflict})
-    _plot(results, out_dir / "linear-gaussian.png")
-    return md
+        Table(r["prior_data_conflict"], (
+            ("prior centre", lambda c: f"({c['prior_centre']}, {c['prior_centre']})"),
+            ("prior sd", lambda c: str(c["prior_sd"])), ("distance (sd)", lambda c: f"{c['distance_sd']:.1f}"),
+            ("KL(exact ‖ model)", lambda c: f"{c['kl']:.4f}")))]
 
 
-def _plot(results: list[dict], path: Path) -> None:
+def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
-
+    results = r["models"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
         counts = sorted(r["kl_by_observation_count"])
@@ -189,3 +178,17 @@ def _plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _payload(r: dict) -> dict:
+    return {"models": [{k: v for k, v in m.items() if k != "kl_values"} for m in r["models"]],
+            "prior_data_conflict": r["prior_data_conflict"]}
+
+
+EXPERIMENT = Experiment(
+    name="linear-gaussian", title="shipped models against the exact posterior", seed=SEED,
+    sizes={"quick": dict(num_problems=200, nll_problems=500, kl_samples=64, latency_repeats=30, throughput_batch=1000),
+           "full": dict(num_problems=2000, nll_problems=20000, kl_samples=1024, latency_repeats=1000,
+                        throughput_batch=10000)},
+    evaluate=evaluate_all, protocol=protocol, body=body, figure=_plot, caption="KL by number of observations",
+    payload=_payload)

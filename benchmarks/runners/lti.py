@@ -16,24 +16,20 @@ from distformer.diagnostics import estimate
 from distformer.filtering import Filter, LinearGaussianMotion, LinearGaussianUpdate
 from distformer.problems.lti import LTI, Series
 from .filter_runs import first_steps, out_of_family_line, out_of_family_messages, plot_compute_curve, timed
-from .report import fmt_estimate as _fmt, write_report
-from distformer.timing import machine
+from .harness import Experiment, Table, drop_keys
+from .report import fmt_estimate as _fmt
 
 SEED = 31415
 MODEL = "linear-gaussian-2d"
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/lti.{md,json,png}``."""
+def evaluate(size: dict, generator: torch.Generator) -> dict:
+    """Every filter on the same series (seeded from ``SEED``; particle filters from ``SEED + 1``, the drift series
+    from ``SEED + 2``)."""
     import distformer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = dict(series=8, steps=20, depth=40, particles=(100, 1000)) if quick else \
-        dict(series=100, steps=100, depth=1000, particles=(100, 1000, 10_000, 100_000))
-    threads = torch.get_num_threads()
-    g = torch.Generator().manual_seed(SEED)
     lti = LTI()
-    data = lti.simulate(size["series"], size["steps"], g)
+    data = lti.simulate(size["series"], size["steps"], generator)
     model = distformer.pretrained(MODEL)
     motion64 = LinearGaussianMotion(lti.A, None, lti.Q)
     motion32 = LinearGaussianMotion(lti.A.float(), None, lti.Q.float())
@@ -76,49 +72,38 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
     gap = deep_model - deep_exact  # (T, n)
     buckets = [(0, 10), (10, 100), (100, size["depth"])]
     by_depth = [{"steps": f"{a + 1}-{b}", "gap": estimate(gap[a:b].mean(0)).as_dict()} for a, b in buckets if a < b]
-    command = "distformer bench lti" + (" --quick" if quick else "")
-    lines = [
-        "# lti: the model filter against exact, Kalman-family and particle filters",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}, {threads} threads  ",
-        f"{size['series']} series of {size['steps']} steps (seed {SEED}) from `distformer.problems.lti.LTI` (2-D "
-        "damped rotation, process sd 0.3, 1-5 unit-noise observations per step, 10% of steps without any). The "
-        f"model filter predicts each component exactly and updates with the shipped `{MODEL}`. NLL: -log density "
-        "of the true state under the filtered belief, averaged over steps, then over series (95% interval over "
-        "series). Kalman/EKF/UKF start from the moment-matched Gaussian of the mixture prior; the particle filter "
-        "(bootstrap, systematic resampling every step) is scored by its moment-matched Gaussian. Time: wall clock "
-        f"per step for the whole batch of {size['series']} series.",
-        "",
-        "| filter | NLL per step | gap to exact | ms per step (batch) |",
-        "|---|---|---|---|",
-        *[f"| {r['filter']} | {_fmt(r['nll'])} | {_fmt(r['gap'])} | {r['ms_per_step']:.2f} |" for r in rows],
-        "",
-        f"## Drift: model minus exact NLL by depth ({size['series']} series of {size['depth']} steps)",
-        "",
-        "| steps | NLL gap (nats per step) |",
-        "|---|---|",
-        *[f"| {b['steps']} | {_fmt(b['gap'])} |" for b in by_depth],
-        "",
-        out_of_family_line(out_of_family),
-        "",
-        "![NLL against time per step, and the gap by depth](lti.png)",
-    ]
-    md = write_report(out_dir, "lti", lines, {"command": command, "filters": rows, "drift": by_depth,
-                                              "out_of_family": out_of_family})
-    _plot(rows, gap, out_dir / "lti.png", size["series"])
-    return md
+    return {"filters": rows, "drift": by_depth, "out_of_family": out_of_family, "gap": gap}
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"{size['series']} series of {size['steps']} steps (seed {SEED}) from `distformer.problems.lti.LTI` (2-D "
+            "damped rotation, process sd 0.3, 1-5 unit-noise observations per step, 10% of steps without any). The "
+            f"model filter predicts each component exactly and updates with the shipped `{MODEL}`. NLL: -log density "
+            "of the true state under the filtered belief, averaged over steps, then over series (95% interval over "
+            "series). Kalman/EKF/UKF start from the moment-matched Gaussian of the mixture prior; the particle filter "
+            "(bootstrap, systematic resampling every step) is scored by its moment-matched Gaussian. Time: wall clock "
+            f"per step for the whole batch of {size['series']} series.")
+
+
+def body(r: dict, size: dict) -> list:
+    return [
+        Table(r["filters"], (("filter", lambda f: f["filter"]), ("NLL per step", lambda f: _fmt(f["nll"])),
+                             ("gap to exact", lambda f: _fmt(f["gap"])),
+                             ("ms per step (batch)", lambda f: f"{f['ms_per_step']:.2f}"))),
+        "", f"## Drift: model minus exact NLL by depth ({size['series']} series of {size['depth']} steps)", "",
+        Table(r["drift"], (("steps", lambda b: b["steps"]), ("NLL gap (nats per step)", lambda b: _fmt(b["gap"])))),
+        "", out_of_family_line(r["out_of_family"])]
 
 
 def _tensors(series) -> tuple[torch.Tensor, torch.Tensor]:
     return series.observations.values["z"], series.observations.masks["z"]
 
 
-def _plot(rows: list[dict], gap: torch.Tensor, path: Path, series: int) -> None:
+def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
-
+    rows, gap, series = r["filters"], r["gap"], r["gap"].shape[1]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     plot_compute_curve(ax1, rows, series=series)
     steps = torch.arange(1, gap.shape[0] + 1)
@@ -135,3 +120,11 @@ def _plot(rows: list[dict], gap: torch.Tensor, path: Path, series: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="lti", title="the model filter against exact, Kalman-family and particle filters", seed=SEED,
+    sizes={"quick": dict(series=8, steps=20, depth=40, particles=(100, 1000)),
+           "full": dict(series=100, steps=100, depth=1000, particles=(100, 1000, 10_000, 100_000))},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot,
+    caption="NLL against time per step, and the gap by depth", payload=drop_keys("gap"))

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from distformer.baselines.pfn import PFNConfig, train_pfn
 from distformer.diagnostics import estimate
 from distformer.problems.quantum import TIME_SD, TwoLevelSystem
-from .report import fmt_estimate, stage, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+
+from .harness import Experiment, Table, drop_keys
+from .methods import baselines_available, batched_seconds, numpyro_nuts, numpyro_svi, per_thousand, trained_pfn
+from .report import fmt_estimate, stage
 
 MODEL = "quantum"
 SEED = 6161
@@ -47,8 +48,6 @@ def _grid_kl(grid: torch.Tensor, log_ref: torch.Tensor, log_q: torch.Tensor) -> 
 def evaluate(size: dict, generator: torch.Generator) -> dict:
     import distformer
 
-    from distformer.baselines.numpyro_linear_gaussian import available
-
     model = distformer.pretrained(MODEL)
     problem = TwoLevelSystem(num_components=model.config.num_components)
     n = size["problems"]
@@ -65,121 +64,88 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     densities["reference (grid)"] = log_ref
     x = grid.view(-1, 1, 1).expand(-1, n, 1)
 
-    with threads(torch.get_num_threads()):
-        post = model.posterior(batch.prior, obs)
-        times["model"] = interleaved_median_seconds({"model": lambda: model.posterior(batch.prior, obs)},
-                                                    size["repeats"], 2)["model"]
-    post = post.to(torch.float64)
+    post = model.posterior(batch.prior, obs).to(torch.float64)
+    times["model"] = batched_seconds(lambda: model.posterior(batch.prior, obs), size["repeats"])
     densities["model"] = post.log_prob(x)
     nll["model"] = -post.log_prob(theta)
 
-    if available():
+    if baselines_available():
         import numpy as np
 
-        from distformer.baselines.nuts import SequentialNUTS
         from distformer.baselines.numpyro_models import quantum_model
-        from distformer.baselines.svi import BatchedSVI
 
         tokens = obs.values["shots"].double()
-        settings = tokens[..., 1:]
         moments = problem._moments.expand(n, -1, -1)
-        args = (prior[:, 0].numpy(), prior[:, 1].numpy(), settings.numpy(), moments.numpy(),
+        args = (prior[:, 0].numpy(), prior[:, 1].numpy(), tokens[..., 1:].numpy(), moments.numpy(),
                 tokens[..., 0].numpy(), obs.masks["shots"].numpy(), np.full(n, TIME_SD))
-        stage("quantum", f"SVI, {size['svi_steps']} steps, vmapped over {n} problems")
-        svi = BatchedSVI(quantum_model, problem.warp, num_steps=size["svi_steps"])
-        svi.posterior(*args)  # compile for this batch shape, outside the clock
-        start = time.perf_counter()
-        q = svi.posterior(*args)
-        times["SVI"] = time.perf_counter() - start
+        q, times["SVI"] = numpyro_svi("quantum", quantum_model, problem.warp, args, size["svi_steps"])
         densities["SVI"] = q.log_prob(x)
         nll["SVI"] = -q.log_prob(theta)
-
         m = size["nuts_problems"]
-        stage("quantum", f"NUTS on {m} problems, one at a time")
-        nuts = SequentialNUTS(quantum_model, problem.warp)
-        nuts.draws(*[a[0] for a in args])  # compile outside the clock
-        start = time.perf_counter()
-        draws = torch.stack([nuts.draws(*[a[i] for a in args]) for i in range(m)], 1)  # (S, m, 1)
-        times["NUTS"] = (time.perf_counter() - start) * n / m
-        qn = nuts.posterior(draws, generator)
+        qn, per_problem = numpyro_nuts("quantum", quantum_model, problem.warp, args, m, generator)
+        times["NUTS"] = per_problem * n
         densities["NUTS"] = qn.log_prob(x[:, :m])
         nll["NUTS"] = -qn.log_prob(theta[:m])
 
     for buckets in (15, 100):
         name = f"PFN-{buckets}"
-        stage("quantum", f"training {name} ({size['pfn_steps']} steps)")
-        pfn = train_pfn(problem, PFNConfig(num_buckets=buckets, steps=size["pfn_steps"], seed=SEED), progress=False)
-        with threads(torch.get_num_threads()):
-            times[name] = interleaved_median_seconds({name: lambda: pfn.posterior(obs)}, size["repeats"], 2)[name]
+        pfn, times[name] = trained_pfn("quantum", problem, obs, size["repeats"], num_buckets=buckets,
+                                       steps=size["pfn_steps"], seed=SEED)
         densities[name] = pfn.log_prob(grid.view(-1, 1).expand(-1, n), obs).double()
         nll[name] = -pfn.log_prob(theta[:, 0], obs).double()
 
     for name, log_q in densities.items():
         if name != "reference (grid)":
             kl[name] = _grid_kl(grid, log_ref[:, :log_q.shape[1]], log_q)
-    per_1000 = {k: 1000 * v / n for k, v in times.items()}
+    per_1000, vs_model = per_thousand(times, n)
     examples = [{"a": float(prior[i, 0]), "b": float(prior[i, 1]), "delta": float(theta[i, 0]),
                  "readings": obs.values["shots"][i, :, 0].tolist(), "grid": grid[::8].tolist(),
                  **{k: v[::8, i].exp().tolist() for k, v in densities.items() if v.shape[1] > i}} for i in range(3)]
+    m = size["nuts_problems"] if "NUTS" in nll else 0
     return {
         "problems": n,
-        "nuts_problems": size["nuts_problems"] if "NUTS" in nll else 0,
+        "nuts_problems": m,
         "nll": {k: estimate(v).as_dict() for k, v in nll.items()},
-        "nll_model_on_nuts_problems": estimate(nll["model"][:size["nuts_problems"]]).as_dict() if "NUTS" in nll else None,
-        "nll_reference_on_nuts_problems": (estimate(nll["reference (grid)"][:size["nuts_problems"]]).as_dict()
-                                           if "NUTS" in nll else None),
+        "nll_model_on_nuts_problems": estimate(nll["model"][:m]).as_dict() if m else None,
+        "nll_reference_on_nuts_problems": estimate(nll["reference (grid)"][:m]).as_dict() if m else None,
         # paired over the same problems: "no worse than NUTS" is a statement about this difference's interval
-        "nll_model_minus_nuts": (estimate(nll["model"][:size["nuts_problems"]] - nll["NUTS"]).as_dict()
-                                 if "NUTS" in nll else None),
+        "nll_model_minus_nuts": estimate(nll["model"][:m] - nll["NUTS"]).as_dict() if m else None,
         "kl_reference_to_method": {k: estimate(v).as_dict() for k, v in kl.items()},
         "time_per_1000_s": per_1000,
-        "time_vs_model": {k: v / per_1000["model"] for k, v in per_1000.items()},
+        "time_vs_model": vs_model,
         "examples": examples,
     }
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/quantum.{md,json,png}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    size = dict(problems=30, svi_steps=50, nuts_problems=3, pfn_steps=30, repeats=3) if quick else \
-        dict(problems=1000, svi_steps=2000, nuts_problems=100, pfn_steps=3000, repeats=9)
-    r = evaluate(size, generator)
-    command = "distformer bench quantum" + (" --quick" if quick else "")
-    order = ["reference (grid)", "model", "SVI", "NUTS", "PFN-15", "PFN-100"]
-    lines = [
-        "# quantum: Δ of a two-level system from ten single shots (the paper's Figure 5)",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Problems: {r['problems']} fresh draws from the meta-prior (seed {SEED}); NUTS on the first "
-        f"{r['nuts_problems']} (its NLL and KL are over those, its time extrapolated to 1000). NLL is of the true Δ "
-        "(density on Δ); KL is to the grid reference, on its grid. Intervals are 95% over problems. Time: per "
-        "1000 problems on this machine in this run (the model, the reference and the PFNs batched; SVI batched "
-        "with `jax.vmap`, compiled beforehand; NUTS one problem at a time).",
-        "",
-        "| method | expected NLL | KL(reference ‖ method) | time / 1000 problems (s) | time vs model |",
-        "|---|---|---|---|---|",
-    ]
-    for m in order:
-        if m in r["nll"]:
-            lines.append(f"| {m} | {fmt_estimate(r['nll'][m], 4)} | {fmt_estimate(r['kl_reference_to_method'][m], 4)}"
-                         f" | {r['time_per_1000_s'][m]:.4g} | {r['time_vs_model'][m]:.3g}× |")
+ORDER = ("reference (grid)", "model", "SVI", "NUTS", "PFN-15", "PFN-100")
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {r['problems']} fresh draws from the meta-prior (seed {SEED}); NUTS on the first "
+            f"{r['nuts_problems']} (its NLL and KL are over those, its time extrapolated to 1000). NLL is of the true "
+            "Δ (density on Δ); KL is to the grid reference, on its grid. Intervals are 95% over problems. Time: per "
+            "1000 problems on this machine in this run (the model, the reference and the PFNs batched; SVI batched "
+            "with `jax.vmap`, compiled beforehand; NUTS one problem at a time).")
+
+
+def body(r: dict, size: dict) -> list:
+    table = Table([m for m in ORDER if m in r["nll"]], (
+        ("method", str),
+        ("expected NLL", lambda m: fmt_estimate(r["nll"][m], 4)),
+        ("KL(reference ‖ method)", lambda m: fmt_estimate(r["kl_reference_to_method"][m], 4)),
+        ("time / 1000 problems (s)", lambda m: f"{r['time_per_1000_s'][m]:.4g}"),
+        ("time vs model", lambda m: f"{r['time_vs_model'][m]:.3g}×")))
     if r["nll_model_on_nuts_problems"] is not None:
-        lines += ["", f"On the {r['nuts_problems']} NUTS problems: model NLL "
-                      f"{fmt_estimate(r['nll_model_on_nuts_problems'], 4)}, reference "
-                      f"{fmt_estimate(r['nll_reference_on_nuts_problems'], 4)}, NUTS {fmt_estimate(r['nll']['NUTS'], 4)}; "
-                      f"paired difference model − NUTS {fmt_estimate(r['nll_model_minus_nuts'], 4)}."]
+        note = (f"On the {r['nuts_problems']} NUTS problems: model NLL {fmt_estimate(r['nll_model_on_nuts_problems'], 4)}"
+                f", reference {fmt_estimate(r['nll_reference_on_nuts_problems'], 4)}, NUTS "
+                f"{fmt_estimate(r['nll']['NUTS'], 4)}; paired difference model − NUTS "
+                f"{fmt_estimate(r['nll_model_minus_nuts'], 4)}.")
     else:
-        lines += ["", "SVI and NUTS were skipped: the `baselines` extra (numpyro, jax) is not installed."]
-    lines += ["", "![posteriors, and NLL against time](quantum.png)"]
-    slim = {k: v for k, v in r.items() if k != "examples"} | {"command": command}
-    md = write_report(out_dir, "quantum", lines, slim)
-    _plot(r, order, out_dir / "quantum.png")
-    return md
+        note = "SVI and NUTS were skipped: the `baselines` extra (numpyro, jax) is not installed."
+    return [table, "", note]
 
 
-def _plot(r: dict, order: list[str], path: Path) -> None:
+def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
@@ -198,7 +164,7 @@ def _plot(r: dict, order: list[str], path: Path) -> None:
     axes[0].set_ylabel("posterior density")
     axes[0].legend(fontsize=8)
     ax = axes[-1]
-    for m in order:
+    for m in ORDER:
         if m in r["nll"]:
             ax.errorbar(r["time_per_1000_s"][m], r["nll"][m]["mean"], yerr=1.96 * r["nll"][m]["stderr"], marker="o",
                         capsize=3, ls="none", label=m)
@@ -209,3 +175,11 @@ def _plot(r: dict, order: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="quantum", title="Δ of a two-level system from ten single shots (the paper's Figure 5)", seed=SEED,
+    sizes={"quick": dict(problems=30, svi_steps=50, nuts_problems=3, pfn_steps=30, repeats=3),
+           "full": dict(problems=1000, svi_steps=2000, nuts_problems=100, pfn_steps=3000, repeats=9)},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot, caption="posteriors, and NLL against time",
+    payload=drop_keys("examples"))

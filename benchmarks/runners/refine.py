@@ -25,8 +25,10 @@ from distformer.diagnostics import estimate, kl_divergence
 from distformer.problems import get
 from distformer.refinement import refine
 from distformer.support import OutOfFamilyWarning
-from .report import fmt_estimate as _fmt, write_report
-from distformer.timing import interleaved_median_seconds, machine
+from distformer.timing import interleaved_median_seconds
+
+from .harness import Experiment, Table, drop_keys
+from .report import fmt_estimate as _fmt
 
 SEED = 2718
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -102,53 +104,38 @@ def evaluate(name: str, scenario: str, num_problems: int, draws: int, kl_samples
 
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/refine.{md,json,png}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    size = dict(num_problems=16, draws=512, kl_samples=64) if quick else \
-        dict(num_problems=200, draws=4096, kl_samples=512)
+def evaluate_all(size: dict, generator: torch.Generator) -> list[dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = [evaluate(name, scenario, generator=generator, **size) for name in MODELS for scenario in SCENARIOS]
-    command = "distformer bench refine" + (" --quick" if quick else "")
-    lines = [
-        "# refine: importance-sampling correction and its reliability flag",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"{size['num_problems']} problems per row (seed {SEED}); `distformer.refine(posterior, prior, problem, "
-        f"observations, n={size['draws']})` with a 10% defensive share of prior draws; KL(exact ‖ ·) by Monte "
-        f"Carlo with {size['kl_samples']} exact-posterior samples per problem; intervals are 95%. The flag fires "
-        f"when Pareto k̂ ≥ {min(1 - 1 / math.log10(size['draws']), 0.7):.2f}. A refinement *fails* when its KL to the "
-        f"exact posterior exceeds {FAILURE_KL}. Scenarios: see `benchmarks/runners/refine.py`.",
-        "",
-        "| model | scenario | range check fires | k̂ flag fires | KL model: mean | median | KL refined: median "
-        "| unflagged: KL model | unflagged: KL refined | failed refinements flagged | false alarms "
-        "| refine ms / 1000 problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['model']} | {r['scenario']} | {100 * r['range_check_fires']:.0f}% | "
-            f"{100 * r['khat_flag_fires']:.1f}% | {_fmt(r['kl_model'])} | {r['kl_model_median']:.4f} | "
-            f"{r['kl_refined_median']:.4f} | {_fmt(r['kl_model_unflagged'])} | {_fmt(r['kl_refined_unflagged'])} | "
-            f"{r['failures_flagged']}/{r['failures']} | {r['false_alarms']} | {r['refine_ms_per_1000']:,.0f} |")
-    lines += [
+        return [evaluate(name, scenario, generator=generator, **size) for name in MODELS for scenario in SCENARIOS]
+
+
+def protocol(size: dict, results: list[dict]) -> str:
+    return (f"{size['num_problems']} problems per row (seed {SEED}); `distformer.refine(posterior, prior, problem, "
+            f"observations, n={size['draws']})` with a 10% defensive share of prior draws; KL(exact ‖ ·) by Monte "
+            f"Carlo with {size['kl_samples']} exact-posterior samples per problem; intervals are 95%. The flag fires "
+            f"when Pareto k̂ ≥ {min(1 - 1 / math.log10(size['draws']), 0.7):.2f}. A refinement *fails* when its KL to "
+            f"the exact posterior exceeds {FAILURE_KL}. Scenarios: see `benchmarks/runners/refine.py`.")
+
+
+def body(results: list[dict], size: dict) -> list:
+    return [Table(results, (
+        ("model", lambda r: r["model"]), ("scenario", lambda r: r["scenario"]),
+        ("range check fires", lambda r: f"{100 * r['range_check_fires']:.0f}%"),
+        ("k̂ flag fires", lambda r: f"{100 * r['khat_flag_fires']:.1f}%"),
+        ("KL model: mean", lambda r: _fmt(r["kl_model"])), ("median", lambda r: f"{r['kl_model_median']:.4f}"),
+        ("KL refined: median", lambda r: f"{r['kl_refined_median']:.4f}"),
+        ("unflagged: KL model", lambda r: _fmt(r["kl_model_unflagged"])),
+        ("unflagged: KL refined", lambda r: _fmt(r["kl_refined_unflagged"])),
+        ("failed refinements flagged", lambda r: f"{r['failures_flagged']}/{r['failures']}"),
+        ("false alarms", lambda r: str(r["false_alarms"])),
+        ("refine ms / 1000 problems", lambda r: f"{r['refine_ms_per_1000']:,.0f}"))),
         "",
         "Read it as a user would: take the refined posterior where the flag is silent (the *unflagged* columns "
         "compare model and refinement on exactly those problems) and distrust both where it fires. "
         "Model time for comparison (median of 5 calls on the in-family batch, after one outside the clock): "
         + ", ".join(f"{r['model']} {r['model_ms_per_1000']:,.0f} ms / 1000" for r in results
-                    if r["scenario"] == "in family") + ".",
-        "",
-        "![Pareto k̂ against the refined posterior's KL](refine.png)",
-    ]
-    slim = [{k: v for k, v in r.items() if k not in ("pareto_k", "kl_refined")} | {"command": command}
-            for r in results]
-    md = write_report(out_dir, "refine", lines, slim)
-    _plot(results, out_dir / "refine.png")
-    return md
+                    if r["scenario"] == "in family") + "."]
 
 
 def _plot(results: list[dict], path: Path) -> None:
@@ -171,3 +158,11 @@ def _plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="refine", title="importance-sampling correction and its reliability flag", seed=SEED,
+    sizes={"quick": dict(num_problems=16, draws=512, kl_samples=64),
+           "full": dict(num_problems=200, draws=4096, kl_samples=512)},
+    evaluate=evaluate_all, protocol=protocol, body=body, figure=_plot,
+    caption="Pareto k̂ against the refined posterior's KL", payload=drop_keys("pareto_k", "kl_refined"))

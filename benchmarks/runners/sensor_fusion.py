@@ -24,8 +24,8 @@ from distformer.problems.sensor_fusion import (BEARING_SD, SensorFusion, range_r
 from .filter_runs import (describe_match, out_of_family_line, out_of_family_messages, plot_compute_curve,
                           repeated_timing, row_cells, score_filter, score_particle_filter,
                           single_step_kl, smallest_match)
-from .report import fmt_estimate as _fmt, write_report
-from distformer.timing import machine
+from .harness import Experiment, Table, drop_keys
+from .report import fmt_estimate as _fmt
 
 SEED = 27182
 MODEL = "sensor-fusion"
@@ -66,17 +66,13 @@ class TwoSensorGaussianFilter:
         return gaussian_beliefs(means, covs)
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/sensor-fusion.{md,json,png}``."""
+def evaluate(size: dict, generator: torch.Generator) -> dict:
+    """Every filter on the same series (seeded from ``SEED``; particle filters from ``SEED + 1``, the single-step
+    KLs from ``SEED + 2``)."""
     import distformer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = dict(series=8, steps=10, particles=(100, 1000), kl_priors=16, depths=(2, 10), repeats=2) if quick else \
-        dict(series=100, steps=50, particles=(100, 1000, 10_000, 15_000, 20_000, 30_000, 100_000), kl_priors=500,
-             depths=(10, 25, 50), repeats=5)
-    threads = torch.get_num_threads()
     problem = SensorFusion()
-    data = problem.simulate_series(size["series"], size["steps"], torch.Generator().manual_seed(SEED))
+    data = problem.simulate_series(size["series"], size["steps"], generator)
     states = data.states
     model = distformer.pretrained(MODEL)
     motion = LinearGaussianMotion(problem.A.float(), None, problem.Q.float())
@@ -107,47 +103,42 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
                 size["repeats"], size["steps"])
     single_step = single_step_rows(model, problem, motion, data.prior, beliefs_of[f"model ({MODEL})"],
                                    size["kl_priors"], size["depths"], torch.Generator().manual_seed(SEED + 2))
-    command = "distformer bench sensor-fusion" + (" --quick" if quick else "")
-    lines = [
-        "# sensor-fusion: the model filter against EKF, UKF and particle filters",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}, {threads} threads  ",
-        f"{size['series']} series of {size['steps']} steps (seed {SEED}) from `SensorFusion.simulate_series` (4-D "
-        "damped-velocity target from N((1,0,1,0), I); clipped mixture rangefinder and wrapped-normal bearing, each "
-        "missing at a step with probability 0.1). The model filter predicts each of its 4 components exactly and "
-        f"updates with the shipped `{MODEL}`. EKF/UKF take the range reading through its mean and variance given the "
-        "range and update sensor by sensor. Particle filters (bootstrap, systematic resampling every step, exact "
-        "likelihoods, float32 like the model) are scored under the better of a moment-matched Gaussian and a "
-        "Gaussian KDE (Scott's bandwidth) of their particles; both are shown. NLL: -log density of the true "
-        "4-D state, averaged over steps, then over series (95% interval over series). Time: wall clock per step for "
-        f"the batch of {size['series']} series (filtering only, not scoring).",
-        "",
+    return {"filters": rows, "match": match, "single_step_kl": single_step, "out_of_family": out_of_family,
+            "plot": (beliefs_of[f"model ({MODEL})"], beliefs_of[size["particles"][-1]], states)}
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"{size['series']} series of {size['steps']} steps (seed {SEED}) from `SensorFusion.simulate_series` (4-D "
+            "damped-velocity target from N((1,0,1,0), I); clipped mixture rangefinder and wrapped-normal bearing, "
+            "each missing at a step with probability 0.1). The model filter predicts each of its 4 components exactly "
+            f"and updates with the shipped `{MODEL}`. EKF/UKF take the range reading through its mean and variance "
+            "given the range and update sensor by sensor. Particle filters (bootstrap, systematic resampling every "
+            "step, exact likelihoods, float32 like the model) are scored under the better of a moment-matched "
+            "Gaussian and a Gaussian KDE (Scott's bandwidth) of their particles; both are shown. NLL: -log density "
+            "of the true 4-D state, averaged over steps, then over series (95% interval over series). Time: wall "
+            f"clock per step for the batch of {size['series']} series (filtering only, not scoring).")
+
+
+def body(r: dict, size: dict) -> list:
+    model_row = r["filters"][0]
+    return [
         "| filter | NLL per step | NLL, Gaussian / KDE | minus model's NLL | ms per step (batch) | time / model's |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['filter']} | {_fmt(r['nll'], 3)} | {row_cells(r, model_row)} |" for r in rows],
+        *[f"| {f['filter']} | {_fmt(f['nll'], 3)} | {row_cells(f, model_row)} |" for f in r["filters"]],
         "",
-        describe_match(match) + " The paper (Table 3, on a laptop GPU): model -0.197 ± 0.040 at 17 ms, particle "
-        "filter -0.244 ± 0.047 at 818 ms, EKF 95.9.",
+        describe_match(r["match"]) + " The paper (Table 3, on a laptop GPU): model -0.197 ± 0.040 at 17 ms, "
+        "particle filter -0.244 ± 0.047 at 818 ms, EKF 95.9.",
         "",
         "Where the model's error comes from: the KL of one update, from priors the model was trained on, from the "
-        "filter's start, and from the beliefs its own filter meets at a given step of the series above. `distformer."
-        "bench.filter_runs.single_step_kl`: x from the prior, readings from the sensors, the exact posterior density "
-        "by importance sampling from the prior (20,000 draws; the median ESS says how well).",
+        "filter's start, and from the beliefs its own filter meets at a given step of the series above. "
+        "`benchmarks/runners/filter_runs.single_step_kl`: x from the prior, readings from the sensors, the exact "
+        "posterior density by importance sampling from the prior (20,000 draws; the median ESS says how well).",
         "",
-        "| prior of the update | problems | KL(exact ‖ model) | median ESS |",
-        "|---|---|---|---|",
-        *[f"| {r['prior']} | {r['problems']} | {_fmt(r['kl'], 4)} | {r['median_ess']:,.0f} |" for r in single_step],
+        Table(r["single_step_kl"], (
+            ("prior of the update", lambda s: s["prior"]), ("problems", lambda s: str(s["problems"])),
+            ("KL(exact ‖ model)", lambda s: _fmt(s["kl"], 4)), ("median ESS", lambda s: f"{s['median_ess']:,.0f}"))),
         "",
-        out_of_family_line(out_of_family),
-        "",
-        "![NLL against time per step; NLL by step; one tracked series](sensor-fusion.png)",
-    ]
-    md = write_report(out_dir, "sensor-fusion", lines, {"command": command, "filters": rows, "match": match,
-                                                        "single_step_kl": single_step, "out_of_family": out_of_family})
-    _plot(rows, beliefs_of[f"model ({MODEL})"], beliefs_of[size["particles"][-1]], states,
-          out_dir / "sensor-fusion.png")
-    return md
+        out_of_family_line(r["out_of_family"])]
 
 
 def single_step_rows(model, problem: SensorFusion, motion, start: GaussianMixture, beliefs: GaussianMixture,
@@ -169,12 +160,11 @@ def _ellipse(mean, cov, n_sd: float = 2.0):
     return mean.unsqueeze(-1) + n_sd * torch.linalg.cholesky(cov) @ circle
 
 
-def _plot(rows: list[dict], model_beliefs: GaussianMixture, pf_beliefs: GaussianMixture, states: torch.Tensor,
-          path: Path) -> None:
+def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
-
+    rows, (model_beliefs, pf_beliefs, states) = r["filters"], r["plot"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
     plot_compute_curve(ax1, rows)
     ax1.set_title("compute against accuracy (EKF/UKF off the chart if NLL > 50)", fontsize=9)
@@ -205,3 +195,12 @@ def _plot(rows: list[dict], model_beliefs: GaussianMixture, pf_beliefs: Gaussian
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="sensor-fusion", title="the model filter against EKF, UKF and particle filters", seed=SEED,
+    sizes={"quick": dict(series=8, steps=10, particles=(100, 1000), kl_priors=16, depths=(2, 10), repeats=2),
+           "full": dict(series=100, steps=50, particles=(100, 1000, 10_000, 15_000, 20_000, 30_000, 100_000),
+                        kl_priors=500, depths=(10, 25, 50), repeats=5)},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot,
+    caption="NLL against time per step; NLL by step; one tracked series", payload=drop_keys("plot"))

@@ -33,8 +33,10 @@ from distformer.nn.structure import framed, prior_features
 from distformer.nn.tokens import chart_to_gmm, gmm_to_chart
 from distformer.observations import as_observations
 from distformer.problems import get
-from .report import fmt_estimate, write_report
-from distformer.timing import interleaved_median_seconds, machine, threads
+from distformer.timing import interleaved_median_seconds, threads
+
+from .harness import Experiment, thread_count
+from .report import fmt_estimate
 
 SEED = 1618
 MODELS = ("linear-gaussian-1d", "linear-gaussian-2d")
@@ -191,18 +193,12 @@ def _peers(model, problem, npl, quick: bool, generator: torch.Generator) -> dict
     return {"peers": out, "peer_problems": n}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/speed.{md,json}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(SEED)
-    results = [evaluate(name, quick, generator) for name in MODELS]
-    command = "distformer bench speed" + (" --quick" if quick else "")
+def evaluate_all(size: dict, generator: torch.Generator) -> list[dict]:
+    return [evaluate(name, size["quick"], generator) for name in MODELS]
+
+
+def body(results: list[dict], size: dict) -> list[str]:
     lines = [
-        "# speed: the shipped models against the exact update and NumPyro, in one run",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; throughput with {results[0]['threads']} threads, latency with 1.",
-        "",
         "## Batch-1 latency, 20 observations, one thread (median ms)",
         "",
         "`exported AOTInductor`: `model.export(path, format=\"aoti\")`, called through `package.loader.run`; "
@@ -262,4 +258,12 @@ def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
                              f"{m['compile_s']:.1f} | {ratios} |")
     else:
         lines += ["", "NumPyro is not installed (`pip install -e .[baselines]`), so NUTS and SVI were not measured."]
-    return write_report(out_dir, "speed", lines, {"command": command, "machine": machine(), "models": results})
+    return lines
+
+
+EXPERIMENT = Experiment(
+    name="speed", title="the shipped models against the exact update and NumPyro, in one run", seed=SEED,
+    sizes={"quick": {"quick": True}, "full": {"quick": False}}, evaluate=evaluate_all,
+    protocol=lambda size, results: "", body=body,
+    machine_note=lambda results: f"throughput with {thread_count(results[0]['threads'])}, latency with 1",
+    payload=lambda results: {"models": results})

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import torch
 
 from distformer.diagnostics import kl_divergence
 from distformer.problems import get
 from distformer.support import OutOfFamilyWarning
-from .report import stage, write_report
-from distformer.timing import machine
+
+from .harness import Experiment, Table
+from .report import stage
 
 SEED = 2727
 SILENT_KL = 0.1
@@ -123,69 +123,79 @@ def flag_cost(repeats: int, batch: int, generator: torch.Generator) -> dict:
     return out
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the benchmark and write ``out_dir/stress.{md,json}``."""
+def evaluate(size: dict, generator: torch.Generator) -> dict:
     from .stress_parametric import gp_refinement, parametric_rows
 
-    generator = torch.Generator().manual_seed(SEED)
-    n, kl_samples = (50, 128) if quick else (300, 512)
+    n, kl_samples = size["problems"], size["kl_samples"]
     rows = []
     for name in ("linear-gaussian-2d", "linear-gaussian-1d"):
         rows += mixture_rows(name, n, kl_samples, generator)
     rows += parametric_rows(n, kl_samples, generator)
     stage("stress", "cost of the flag")
-    cost = flag_cost(30 if quick else 300, 1000 if quick else 10000, generator)
+    cost = flag_cost(size["latency_repeats"], size["batch"], generator)
     stage("stress", "gp-hyperprior-5d: refine with its likelihood")
-    gp = gp_refinement(20 if quick else 200, 512 if quick else 4096, generator)
-    command = "distformer bench stress" + (" --quick" if quick else "")
-    lines = [
-        "# stress: priors users write, and the per-problem reliability flag",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
-        f"Problems: {n} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. Flagged: "
-        f"`post.reliable` is False with each model's default check (the ranges; the importance check for "
-        f"`gp-hyperprior-5d`, whose card sets it). Silent: KL > {SILENT_KL} and not flagged (share of all problems). False alarm: "
-        f"flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families are described in "
-        "`benchmarks/runners/stress_families.py` and `stress_parametric.py`.",
-        "",
+    gp = gp_refinement(size["gp_problems"], size["gp_draws"], generator)
+    return {"rows": rows, "flag_cost": cost, "gp_refinement": gp}
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"Problems: {size['problems']} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. "
+            "Flagged: `post.reliable` is False with each model's default check (the ranges; the importance check "
+            f"for `gp-hyperprior-5d`, whose card sets it). Silent: KL > {SILENT_KL} and not flagged (share of all "
+            f"problems). False alarm: flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families "
+            "are described in `benchmarks/runners/stress_families.py` and `stress_parametric.py`.")
+
+
+def _importance(r: dict) -> list[str]:
+    if "flagged_importance" not in r:
+        return ["–"] * 3
+    return [f"{r['flagged_importance']:.1%}", f"{r['silent_importance']:.1%}", f"{r['false_alarm_importance']:.1%}"]
+
+
+def body(out: dict, size: dict) -> list:
+    rows, cost, gp = out["rows"], out["flag_cost"], out["gp_refinement"]
+    worst_silent = max(rows, key=lambda r: r["silent"])
+    worst_alarm = max(rows, key=lambda r: r["false_alarm"])
+    b1, thr = cost["batch1_ms_1thread"], cost["batched_problems_per_s"]
+    return [
         "The last three columns are the same with `check=\"importance\"` (256 draws; the default flag or the "
         "importance check).",
         "",
-        "| model | family | KL mean | KL median | KL p95 | flagged | silent | false alarms | with importance check: "
-        "flagged | silent | false alarms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        imp = (f"{r['flagged_importance']:.1%} | {r['silent_importance']:.1%} | {r['false_alarm_importance']:.1%}"
-               if "flagged_importance" in r else "– | – | –")
-        lines.append(f"| {r['model']} | {r['family']} | {r['kl_mean']:.4f} | {r['kl_median']:.4f} | "
-                     f"{r['kl_p95']:.4f} | {r['flagged']:.1%} | {r['silent']:.1%} | {r['false_alarm']:.1%} "
-                     f"(of {r['accurate']}) | {imp} |")
-    worst_silent = max(rows, key=lambda r: r["silent"])
-    worst_alarm = max(rows, key=lambda r: r["false_alarm"])
-    lines += ["", f"Largest silent-failure share: {worst_silent['silent']:.1%} ({worst_silent['model']}, "
-              f"{worst_silent['family']}); largest false-alarm share: {worst_alarm['false_alarm']:.1%} "
-              f"({worst_alarm['model']}, {worst_alarm['family']})."]
-    b1, thr = cost["batch1_ms_1thread"], cost["batched_problems_per_s"]
-    lines += ["", "## Cost of the flag (`linear-gaussian-2d`, 20 observations per problem)", "",
-              "| | batch 1, one thread | batched, problems/s |", "|---|---|---|",
-              f"| `posterior` with the flag (default) | {b1['flag']:.3f} ms | {thr['flag']:,.0f} |",
-              f"| `posterior(check=False)` | {b1['no flag']:.3f} ms | {thr['no flag']:,.0f} |",
-              f"| `posterior(check=\"importance\")`, 256 draws | {b1['importance check']:.3f} ms | – |",
-              f"| exact update (`condition_linear_gaussian`) | {b1['exact update']:.3f} ms | – |", "",
-              f"Batch 1: medians of {30 if quick else 300} interleaved calls. Batched: {cost['batch']:,} problems, "
-              f"{cost['threads']} threads, medians of 7 interleaved calls; with the flag "
-              f"{thr['flag'] / thr['no flag']:.0%} of the throughput without it.",
-              "", "## gp-hyperprior-5d: refine with its likelihood", "",
-              f"{gp['problems']} problems from its meta-prior; NLL of the true f(x*) under the marginal of each "
-              f"posterior (mean ± 95%); `refine` with {gp['draws']} draws and the GP likelihood "
-              "(`problem.warped_target`).", "",
-              "| | f(x*) NLL | time per problem |", "|---|---|---|",
-              f"| model | {gp['nll_model']} | {gp['model_ms']:.3f} ms (batched) |",
-              f"| model + `refine` | {gp['nll_refined']} | {gp['refine_ms']:.0f} ms |",
-              f"| quadrature reference | {gp['nll_reference']} | {gp['reference_ms']:.1f} ms |", "",
-              f"Refined minus reference, paired: {gp['gap_refined']}; Pareto k̂ above its threshold on "
-              f"{gp['flagged']:.1%} of the problems."]
-    return write_report(out_dir, "stress", lines, {"command": command, "rows": rows, "flag_cost": cost,
-                                                    "gp_refinement": gp})
+        Table(rows, (
+            ("model", lambda r: r["model"]), ("family", lambda r: r["family"]),
+            ("KL mean", lambda r: f"{r['kl_mean']:.4f}"), ("KL median", lambda r: f"{r['kl_median']:.4f}"),
+            ("KL p95", lambda r: f"{r['kl_p95']:.4f}"), ("flagged", lambda r: f"{r['flagged']:.1%}"),
+            ("silent", lambda r: f"{r['silent']:.1%}"),
+            ("false alarms", lambda r: f"{r['false_alarm']:.1%} (of {r['accurate']})"),
+            ("with importance check: flagged", lambda r: _importance(r)[0]),
+            ("silent", lambda r: _importance(r)[1]), ("false alarms", lambda r: _importance(r)[2]))),
+        "", f"Largest silent-failure share: {worst_silent['silent']:.1%} ({worst_silent['model']}, "
+            f"{worst_silent['family']}); largest false-alarm share: {worst_alarm['false_alarm']:.1%} "
+            f"({worst_alarm['model']}, {worst_alarm['family']}).",
+        "", "## Cost of the flag (`linear-gaussian-2d`, 20 observations per problem)", "",
+        "| | batch 1, one thread | batched, problems/s |", "|---|---|---|",
+        f"| `posterior` with the flag (default) | {b1['flag']:.3f} ms | {thr['flag']:,.0f} |",
+        f"| `posterior(check=False)` | {b1['no flag']:.3f} ms | {thr['no flag']:,.0f} |",
+        f"| `posterior(check=\"importance\")`, 256 draws | {b1['importance check']:.3f} ms | – |",
+        f"| exact update (`condition_linear_gaussian`) | {b1['exact update']:.3f} ms | – |", "",
+        f"Batch 1: medians of {size['latency_repeats']} interleaved calls. Batched: {cost['batch']:,} problems, "
+        f"{cost['threads']} threads, medians of 7 interleaved calls; with the flag "
+        f"{thr['flag'] / thr['no flag']:.0%} of the throughput without it.",
+        "", "## gp-hyperprior-5d: refine with its likelihood", "",
+        f"{gp['problems']} problems from its meta-prior; NLL of the true f(x*) under the marginal of each "
+        f"posterior (mean ± 95%); `refine` with {gp['draws']} draws and the GP likelihood "
+        "(`problem.warped_target`).", "",
+        "| | f(x*) NLL | time per problem |", "|---|---|---|",
+        f"| model | {gp['nll_model']} | {gp['model_ms']:.3f} ms (batched) |",
+        f"| model + `refine` | {gp['nll_refined']} | {gp['refine_ms']:.0f} ms |",
+        f"| quadrature reference | {gp['nll_reference']} | {gp['reference_ms']:.1f} ms |", "",
+        f"Refined minus reference, paired: {gp['gap_refined']}; Pareto k̂ above its threshold on "
+        f"{gp['flagged']:.1%} of the problems."]
+
+
+EXPERIMENT = Experiment(
+    name="stress", title="priors users write, and the per-problem reliability flag", seed=SEED,
+    sizes={"quick": dict(problems=50, kl_samples=128, latency_repeats=30, batch=1000, gp_problems=20, gp_draws=512),
+           "full": dict(problems=300, kl_samples=512, latency_repeats=300, batch=10000, gp_problems=200,
+                        gp_draws=4096)},
+    evaluate=evaluate, protocol=protocol, body=body)

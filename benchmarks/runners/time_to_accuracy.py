@@ -14,6 +14,8 @@ import dataclasses
 from multiprocessing import get_context
 from pathlib import Path
 
+from .harness import Experiment, Table
+
 TARGET = 0.01
 GRID = [(32, 128), (64, 128), (32, 256), (64, 256)]  # (d_model, batch_size)
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "time-to-accuracy.yaml"
@@ -55,47 +57,37 @@ def train_until(args: tuple) -> dict:
             "steps_to_target": reached[0]["step"] if reached else None, "cap_s": cap_s}
 
 
-def run(quick: bool = False, out_dir: Path = Path("benchmarks")) -> Path:
-    """Run the grid (two configurations at a time) and write ``out_dir/time-to-accuracy.{md,json,png}``."""
-    from .report import write_report
-    from distformer.timing import machine
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cap_s, validate_every = (8.0, 5) if quick else (2400.0, 250)
+def evaluate(size: dict, generator) -> list[dict]:
+    """Every configuration of the grid, two at a time (one thread each); the runs seed themselves from the config."""
     if not CONFIG.is_file():
         raise FileNotFoundError(f"Expected the training config {CONFIG} (run from a source checkout), but it is missing.")
     text = CONFIG.read_text()
     with get_context("spawn").Pool(2) as pool:
-        results = pool.map(train_until, [(d, b, cap_s, validate_every, text) for d, b in GRID])
-    command = "distformer bench time-to-accuracy" + (" --quick" if quick else "")
-    lines = [
-        f"# time-to-accuracy: training cost of linear-gaussian-2d to mean KL <= {TARGET}",
-        "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; each run on 1 thread, two runs at a time.",
-        "",
-        f"`configs/time-to-accuracy.yaml` (lr 3e-3, warm-up + cosine schedule over 9,000 steps, 3 layers) with the "
-        f"width and batch below (ff = 4 × width); stopped at the first validation (every {validate_every} steps, "
-        f"4,096 fixed problems) with KL <= {TARGET}, at the end of the schedule, or after {cap_s:.0f} s. Time is "
-        "wall-clock on one thread. The recipe is that of the width-64 `linear-gaussian-2d` shipped before, which "
-        "used two threads and the whole schedule; the one shipped now (trained with a weight average) is in its "
-        "model card.",
-        "",
-        "| width (d_model) | batch | parameters | steps to target | time to target (s) | last KL |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        if r["time_to_target_s"] is not None:
-            steps, seconds = f"{r['steps_to_target']:,}", f"{r['time_to_target_s']:.0f}"
-        else:
-            end = r["history"][-1] if r["history"] else {"step": 0, "elapsed_s": 0.0}
-            steps, seconds = "–", f"not reached in {end['step']:,} steps ({end['elapsed_s']:.0f} s)"
-        last = f"{r['history'][-1]['val_kl']:.4f}" if r["history"] else "–"
-        lines.append(f"| {r['d_model']} | {r['batch_size']} | {r['parameters']:,} | {steps} | {seconds} | {last} |")
-    lines += ["", "![validation KL against training time](time-to-accuracy.png)"]
-    md = write_report(out_dir, "time-to-accuracy", lines, {"command": command, "runs": results})
-    _plot(results, out_dir / "time-to-accuracy.png")
-    return md
+        return pool.map(train_until, [(d, b, size["cap_s"], size["validate_every"], text) for d, b in GRID])
+
+
+def protocol(size: dict, results: list[dict]) -> str:
+    return (f"`configs/time-to-accuracy.yaml` (lr 3e-3, warm-up + cosine schedule over 9,000 steps, 3 layers) with "
+            f"the width and batch below (ff = 4 × width); stopped at the first validation (every "
+            f"{size['validate_every']} steps, 4,096 fixed problems) with KL <= {TARGET}, at the end of the schedule, "
+            f"or after {size['cap_s']:.0f} s. Time is wall-clock on one thread. The recipe is that of the width-64 "
+            "`linear-gaussian-2d` shipped before, which used two threads and the whole schedule; the one shipped now "
+            "(trained with a weight average) is in its model card.")
+
+
+def _reached(r: dict) -> tuple[str, str]:
+    if r["time_to_target_s"] is not None:
+        return f"{r['steps_to_target']:,}", f"{r['time_to_target_s']:.0f}"
+    end = r["history"][-1] if r["history"] else {"step": 0, "elapsed_s": 0.0}
+    return "–", f"not reached in {end['step']:,} steps ({end['elapsed_s']:.0f} s)"
+
+
+def body(results: list[dict], size: dict) -> list:
+    return [Table(results, (
+        ("width (d_model)", lambda r: str(r["d_model"])), ("batch", lambda r: str(r["batch_size"])),
+        ("parameters", lambda r: f"{r['parameters']:,}"), ("steps to target", lambda r: _reached(r)[0]),
+        ("time to target (s)", lambda r: _reached(r)[1]),
+        ("last KL", lambda r: f"{r['history'][-1]['val_kl']:.4f}" if r["history"] else "–")))]
 
 
 def _plot(results: list[dict], path: Path) -> None:
@@ -116,3 +108,10 @@ def _plot(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="time-to-accuracy", title=f"training cost of linear-gaussian-2d to mean KL <= {TARGET}", seed=0,
+    sizes={"quick": dict(cap_s=8.0, validate_every=5), "full": dict(cap_s=2400.0, validate_every=250)},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot, caption="validation KL against training time",
+    machine_note=lambda results: "each run on 1 thread, two runs at a time", payload=lambda results: {"runs": results})
