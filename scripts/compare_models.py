@@ -1,7 +1,7 @@
 """Before and after: shipped models against earlier versions of them, on the earlier versions' own training
 meta-priors, on the same problems in one run. Writes ``benchmarks/before-after.md``.
 
-Command: ``python scripts/compare_models.py OLD_DIR`` where ``OLD_DIR`` holds the earlier ``NAME.safetensors`` and
+Command: ``python scripts/compare_models.py OLD_DIR [OUT]`` (``OUT`` defaults to ``benchmarks/before-after.md``) where ``OLD_DIR`` holds the earlier ``NAME.safetensors`` and
 ``NAME.json`` (for example ``git show REV:src/distformer/pretrained/NAME.json > OLD_DIR/NAME.json``, and the same for
 the weights). KL(exact or reference ‖ model) per problem: Monte Carlo with draws from the exact posterior
 (linear-Gaussian, inverse-gamma), quadrature on the reference grid (quantum).
@@ -57,7 +57,7 @@ def quantum(old, new, g):
     return out
 
 
-def main(old_dir: Path) -> None:
+def main(old_dir: Path, out: Path = Path("benchmarks/before-after.md")) -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(SEED)
     rows = []
@@ -76,14 +76,15 @@ def main(old_dir: Path) -> None:
         diff = estimate(kl["after"] - kl["before"])
         rows.append(f"| {name} | {family} (before's) | {estimate(kl['before'])} | {estimate(kl['after'])} | {diff} |")
     lines = ["# before-after: the shipped models against the versions they replace", "",
-             f"Command: `python scripts/compare_models.py OLD_DIR` (old models from git, see the script).  ",
+             f"Command: `python scripts/compare_models.py OLD_DIR{'' if out.name == 'before-after.md' else ' ' + str(out)}`"
+             " (old models from git, see the script).  ",
              f"Problems: {PROBLEMS} per row from the *earlier* model's training meta-prior (seed {SEED}), the same "
              "problems for both; KL(exact or reference ‖ model), mean ± 95% interval; the last column is the paired "
              "difference (negative: the new model is closer).", "",
              "| model | problems | KL before | KL after | after − before |", "|---|---|---|---|---|", *rows]
-    Path("benchmarks/before-after.md").write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *[Path(a) for a in sys.argv[2:3]])
