@@ -9,7 +9,7 @@ from pathlib import Path
 
 MODULES = {"components": "components", "dimensions": "dimensions", "gp-hyperprior": "gp_hyperprior",
            "inverse-gamma": "inverse_gamma", "linear-gaussian": "linear_gaussian", "lti": "lti", "quantum": "quantum",
-           "refine": "refine", "sensor-fusion": "sensor_fusion", "speed": "speed", "stress": "stress",
+           "refine": "refine", "sbibm": "sbibm", "sensor-fusion": "sensor_fusion", "speed": "speed", "stress": "stress",
            "stochastic-volatility": "stochastic_volatility", "time-to-accuracy": "time_to_accuracy"}
 
 

@@ -70,19 +70,51 @@ def evaluate(model, problem, num_problems: int = 300, grid_size: int | None = No
 def _kl_on_grid(problem, warp: Warp, prior: GaussianMixture, q: GaussianMixture, observations,
                 grid_size: int) -> Tensor:
     """KL(grid reference ‖ q) ``(n,)`` for one chunk of problems (module docstring)."""
+    u, cell, log_p = _reference_grid(problem, warp, prior, observations, grid_size, _span(prior, q))
+    return (log_p.exp() * (log_p - q.log_prob(u) - cell.log())).sum(0)
+
+
+def _reference_grid(problem, warp: Warp, prior: GaussianMixture, observations, grid_size: int,
+                    span: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The refined grid ``u`` ``(G, n, D)``, its cell volumes ``(n,)`` and the normalised log probabilities of its
+    cells ``(G, n)`` under prior times likelihood, starting from the bounds ``span`` (module docstring)."""
 
     def log_target(u: Tensor) -> Tensor:  # u (G, n, D) -> (G, n)
         theta = warp.inverse(u)
         return prior.log_prob(u) + problem.log_likelihood(theta.to(torch.float32), observations).to(torch.float64)
 
-    low, high = _span(prior, q)
+    low, high = span
     for _ in range(2):
         u, cell = _grid(low, high, grid_size)
         low, high = _where_it_lives(u, log_target(u))
     u, cell = _grid(low, high, grid_size)
     log_p = log_target(u)
-    log_p = log_p - torch.logsumexp(log_p, 0)
-    return (log_p.exp() * (log_p - q.log_prob(u) - cell.log())).sum(0)
+    return u, cell, log_p - torch.logsumexp(log_p, 0)
+
+
+def reference_draws(problem, prior: GaussianMixture, observations, num_draws: int, grid_size: int | None = None,
+                    hint: GaussianMixture | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Draws ``(num_draws, n, D)`` on the original space from the grid reference posterior of each of ``n``
+    problems (prior ``(n,)`` on the model's space, as ``evaluate`` uses): a cell by its probability, then a uniform
+    point in it. ``hint``, a mixture of batch ``(n,)`` such as the model's posterior, widens the first grid to
+    cover it too. The draws are exact to the grid's resolution; ``grid_size`` points per axis (2001 in 1-D,
+    401 in 2-D by default)."""
+    if problem.dim > 2:
+        raise ValueError(f"Expected a problem of at most 2 latent coordinates for a grid reference, but it has "
+                         f"{problem.dim}.")
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+        raise ValueError(f"Expected num_draws to be a whole number >= 1, but got {num_draws!r}.")
+    grid_size = grid_size or (2001 if problem.dim == 1 else 401)
+    warp = Warp(problem.warp) if problem.warp else Warp(["identity"] * problem.dim)
+    prior = (prior.base if hasattr(prior, "base") else prior).to(torch.float64)
+    hint = None if hint is None else (hint.base if hasattr(hint, "base") else hint).to(torch.float64)
+    span = _span(prior) if hint is None else _span(prior, hint)
+    u, cell, log_p = _reference_grid(problem, warp, prior, observations, grid_size, span)
+    index = torch.multinomial(log_p.T.exp(), num_draws, replacement=True, generator=generator).T  # (S, n)
+    centre = torch.gather(u, 0, index.unsqueeze(-1).expand(-1, -1, u.shape[-1]))  # (S, n, D)
+    width = (u.amax(0) - u.amin(0)) / (grid_size - 1)  # (n, D)
+    jitter = torch.rand(centre.shape, generator=generator, dtype=torch.float64) - 0.5
+    return warp.inverse(centre + jitter * width)
 
 
 def _span(*mixtures: GaussianMixture) -> tuple[Tensor, Tensor]:

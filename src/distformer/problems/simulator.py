@@ -78,8 +78,32 @@ class SimulatorProblem(Problem):
         return self.meta_prior.sample(n, generator)
 
     def sample_parameters(self, prior: GaussianMixture, generator: torch.Generator | None = None) -> Tensor:
-        """``theta`` on the original space, drawn from the prior on the warped space."""
-        return self._warp.inverse(prior.sample(generator=generator))
+        """``theta`` on the original space, drawn from the prior on the warped space, and kept strictly inside the
+        support in its own precision: a draw far out on the warped space (beyond about 16 for a float32 interval)
+        would otherwise land on the interval's end, or on 0 or inf for a positive coordinate, whose warped value,
+        the training target, is infinite."""
+        return self._inside(self._warp.inverse(prior.sample(generator=generator)))
+
+    def _inside(self, theta: Tensor) -> Tensor:
+        """``theta`` ``(..., D)`` with each bounded coordinate moved toward the interior, one representable step at a
+        time, until its warped value is finite."""
+        tiny, huge = torch.finfo(theta.dtype).tiny, torch.finfo(theta.dtype).max
+        columns = []
+        for d, kind in enumerate(self.warp):
+            x = theta[..., d]
+            if kind == "log":
+                x = x.clamp(tiny, huge)
+            elif kind != "identity":
+                low, high = (0.0, 1.0) if kind == "logit" else self.support[d]
+                centre = torch.tensor(0.5 * (float(low) + float(high)), dtype=theta.dtype)
+                one = Warp([kind])
+                for _ in range(64):  # a few steps suffice: the ends are one or two representable steps away
+                    bad = ~torch.isfinite(one.forward(x.unsqueeze(-1)))[..., 0]
+                    if not bool(bad.any()):
+                        break
+                    x = torch.where(bad, torch.nextafter(x, centre.expand_as(x)), x)
+            columns.append(x)
+        return torch.stack(columns, -1)
 
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Observations:
         """The user's simulator on ``theta`` ``(n, D)``, padded to ``max_observations`` with a mask."""

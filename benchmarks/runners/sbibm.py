@@ -1,0 +1,246 @@
+"""Benchmark ``sbibm``: sbibm's tasks through the public API, against sbi's NPE, at the task's prior and under
+priors changed at run time.
+
+For each task (``sbibm_tasks.py``; tasks are written as a user would, with ``from_simulator``):
+
+* **the model**: trained here on the task's simulator to a time budget (cached in ``runs/sbibm/`` with its card;
+  retrained when the budget changes), with a meta-prior of priors around the task's;
+* **at the task's prior**, for sbibm's observations 1..``observations``: C2ST (``c2st.py``, sbibm's protocol) of
+  10,000 draws of each method against sbibm's published reference samples (``sbibm_files.py``). Methods: the model;
+  NPE (sbi 0.27, ``SNPE`` with its default masked autoregressive flow and training settings) trained on
+  ``10^4`` and ``10^5`` simulations from the task's prior. A "grid reference" row checks this module's simulator,
+  likelihood and prior against sbibm's samples (C2ST near 0.5 means they agree);
+* **under changed priors** (``shifted``, ``narrowed``: ``sbibm_tasks.py``), whose reference is the grid posterior
+  with the task's likelihood: C2ST of the model (same weights, the new prior at run time), of NPE trained at the
+  task's prior (it cannot take a new prior), and of NPE retrained on ``10^4`` simulations from the changed prior,
+  with its training time.
+
+Skipped rows say why: sbi or scikit-learn missing (the ``sbibm`` extra), or sbibm's wheel absent (``make
+sbibm-files``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .harness import Experiment, Table
+from .report import stage
+
+SEED = 1111
+CACHE = Path("runs") / "sbibm"
+DRAWS = 10_000
+
+
+def _available() -> str | None:
+    """Why NPE and C2ST cannot run here, or ``None``."""
+    try:
+        import sbi  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        return "the `sbibm` extra (sbi, scikit-learn) is not installed"
+    return None
+
+
+def task_model(task, minutes: float, steps: int | None, folder: Path):
+    """The task's model: kept in ``folder`` when it was trained with this budget, else trained now (one thread)."""
+    import distformer as dfm
+    from distformer.nn.serialization import load_model
+
+    path = folder / task.name
+    if path.with_suffix(".json").is_file():
+        kept = load_model(path)
+        if kept.card["training"].get("time_budget_s") == 60 * minutes and steps is None:
+            return kept
+    stage("sbibm", f"{task.name}: training the model for {minutes:g} min")
+    config = dfm.TrainConfig(
+        architecture=dfm.ArchitectureConfig(d_model=64, ff_dim=256, hidden=64, site_evidence=True,
+                                            bounded_prior_features=True),
+        steps=steps or 100_000, batch_size=256, lr=1e-3, warmup_steps=min(500, (steps or 100_000) // 10),
+        weight_average_decay=0.999, validation_size=2048, validate_every=min(2000, steps or 2000),
+        checkpoint_every=min(2000, steps or 2000), num_threads=1, seed=SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = dfm.train(task.problem, config, checkpoint=f"{path}.ckpt.safetensors", progress=False,
+                      time_budget=None if steps else 60 * minutes)
+    model.card["training"]["time_budget_s"] = 60 * minutes
+    model.card["training"]["command"] = "distformer bench sbibm"
+    model.save(path)
+    return model
+
+
+def model_draws(model, task, prior, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``DRAWS`` draws ``(S, D)`` of the model's posterior on the original space for one observation ``x`` ``(E,)``
+    under ``prior`` (a mixture on the warped space)."""
+    from distformer.observations import Observations
+
+    obs = Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
+    with torch.inference_mode():
+        post = model.posterior(task.problem.as_prior(prior.to(torch.float32).expand((1,))), obs, check=False)
+    return post.sample((DRAWS,), generator=generator)[:, 0].double()
+
+
+def reference(task, prior, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Grid reference draws ``(S, D)`` under ``prior`` for one observation."""
+    from distformer.evaluation import reference_draws
+    from distformer.observations import Observations
+
+    obs = Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
+    return reference_draws(task.problem, prior.expand((1,)), obs, DRAWS, generator=generator)[:, 0]
+
+
+def train_npe(task, simulations: int, prior=None, seed: int = SEED):
+    """sbi's NPE (default flow and training) on ``simulations`` draws from ``prior`` (default the task's box):
+    ``(posterior, training seconds)``."""
+    from sbi.inference import NPE_C
+
+    torch.manual_seed(seed)  # sbi draws from the global generator
+    sbi_prior = task.sbi_prior(prior)
+    theta = sbi_prior.sample((simulations,)).float()
+    x = task.data(theta, torch.Generator().manual_seed(seed)).float()
+    start = time.perf_counter()
+    inference = NPE_C(prior=sbi_prior, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(show_train_summary=False)
+    seconds = time.perf_counter() - start
+    return inference.build_posterior(estimator), seconds
+
+
+def npe_draws(posterior, x: torch.Tensor) -> torch.Tensor:
+    return posterior.sample((DRAWS,), x=x.float().view(1, -1), show_progress_bars=False).double()
+
+
+def evaluate_task(name: str, size: dict, generator: torch.Generator) -> dict:
+    from .c2st import c2st
+    from .sbibm_files import files
+    from .sbibm_tasks import TASKS, changed
+
+    task = TASKS[name]()
+    folder = CACHE if size["train_steps"] is None else Path(size["scratch"])
+    model = task_model(task, size["train_minutes"], size["train_steps"], folder)
+    observations = [files(name, k) for k in range(1, size["observations"] + 1)]
+    scores: dict[str, list[float]] = {"model": [], "grid reference": []}
+    times = {"model": model.card["training"]["time_s"]}
+    npe = {}
+    for n in size["simulations"]:
+        stage("sbibm", f"{name}: NPE on {n:,} simulations")
+        npe[n], times[f"NPE {n:,}"] = train_npe(task, n)
+        scores[f"NPE {n:,}"] = []
+    stage("sbibm", f"{name}: C2ST at the task's prior on {len(observations)} observations")
+    for k, f in enumerate(observations, 1):
+        ref, x = f["reference_samples"], f["observation"][0]
+        scores["model"].append(c2st(ref, model_draws(model, task, task.prior, x, generator), seed=k))
+        scores["grid reference"].append(c2st(ref, reference(task, task.prior, x, generator), seed=k))
+        for n, posterior in npe.items():
+            scores[f"NPE {n:,}"].append(c2st(ref, npe_draws(posterior, x), seed=k))
+    largest = max(npe)
+    changes = {}
+    for kind in ("shifted", "narrowed"):
+        stage("sbibm", f"{name}: {kind} prior")
+        prior = changed(task.prior, kind)
+        retrained, retrain_s = train_npe(task, size["retrain_simulations"], prior)
+        rows = {"model (no retraining)": [], f"NPE {largest:,}, task's prior": [],
+                f"NPE {size['retrain_simulations']:,}, retrained": []}
+        for k, f in enumerate(observations[:size["changed_observations"]], 1):
+            x = f["observation"][0]
+            ref = reference(task, prior, x, generator)
+            rows["model (no retraining)"].append(c2st(ref, model_draws(model, task, prior, x, generator), seed=k))
+            rows[f"NPE {largest:,}, task's prior"].append(c2st(ref, npe_draws(npe[largest], x), seed=k))
+            rows[f"NPE {size['retrain_simulations']:,}, retrained"].append(c2st(ref, npe_draws(retrained, x), seed=k))
+        changes[kind] = {"c2st": rows, "retrain_s": retrain_s}
+    return {"task": name, "c2st": scores, "training_s": times, "changed": changes,
+            "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps"))}
+
+
+def evaluate(size: dict, generator: torch.Generator) -> dict:
+    from .sbibm_tasks import logistic_fit_kl
+
+    missing = _available()
+    if missing is None:
+        try:
+            from .sbibm_files import wheel_path
+
+            wheel_path()
+        except FileNotFoundError:
+            missing = "sbibm's wheel is not in `.cache/sbibm/` (run `make sbibm-files`)"
+    if missing is not None:
+        return {"skipped": missing, "tasks": []}
+    return {"skipped": None, "box_prior_kl_per_axis": logistic_fit_kl(3),
+            "tasks": [evaluate_task(name, size, generator) for name in size["tasks"]]}
+
+
+def _mean(values: list[float]) -> str:
+    return "–" if not values else f"{statistics.fmean(values):.3f}" + (
+        f" ± {1.96 * statistics.stdev(values) / len(values) ** 0.5:.3f}" if len(values) > 1 else "")
+
+
+def protocol(size: dict, r: dict) -> str:
+    return (f"C2ST (sbibm's protocol: 10,000 draws a side, an MLP of two hidden layers of 10·D units, 5-fold "
+            f"cross-validation; 0.5 is indistinguishable) on sbibm's observations 1–{size['observations']} at the "
+            f"task's prior (against sbibm's reference samples) and 1–{size['changed_observations']} under each "
+            "changed prior (against the grid posterior). Mean ± 95% interval over observations. Model: trained "
+            f"here for {size['train_minutes']:g} min on one thread (seed {SEED}). NPE: sbi 0.27 `NPE_C` (SNPE-C), default "
+            "flow and training settings. Uniform priors enter the model as the product of a 3-Gaussian fit to the "
+            "logistic density on the logit-warped axis"
+            + (f" (KL {r['box_prior_kl_per_axis']:.1e} per axis)." if r.get("box_prior_kl_per_axis") else "."))
+
+
+def body(r: dict, size: dict) -> list:
+    if r["skipped"]:
+        return [f"Not measured: {r['skipped']}."]
+    out = ["## At the task's prior", ""]
+    methods = list(r["tasks"][0]["c2st"])
+    out += [Table(r["tasks"], (("task", lambda t: t["task"]),
+                               *[(m, lambda t, m=m: _mean(t["c2st"][m])) for m in methods],
+                               ("model training (min)", lambda t: f"{t['training_s']['model'] / 60:.1f}"),
+                               *[(f"{m} training (min)", lambda t, m=m: f"{t['training_s'][m] / 60:.1f}")
+                                 for m in methods if m.startswith("NPE")])), ""]
+    for kind in ("shifted", "narrowed"):
+        rows = list(r["tasks"][0]["changed"][kind]["c2st"])
+        out += [f"## {kind.capitalize()} prior, set at run time", "",
+                Table(r["tasks"], (("task", lambda t: t["task"]),
+                                   *[(m, lambda t, m=m, kind=kind: _mean(t["changed"][kind]["c2st"][m])) for m in rows],
+                                   ("retraining NPE (min)",
+                                    lambda t, kind=kind: f"{t['changed'][kind]['retrain_s'] / 60:.1f}"))), ""]
+    out += ["The model's row under a changed prior is the same network as at the task's prior, given the new prior "
+            "at run time; NPE trained at the task's prior has no way to take it."]
+    return out
+
+
+def _plot(r: dict, path: Path) -> None:
+    from distformer.plotting import pyplot
+
+    plt = pyplot()
+    tasks = r["tasks"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    panels = [("task's prior", lambda t: t["c2st"])] + [
+        (f"{k} prior", lambda t, k=k: t["changed"][k]["c2st"]) for k in ("shifted", "narrowed")]
+    for ax, (title, get) in zip(axes, panels):
+        methods = list(get(tasks[0]))
+        width = 0.8 / len(methods)
+        for j, m in enumerate(methods):
+            means = [statistics.fmean(get(t)[m]) for t in tasks]
+            ax.bar([i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))], means, width, label=m)
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set_xticks(range(len(tasks)), [t["task"] for t in tasks])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0.45, 1.0)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("C2ST (0.5 = indistinguishable)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+EXPERIMENT = Experiment(
+    name="sbibm", title="sbibm's tasks against sbi's NPE, at the task's prior and under priors changed at run time",
+    seed=SEED,
+    sizes={"quick": dict(tasks=("two_moons",), train_minutes=0.2, train_steps=30, scratch="runs/sbibm-quick",
+                         observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500),
+           "full": dict(tasks=("two_moons", "gaussian_mixture"), train_minutes=20.0, train_steps=None,
+                        scratch=None, observations=10, changed_observations=5, simulations=(10_000, 100_000),
+                        retrain_simulations=10_000)},
+    evaluate=evaluate, protocol=protocol, body=body, figure=_plot,
+    caption="C2ST by task: at the task's prior and under the changed priors",
+    machine_note=lambda r: "2 threads")

@@ -1,0 +1,227 @@
+r"""sbibm's tasks written as a user of this library would write them: a simulator, a likelihood, the support of
+each parameter and a meta-prior, through ``distformer.problems.from_simulator`` and ``distformer.meta_priors``.
+
+Each task follows sbibm 1.1.0's ``task.py`` (Lueckmann et al., 2021):
+
+* ``two_moons``: :math:`\theta\sim\mathcal U(-1,1)^2`, :math:`a\sim\mathcal U(-\pi/2,\pi/2)`,
+  :math:`r\sim\mathcal N(0.1, 0.01^2)`, :math:`x = (r\cos a + 0.25,\ r\sin a) + (-|\theta_1+\theta_2|/\sqrt2,\
+  (\theta_2-\theta_1)/\sqrt2)`. Its likelihood is closed-form: with :math:`p = x - m(\theta) - (0.25, 0)`, the
+  polar change of variables gives :math:`p(x\mid\theta) = \mathcal N(|p|; 0.1, 0.01^2)\,/\,(\pi |p|)` where
+  :math:`p_1 > 0`, and 0 elsewhere.
+* ``gaussian_mixture``: :math:`\theta\sim\mathcal U(-10,10)^2`, :math:`x\sim\tfrac12\mathcal N(\theta, I) +
+  \tfrac12\mathcal N(\theta, 0.01 I)`.
+
+**Uniform priors.** A box prior :math:`\mathcal U(a,b)` is exact on the model's warped space: with the support
+``(a, b)`` the library trains on :math:`u = \operatorname{logit}((\theta-a)/(b-a))`, where the uniform becomes the
+standard logistic density :math:`\sigma(u)(1-\sigma(u))` on each axis. That density is not a Gaussian mixture, so
+it enters as a fitted one (:func:`logistic_mixture`, weighted EM on a quadrature grid, float64): the product of
+the per-axis fits is the task's prior, and its KL to the true logistic is what the choice costs (reported).
+
+**Changed priors** (the run-time change no retrained method needs): ``shifted``, every component's mean moved by
+``SHIFT`` of the logistic's standard deviation along both axes (mass moves toward the upper corner of the box);
+``narrowed``, every component's standard deviation times ``NARROW`` (mass toward the centre). Their references
+come from the likelihood on a grid (``distformer.evaluation.reference_draws``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+import distformer as dfm
+from distformer.distributions.gmm import GaussianMixture
+
+LOGISTIC_SD = math.pi / math.sqrt(3.0)
+SHIFT = 0.5  # in units of the logistic's standard deviation
+NARROW = 0.5
+
+
+def logistic_mixture(components: int = 3, iterations: int = 2000) -> GaussianMixture:
+    """A ``components``-Gaussian fit (float64) to the standard logistic density, by EM with the density as
+    weights on a grid over (-30, 30), started as a zero-mean scale mixture."""
+    u = torch.linspace(-30.0, 30.0, 60001, dtype=torch.float64)
+    target = torch.sigmoid(u) * torch.sigmoid(-u)
+    target = target / target.sum()
+    loc = torch.zeros(components, dtype=torch.float64)  # the logistic is a scale mixture of zero-mean normals
+    sd = torch.logspace(-0.2, 0.6, components, dtype=torch.float64) if components > 1 else torch.full((1,), 1.7,
+                                                                                                      dtype=torch.float64)
+    logw = torch.full((components,), -math.log(components), dtype=torch.float64)
+    for _ in range(iterations):
+        log_r = logw - sd.log() - 0.5 * ((u.unsqueeze(-1) - loc) / sd) ** 2
+        r = torch.softmax(log_r, -1) * target.unsqueeze(-1)
+        mass = r.sum(0)
+        loc = (r * u.unsqueeze(-1)).sum(0) / mass
+        sd = ((r * (u.unsqueeze(-1) - loc) ** 2).sum(0) / mass).sqrt()
+        logw = mass.log()
+    return GaussianMixture(logw.exp(), loc.unsqueeze(-1), covariance_matrix=torch.diag_embed(sd.pow(2).unsqueeze(-1)))
+
+
+def box_prior(dim: int, components: int = 3) -> GaussianMixture:
+    """The uniform box prior on the logit-warped space: the product of ``dim`` per-axis logistic fits
+    (``components ** dim`` components, float64)."""
+    axis = logistic_mixture(components)
+    weights, loc, var = axis.weights, axis.loc[:, 0], axis.component_covariance_matrix[:, 0, 0]
+    grids = torch.meshgrid(*[torch.arange(components)] * dim, indexing="ij")
+    index = torch.stack([g.reshape(-1) for g in grids], -1)  # (components^dim, dim)
+    w = weights[index].prod(-1)
+    return GaussianMixture(w, loc[index], covariance_matrix=torch.diag_embed(var[index]))
+
+
+def logistic_fit_kl(components: int = 3) -> float:
+    """KL(standard logistic ‖ its ``components``-Gaussian fit) per axis, by quadrature in float64."""
+    u = torch.linspace(-40.0, 40.0, 200001, dtype=torch.float64)
+    log_p = torch.nn.functional.logsigmoid(u) + torch.nn.functional.logsigmoid(-u)
+    log_q = logistic_mixture(components).log_prob(u.unsqueeze(-1))
+    return float(torch.trapezoid(log_p.exp() * (log_p - log_q), u))
+
+
+def changed(prior: GaussianMixture, kind: str) -> GaussianMixture:
+    """The ``shifted`` or ``narrowed`` version of a task prior (module docstring)."""
+    if kind == "shifted":
+        return GaussianMixture(prior.weights, prior.loc + SHIFT * LOGISTIC_SD,
+                               covariance_matrix=prior.component_covariance_matrix)
+    if kind == "narrowed":
+        return GaussianMixture(prior.weights, prior.loc, covariance_matrix=NARROW**2 * prior.component_covariance_matrix)
+    raise ValueError(f"Expected a change among ['narrowed', 'shifted'], but got {kind!r}.")
+
+
+# ------------------------------------------------------------------------------------------------- two_moons
+def two_moons_simulate(theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """sbibm's two-moons simulator: ``theta`` ``(n, 2)`` -> one 2-D point each ``(n, 1, 2)``."""
+    n = theta.shape[0]
+    a = math.pi * (torch.rand(n, generator=generator, dtype=theta.dtype) - 0.5)
+    r = 0.1 + 0.01 * torch.randn(n, generator=generator, dtype=theta.dtype)
+    p = torch.stack([r * a.cos() + 0.25, r * a.sin()], -1)
+    return (p + _moons_offset(theta)).unsqueeze(1)
+
+
+def _moons_offset(theta: Tensor) -> Tensor:
+    z0 = (theta[..., 0] + theta[..., 1]) / math.sqrt(2.0)
+    z1 = (theta[..., 1] - theta[..., 0]) / math.sqrt(2.0)
+    return torch.stack([-z0.abs(), z1], -1)
+
+
+def two_moons_log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
+    """``log p(x | theta)`` ``(..., N)`` for ``theta`` ``(..., 1, 2)`` and points ``x`` ``(..., N, 2)``."""
+    p = x - _moons_offset(theta) - torch.tensor([0.25, 0.0], dtype=x.dtype)
+    r = p.norm(dim=-1).clamp_min(1e-30)
+    log = -0.5 * ((r - 0.1) / 0.01) ** 2 - math.log(0.01 * math.sqrt(2 * math.pi)) - math.log(math.pi) - r.log()
+    return torch.where(p[..., 0] > 0, log, torch.full_like(log, -1e4))
+
+
+# ------------------------------------------------------------------------------------------ gaussian_mixture
+def gaussian_mixture_simulate(theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """sbibm's Gaussian-mixture simulator: ``theta`` ``(n, 2)`` -> one point each ``(n, 1, 2)``."""
+    n = theta.shape[0]
+    scale = torch.where(torch.rand(n, 1, generator=generator) < 0.5, 1.0, 0.1).to(theta.dtype)
+    return (theta + scale * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)).unsqueeze(1)
+
+
+def gaussian_mixture_log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
+    """``log p(x | theta)`` ``(..., N)`` for ``theta`` ``(..., 1, 2)`` and points ``x`` ``(..., N, 2)``."""
+    sq = ((x - theta) ** 2).sum(-1)
+    wide = -0.5 * sq - math.log(2 * math.pi)
+    narrow = -0.5 * sq / 0.01 - math.log(2 * math.pi * 0.01)
+    return torch.logaddexp(wide, narrow) - math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Task:
+    """One sbibm task: its problem (``from_simulator``), its prior on the model's space, the box of its uniform
+    prior, and ``sbi_prior()`` for NPE."""
+
+    name: str
+    problem: object
+    prior: GaussianMixture
+    low: float
+    high: float
+    simulate: Callable
+
+    def sbi_prior(self, prior: GaussianMixture | None = None):
+        """The task's box prior for sbi, or a changed prior (a mixture on the warped space) pushed through the warp
+        as a torch distribution with ``sample`` and ``log_prob`` on the original space."""
+        if prior is None:
+            from torch.distributions import Independent, Uniform
+
+            return Independent(Uniform(torch.full((2,), self.low), torch.full((2,), self.high)), 1)
+        return WarpedPrior(prior.to(torch.float32), self.problem.warp, self.low, self.high)
+
+    def data(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Raw simulator output ``(n, 2)`` for NPE."""
+        return self.simulate(theta, generator)[:, 0]
+
+
+class WarpedPrior(torch.distributions.Distribution):
+    """A mixture on the warped space as a prior on the original space (Jacobian included), for sbi."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: GaussianMixture, warp, low: float, high: float) -> None:
+        from distformer.distributions.transforms import WarpedGaussianMixture
+
+        self.warped = WarpedGaussianMixture(base, warp)
+        self.low, self.high = low, high
+        super().__init__(event_shape=torch.Size([base.dim]), validate_args=False)
+
+    @property
+    def support(self):
+        return torch.distributions.constraints.independent(torch.distributions.constraints.interval(self.low,
+                                                                                                   self.high), 1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.warped.sample(torch.Size(sample_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.warped.log_prob(value)
+
+
+class Moved(dfm.meta_priors.MetaPrior):
+    r"""Priors of another meta-prior with all their means moved together by one draw of
+    :math:`\mathcal N(0, s^2 I)`: a prior moved as a whole, as a user moves one."""
+
+    def __init__(self, base, sd: float) -> None:
+        self.base, self.sd, self.dim, self.num_components = base, float(sd), base.dim, base.num_components
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> GaussianMixture:
+        prior = self.base.sample(n, generator)
+        offset = self.sd * torch.randn(n, 1, self.dim, generator=generator)
+        return GaussianMixture(logits=prior.log_weights, loc=prior.loc + offset, scale_tril=prior.scale_tril)
+
+    def describe(self) -> str:
+        return f"{self.base.describe()}, all means moved together by N(0, {self.sd:g}^2 I)"
+
+
+def meta_prior(prior: GaussianMixture):
+    """Priors the task's model is trained for, on the warped space: around the task's prior (each mean moved by
+    about 0.4 component sd, scales 0.3-1.5x, weights jittered), moved as a whole by about one logistic sd, nine
+    times in ten; random mixtures over the warped box once in ten."""
+    nearby = dfm.meta_priors.around(prior.to(torch.float32), shift=0.4, scale=(0.3, 1.5), weight_noise=0.5)
+    return dfm.meta_priors.mixture_of([
+        Moved(nearby, LOGISTIC_SD),
+        dfm.meta_priors.random_mixtures(dim=2, components=(1, prior.num_components), mean=(-3.0, 3.0),
+                                        scale=(0.2, 2.0))], probabilities=[0.9, 0.1])
+
+
+def two_moons() -> Task:
+    prior = box_prior(2)
+    problem = dfm.problems.from_simulator(two_moons_simulate, support=[(-1.0, 1.0)] * 2, meta_prior=meta_prior(prior),
+                                          max_observations=1, observation_dim=2,
+                                          log_likelihood=two_moons_log_likelihood, name="sbibm-two-moons")
+    return Task("two_moons", problem, prior, -1.0, 1.0, two_moons_simulate)
+
+
+def gaussian_mixture() -> Task:
+    prior = box_prior(2)
+    problem = dfm.problems.from_simulator(gaussian_mixture_simulate, support=[(-10.0, 10.0)] * 2,
+                                          meta_prior=meta_prior(prior), max_observations=1, observation_dim=2,
+                                          log_likelihood=gaussian_mixture_log_likelihood,
+                                          name="sbibm-gaussian-mixture")
+    return Task("gaussian_mixture", problem, prior, -10.0, 10.0, gaussian_mixture_simulate)
+
+
+TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture}

@@ -1,0 +1,92 @@
+"""sbibm's tasks as this library's users write them: simulators that agree with their likelihoods, the box prior as
+a mixture on the warped space, the C2ST metric, and the reading of sbibm's published files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.runners import sbibm_tasks as tasks
+
+F64 = torch.float64
+
+
+def test_the_box_prior_is_the_logistic_density_to_within_its_stated_kl():
+    """The 3-Gaussian fit to the standard logistic (a uniform on the logit-warped axis) costs under 5e-5 nats per
+    axis, and the 2-D box prior is the product of the two fits: its marginal is the 1-D fit."""
+    assert tasks.logistic_fit_kl(3) < 5e-5 < tasks.logistic_fit_kl(2)
+    prior = tasks.box_prior(2)
+    assert prior.num_components == 9
+    torch.testing.assert_close(prior.weights.sum(), torch.tensor(1.0, dtype=F64))
+    u = torch.linspace(-8, 8, 33, dtype=F64).unsqueeze(-1)
+    torch.testing.assert_close(prior.marginal([1]).log_prob(u), tasks.logistic_mixture(3).log_prob(u))
+
+
+@pytest.mark.parametrize("name", ["two_moons", "gaussian_mixture"])
+def test_each_likelihood_is_a_density_and_the_simulator_draws_from_it(name):
+    """For one theta: the likelihood integrates to 1 over x (midpoint rule; the two-moons crescent is 0.01 thick,
+    so its grid is fine and the tolerance 0.3%), and 200,000 simulated points have the likelihood's mean within 4.5
+    standard errors per coordinate (false-alarm rate about 1e-5)."""
+    make = {"two_moons": (tasks.two_moons_simulate, tasks.two_moons_log_likelihood, 1.5, 3001),
+            "gaussian_mixture": (tasks.gaussian_mixture_simulate, tasks.gaussian_mixture_log_likelihood, 8.0, 1601)}
+    simulate, log_likelihood, half, size = make[name]
+    theta = torch.tensor([[0.3, -0.2]], dtype=F64)
+    step = 2 * half / size
+    axis = -half + step * (torch.arange(size, dtype=F64) + 0.5)
+    x = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(1, -1, 2) + torch.tensor([0.0, -0.2],
+                                                                                                   dtype=F64)
+    density = log_likelihood(theta.unsqueeze(1), x).exp()[0] * step**2  # (G,)
+    assert abs(float(density.sum()) - 1.0) < 3e-3
+    mean = (density.unsqueeze(-1) * x[0]).sum(0) / density.sum()
+    n = 200_000
+    draws = simulate(theta.expand(n, 2), torch.Generator().manual_seed(4))[:, 0]
+    assert bool(((draws.mean(0) - mean).abs() < 4.5 * draws.std(0) / math.sqrt(n)).all())
+
+
+def test_changed_priors_move_or_narrow_every_component_and_refuse_other_kinds():
+    prior = tasks.box_prior(2)
+    shifted, narrowed = tasks.changed(prior, "shifted"), tasks.changed(prior, "narrowed")
+    torch.testing.assert_close(shifted.loc - prior.loc, torch.full_like(prior.loc, tasks.SHIFT * tasks.LOGISTIC_SD))
+    torch.testing.assert_close(narrowed.component_covariance_matrix,
+                               tasks.NARROW**2 * prior.component_covariance_matrix)
+    with pytest.raises(ValueError, match="Expected a change among"):
+        tasks.changed(prior, "wider")
+
+
+def test_c2st_is_near_one_half_for_one_distribution_and_high_for_two():
+    """2,000 + 2,000 draws: the same Gaussian scores within 0.05 of 0.5 (the accuracy's sd over 4,000 labels is
+    about 0.008, so about 6 sd); a shift of two sds along one axis, whose Bayes accuracy is Phi(1) = 0.84, scores
+    above 0.75."""
+    pytest.importorskip("sklearn")
+    from benchmarks.runners.c2st import c2st
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2000, 2, generator=g), torch.randn(2000, 2, generator=g)
+    assert abs(c2st(a, b) - 0.5) < 0.05
+    assert c2st(a, b + torch.tensor([2.0, 0.0])) > 0.75
+    with pytest.raises(ValueError, match="Expected two sample sets"):
+        c2st(a, b[:, :1])
+
+
+def test_sbibm_files_say_how_to_get_the_wheel_when_it_is_missing(tmp_path, monkeypatch):
+    from benchmarks.runners import sbibm_files
+
+    monkeypatch.setenv("SBIBM_WHEEL", str(tmp_path / "absent.whl"))
+    with pytest.raises(FileNotFoundError, match="make sbibm-files"):
+        sbibm_files.files("two_moons", 1)
+
+
+def test_sbibm_files_give_the_observation_and_10000_reference_samples():
+    from benchmarks.runners import sbibm_files
+
+    try:
+        sbibm_files.wheel_path()
+    except FileNotFoundError:
+        pytest.skip("sbibm's wheel is not in .cache/sbibm (make sbibm-files)")
+    f = sbibm_files.files("two_moons", 1)
+    assert f["observation"].shape == (1, 2) and f["reference_samples"].shape == (10000, 2)
+    assert bool((f["reference_samples"].abs() <= 1).all())  # inside the task's box prior
+    with pytest.raises(ValueError, match="observation number in 1..10"):
+        sbibm_files.files("two_moons", 11)
