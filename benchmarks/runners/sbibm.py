@@ -37,10 +37,9 @@ DRAWS = 10_000
 
 def _available() -> str | None:
     """Why NPE and C2ST cannot run here, or ``None``."""
-    try:
-        import sbi  # noqa: F401
-        import sklearn  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("sbi") is None or find_spec("sklearn") is None:
         return "the `sbibm` extra (sbi, scikit-learn) is not installed"
     return None
 
