@@ -25,6 +25,7 @@ come from the likelihood on a grid (``distformer.evaluation.reference_draws``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -40,10 +41,11 @@ SHIFT = 0.5  # in units of the logistic's standard deviation
 NARROW = 0.5
 
 
+@functools.lru_cache(maxsize=None)
 def logistic_mixture(components: int = 3, iterations: int = 2000) -> GaussianMixture:
     """A ``components``-Gaussian fit (float64) to the standard logistic density, by EM with the density as
-    weights on a grid over (-30, 30), started as a zero-mean scale mixture."""
-    u = torch.linspace(-30.0, 30.0, 60001, dtype=torch.float64)
+    weights on a grid over (-30, 30), started as a zero-mean scale mixture (cached: the fit is deterministic)."""
+    u = torch.linspace(-30.0, 30.0, 12001, dtype=torch.float64)
     target = torch.sigmoid(u) * torch.sigmoid(-u)
     target = target / target.sum()
     loc = torch.zeros(components, dtype=torch.float64)  # the logistic is a scale mixture of zero-mean normals
