@@ -70,12 +70,17 @@ def task_model(task, minutes: float, steps: int | None, folder: Path):
     return model
 
 
+def _observed(x: torch.Tensor):
+    """One observation ``x`` ``(E,)`` as the task problems' ``Observations`` of batch ``(1,)``."""
+    from distformer.observations import Observations
+
+    return Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
+
+
 def model_draws(model, task, prior, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``DRAWS`` draws ``(S, D)`` of the model's posterior on the original space for one observation ``x`` ``(E,)``
     under ``prior`` (a mixture on the warped space)."""
-    from distformer.observations import Observations
-
-    obs = Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
+    obs = _observed(x)
     with torch.inference_mode():
         post = model.posterior(task.problem.as_prior(prior.to(torch.float32).expand((1,))), obs, check=False)
     return post.sample((DRAWS,), generator=generator)[:, 0].double()
@@ -84,10 +89,8 @@ def model_draws(model, task, prior, x: torch.Tensor, generator: torch.Generator)
 def reference(task, prior, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Grid reference draws ``(S, D)`` under ``prior`` for one observation."""
     from distformer.evaluation import reference_draws
-    from distformer.observations import Observations
 
-    obs = Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
-    return reference_draws(task.problem, prior.expand((1,)), obs, DRAWS, generator=generator)[:, 0]
+    return reference_draws(task.problem, prior.expand((1,)), _observed(x), DRAWS, generator=generator)[:, 0]
 
 
 def train_npe(task, simulations: int, prior=None, seed: int = SEED):
