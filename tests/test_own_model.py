@@ -205,6 +205,8 @@ def test_reference_draws_follow_the_exact_posterior_of_a_conjugate_case():
     assert bool(((u.var(0) - var).abs() < 4.5 * ((fourth - var**2) / n).sqrt()).all())
     with pytest.raises(ValueError, match="num_draws"):
         dfm.reference_draws(problem, batch.prior, batch.observations, 0)
+    with pytest.raises(ValueError, match="observations' batch shape"):
+        dfm.reference_draws(problem, batch.prior[:1], batch.observations, 10)
 
 
 def test_parameters_far_out_on_the_warped_space_stay_inside_the_support():

@@ -104,9 +104,13 @@ def reference_draws(problem, prior: GaussianMixture, observations, num_draws: in
                          f"{problem.dim}.")
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
         raise ValueError(f"Expected num_draws to be a whole number >= 1, but got {num_draws!r}.")
+    prior = (prior.base if hasattr(prior, "base") else prior).to(torch.float64)
+    batch = {tuple(v.shape[:-2]) for v in observations.values.values()}
+    if prior.dim != problem.dim or batch != {tuple(prior.batch_shape)}:
+        raise ValueError(f"Expected a prior over {problem.dim} coordinates with the observations' batch shape "
+                         f"{sorted(batch)}, but got one over {prior.dim} with batch {tuple(prior.batch_shape)}.")
     grid_size = grid_size or (2001 if problem.dim == 1 else 401)
     warp = Warp(problem.warp) if problem.warp else Warp(["identity"] * problem.dim)
-    prior = (prior.base if hasattr(prior, "base") else prior).to(torch.float64)
     hint = None if hint is None else (hint.base if hasattr(hint, "base") else hint).to(torch.float64)
     span = _span(prior) if hint is None else _span(prior, hint)
     u, cell, log_p = _reference_grid(problem, warp, prior, observations, grid_size, span)
