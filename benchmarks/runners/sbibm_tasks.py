@@ -134,8 +134,9 @@ def gaussian_mixture_log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
 class Task:
-    """One sbibm task: its problem (``from_simulator``), its prior on the model's space, the box of its uniform
-    prior, and ``sbi_prior()`` for NPE."""
+    """One sbibm task with a uniform box prior: its problem (``from_simulator``), its prior on the model's space,
+    the box, ``sbi_prior()`` for NPE, the model's draws and the grid reference's (``LinearGaussianTask`` has the same
+    interface)."""
 
     name: str
     problem: object
@@ -143,6 +144,8 @@ class Task:
     low: float
     high: float
     simulate: Callable
+    pretrained: str = ""  # every task here is trained on its simulator
+    reference_name: str = "grid"
 
     def sbi_prior(self, prior: GaussianMixture | None = None):
         """The task's box prior for sbi, or a changed prior (a mixture on the warped space) pushed through the warp
@@ -154,8 +157,32 @@ class Task:
         return WarpedPrior(prior.to(torch.float32), self.problem.warp, self.low, self.high)
 
     def data(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Raw simulator output ``(n, 2)`` for NPE."""
+        """Raw simulator output ``(n, E)`` for NPE."""
         return self.simulate(theta, generator)[:, 0]
+
+    def changed(self, kind: str) -> GaussianMixture:
+        return changed(self.prior, kind)
+
+    def draws(self, model, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` draws ``(S, D)`` of the model's posterior on the original space for one observation ``x``
+        ``(E,)`` under ``prior`` (a mixture on the warped space)."""
+        with torch.inference_mode():
+            post = model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))), _observed(x),
+                                   check=False)
+        return post.sample((count,), generator=generator)[:, 0].double()
+
+    def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
+        """``count`` grid-reference draws ``(S, D)`` under ``prior`` for one observation ``x`` ``(E,)``."""
+        from distformer.evaluation import reference_draws
+
+        return reference_draws(self.problem, prior.expand((1,)), _observed(x), count, generator=generator)[:, 0]
+
+
+def _observed(x: Tensor):
+    """One observation ``x`` ``(E,)`` as the task problems' ``Observations`` of batch ``(1,)``."""
+    from distformer.observations import Observations
+
+    return Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
 
 
 class WarpedPrior(torch.distributions.Distribution):
@@ -226,4 +253,10 @@ def gaussian_mixture() -> Task:
     return Task("gaussian_mixture", problem, prior, -10.0, 10.0, gaussian_mixture_simulate)
 
 
-TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture}
+def gaussian_linear():
+    from .sbibm_linear import LinearGaussianTask
+
+    return LinearGaussianTask()
+
+
+TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear}
