@@ -1,9 +1,21 @@
-r"""Bootstrap particle filter, batched in torch, with systematic resampling.
+r"""Bootstrap particle filter, batched in torch, with systematic resampling, optionally regularised.
 
 Particles :math:`x^{(j)}_t` propagate through the transition, :math:`x^{(j)}_t = f(x^{(j)}_{t-1}) + w^{(j)}`, are
 weighted by the likelihood, :math:`\log\omega_j = \log p(z_t\mid x^{(j)}_t)` (normalised), and are resampled at every
 step by systematic resampling: one uniform :math:`u\sim\mathcal U(0,1/J)` and the points :math:`u + (i-1)/J`
 select particles through the cumulative weights.
+
+A step whose likelihood is sharp (a bearing that pins the position when the target passes the sensor) leaves a few
+particles with all the weight; resampling copies them, and the cloud collapses onto points that the transition
+noise cannot spread again where that noise is of low rank. The **regularised** filter (Musso, Oudjane and Le Gland,
+2001) resamples from a kernel density of the weighted particles instead, shrunk so that it keeps their weighted
+mean :math:`m` and covariance :math:`LL^\top` (Liu and West, 2001): a resampled particle :math:`x` becomes
+
+.. math::
+    m + a\,(x - m) + h\,L\varepsilon,\qquad \varepsilon\sim\mathcal N(0, I),\qquad a = \sqrt{1-h^2},
+
+with the Gaussian kernel's optimal bandwidth :math:`h = \big(4/(J(D+2))\big)^{1/(D+4)}` (times
+``bandwidth_scale``, at most 1). Without the shrinkage each step would add :math:`h^2` of the covariance.
 
 The belief must be a density to score the true state, and a particle set is not one. :meth:`ParticleFilter.run`
 reports the weighted particles' **moment-matched Gaussian**
@@ -44,12 +56,24 @@ class ParticleFilter:
             when the data come as :class:`~distformer.observations.Observations` (several sources), it is called as
             ``(x, observations_t)`` with the step's ``Observations`` (batch ``B``).
         num_particles: particles per series.
+        regularised: resample from the weighted particles' Gaussian kernel density (module docstring) instead of
+            copying particles.
+        bandwidth_scale: multiplies the kernel's optimal bandwidth (regularised filters only).
     """
 
-    def __init__(self, transition: Callable, log_likelihood: Callable, num_particles: int):
+    def __init__(self, transition: Callable, log_likelihood: Callable, num_particles: int, *,
+                 regularised: bool = False, bandwidth_scale: float = 1.0):
         if not isinstance(num_particles, int) or num_particles < 2:
             raise ValueError(f"Expected num_particles >= 2 as an int, but got {num_particles!r}.")
+        if not bandwidth_scale > 0:
+            raise ValueError(f"Expected bandwidth_scale > 0, but got {bandwidth_scale!r}.")
         self.transition, self.log_likelihood, self.num_particles = transition, log_likelihood, num_particles
+        self.regularised, self.bandwidth_scale = bool(regularised), float(bandwidth_scale)
+
+    def bandwidth(self, dim: int) -> float:
+        """The regularised filter's kernel bandwidth ``h`` for ``dim`` coordinates (module docstring)."""
+        J = self.num_particles
+        return min(1.0, self.bandwidth_scale * (4.0 / (J * (dim + 2))) ** (1.0 / (dim + 4)))
 
     def steps(self, prior: GaussianMixture, z, mask: Tensor | None = None,
               generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
@@ -76,7 +100,15 @@ class ParticleFilter:
             log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True)
             yield x, log_w
             index = systematic_resample(log_w, generator)
-            x = x.gather(-2, index.unsqueeze(-1).expand_as(x))
+            resampled = x.gather(-2, index.unsqueeze(-1).expand_as(x))
+            if self.regularised:
+                mean, cov = _weighted_moments(x, log_w)
+                L = cholesky(_jittered(cov), "a particle covariance")  # (*B, D, D)
+                h = self.bandwidth(x.shape[-1])
+                noise = torch.randn(resampled.shape, generator=generator, dtype=x.dtype) @ L.transpose(-1, -2)
+                centre = mean.unsqueeze(-2)
+                resampled = centre + math.sqrt(1.0 - h * h) * (resampled - centre) + h * noise
+            x = resampled
 
     def run(self, prior: GaussianMixture, z, mask: Tensor | None = None,
             generator: torch.Generator | None = None) -> GaussianMixture:
@@ -171,14 +203,15 @@ def gaussian_log_likelihood(h: Callable[[Tensor], Tensor], R: Tensor) -> Callabl
     return log_likelihood
 
 
-def bootstrap_filter(problem, num_particles: int) -> "ParticleFilter":
+def bootstrap_filter(problem, num_particles: int, regularised: bool = False) -> "ParticleFilter":
     r"""The bootstrap particle filter of a linear-Gaussian-motion problem (``problem.A``, optional ``problem.b``,
     ``problem.Q``: :math:`x_t = A x_{t-1} + b + w_t`, :math:`w_t\sim\mathcal N(0, Q)`) with the problem's exact
-    ``log_likelihood`` for the readings, ``num_particles`` particles."""
+    ``log_likelihood`` for the readings, ``num_particles`` particles; ``regularised`` as in :class:`ParticleFilter`."""
     A, b = problem.A, getattr(problem, "b", None)
 
     def motion(x: Tensor) -> Tensor:
         y = x @ A.to(x.dtype).T
         return y if b is None else y + b.to(x.dtype)
 
-    return ParticleFilter(gaussian_transition(motion, problem.Q), problem_log_likelihood(problem), num_particles)
+    return ParticleFilter(gaussian_transition(motion, problem.Q), problem_log_likelihood(problem), num_particles,
+                          regularised=regularised)
