@@ -146,8 +146,9 @@ def test_bench_refine_quick_writes_a_report(tmp_path):
 def test_a_nearly_exact_proposal_is_not_called_unreliable():
     """The shipped inverse-gamma model is within KL 0.001 of the closed form on its wide meta-prior, so the importance
     ratios against the exact target vary by a few tenths of a nat; the generalized Pareto fit to so narrow a tail is
-    ill-posed and returns k̂ above the threshold on about a quarter of such problems. The flag therefore also needs a
-    draw that weighs ten times the median one: at most 5% of 100 problems may be flagged (users saw 14-17%)."""
+    ill-posed and returns k̂ above the threshold on some such problems (a quarter with an older model, 5 of these
+    100 now). The flag therefore also needs a draw that weighs ten times the median one: it flags fewer problems
+    than k̂ alone, and at most 5% of 100 (users saw 14-17%)."""
     model = distformer.pretrained("inverse-gamma")
     problem = problems.get("inverse-gamma", meta_prior="wide")
     g = torch.Generator().manual_seed(11)
@@ -155,5 +156,6 @@ def test_a_nearly_exact_proposal_is_not_called_unreliable():
     post = model.posterior(batch.prior, batch.observations, check=False)
     target, likelihood = problem.warped_target(batch.prior, batch.observations)
     r = refine(post.base.to(torch.float64), target, likelihood, batch.observations, n=256, generator=g)
-    assert float((r.pareto_k > r.threshold).double().mean()) > 0.1  # what the old flag alone would have said
+    high_k = int((r.pareto_k > r.threshold).sum())  # what the old flag alone would have said
+    assert high_k > 0 and int((~r.reliable).sum()) < high_k
     assert float((~r.reliable).double().mean()) <= 0.05

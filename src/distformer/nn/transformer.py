@@ -20,7 +20,9 @@ Parametric priors (the paper's prior embedding): a prior that is not a GMM, give
 :math:`[c_1,\dots,c_K] = \mathrm{MLP}_{\phi}(g(\phi))` with :math:`g` the parameters' warp (log for positive ones),
 whose weight logits are normalised, :math:`\ell_k \leftarrow \ell_k - \log\sum_j e^{\ell_j}` (``prior_logits``), and
 then goes through the same decoder. The decoded chart is the model's GMM fit to the prior
-(``prior_approximation``), trained by the prior loss. Latents with a warp :math:`f` (log, logit;
+(``prior_approximation``), trained by the prior loss. Where a prior family has a tabulated mixture fit
+(``prior_fit``; the inverse-gamma's is exact to about 1e-5 nats for :math:`\alpha \ge 0.5`), the network reads that fit
+instead, and the learned encoder is not used. Latents with a warp :math:`f` (log, logit;
 ``distributions/transforms.py``) are modelled as a GMM on :math:`f(x)`, and ``posterior`` returns a
 :class:`~distformer.distributions.transforms.WarpedGaussianMixture` on the original space.
 """
@@ -41,10 +43,11 @@ from .layers import DecoderBlock, EncoderBlock, layer_norm
 from .site import apply_site, head_size
 from .sizes import NetworkSizes
 from .structure import framed, moved, prior_features
-from .tokens import chart_size, chart_to_gmm
+from .tokens import chart_size, chart_to_gmm, gmm_to_chart
 
 
 PRIOR_LOGITS = ("normalized", "raw")
+PRIOR_FITS = ("", "log-inverse-gamma")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class ModelConfig(NetworkSizes):
             means move by its log.
         split_observations: the observations (one source) are conditionally independent given the latent, so
             ``posterior`` takes a data set larger than the trained count in consecutive parts (``inference.py``).
+        prior_fit: for a parametric prior with a tabulated mixture fit, its name: the network reads that fit
+            instead of the prior encoder's (``"log-inverse-gamma"``: ``distributions/log_inverse_gamma.py``, for
+            parameters ``alpha`` and ``beta`` of a log-warped variance); empty means the encoder's chart.
     """
 
     dim: int
@@ -107,6 +113,7 @@ class ModelConfig(NetworkSizes):
     scale_power: float = 0.5
     scale_parameter: str = ""
     split_observations: bool = False
+    prior_fit: str = ""
 
     def __post_init__(self) -> None:
         sizes = ("dim", "num_components", "encoder_layers")
@@ -148,6 +155,12 @@ class ModelConfig(NetworkSizes):
             raise ValueError(f"Expected scale_parameter to name a log-warped prior parameter of a one-dimensional "
                              f"model with a log warp, but got {self.scale_parameter!r} with prior parameters "
                              f"{dict(self.prior_parameters)} and warp {list(self.warp)}.")
+        if self.prior_fit not in PRIOR_FITS:
+            raise ValueError(f"Expected prior_fit among {PRIOR_FITS}, but got {self.prior_fit!r}.")
+        if self.prior_fit and (list(self.prior_parameters) != ["alpha", "beta"] or list(self.warp) != ["log"]):
+            raise ValueError(f"Expected prior parameters ['alpha', 'beta'] of a one-dimensional model with a log "
+                             f"warp for prior_fit {self.prior_fit!r}, but got {list(self.prior_parameters)} and warp "
+                             f"{list(self.warp)}.")
         if self.split_observations and (len(self.sources) != 1 or self.prior_parameters):
             raise ValueError(f"Expected one observation source and GMM priors for split_observations, but got "
                              f"sources {dict(self.sources)} and prior parameters {dict(self.prior_parameters)}.")
@@ -269,13 +282,19 @@ class DistributionTransformer(nn.Module):
             return self._wrap(chart_to_gmm(chart.to(prior.dtype), self.dim))
 
     def _encoded_prior_chart(self, prior: Tensor) -> Tensor:
-        """``encode_prior`` of parameters ``(*B, P)`` after validation: chart ``(*B, K, C)`` in the network's dtype.
+        """The chart ``(*B, K, C)`` the network reads for parameters ``(*B, P)``, after validation, in the network's
+        dtype: the tabulated fit where the config names one (``prior_fit``), else ``encode_prior``'s.
 
-        This is the chart the network was trained on. For a ``prior_logits="raw"`` model its weight column holds
-        the encoder's unnormalised logits, so it is not ``gmm_to_chart`` of the decoded mixture (whose log
-        weights are normalised): the posterior is computed from this chart, not from that round trip."""
+        For a ``prior_logits="raw"`` model the encoder chart's weight column holds the encoder's unnormalised
+        logits, so it is not ``gmm_to_chart`` of the decoded mixture (whose log weights are normalised): the
+        posterior is computed from this chart, not from that round trip."""
         params = self._parameters_tensor(prior)
         weight = self.prior_encoder.last.weight
+        if self.config.prior_fit:
+            from ..distributions.log_inverse_gamma import log_inverse_gamma_mixture
+
+            fitted = log_inverse_gamma_mixture(params[..., 0].double(), params[..., 1].double())
+            return gmm_to_chart(fitted).to(dtype=weight.dtype, device=weight.device)
         chart = self.encode_prior(params.reshape(-1, params.shape[-1]).to(dtype=weight.dtype, device=weight.device))
         return chart.reshape(*params.shape[:-1], *chart.shape[-2:])
 

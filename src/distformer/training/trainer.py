@@ -113,9 +113,11 @@ def batch_loss(model: DistributionTransformer, batch: Batch, prior_loss: bool,
 
     The NLL is on the original space: for a model with a warp :math:`f` it is
     :math:`-\log q(f(x)) - \log|f'(x)|`, whose gradient is that of the warped-space NLL. Parametric priors go
-    through the model's prior encoder. ``forward`` runs the network (default ``model``; a
-    ``DistributedDataParallel`` wrapper under DDP)."""
-    if torch.is_tensor(batch.prior):
+    through the model's prior encoder, or its tabulated fit where the config names one (``prior_fit``).
+    ``forward`` runs the network (default ``model``; a ``DistributedDataParallel`` wrapper under DDP)."""
+    if torch.is_tensor(batch.prior) and model.config.prior_fit:  # a tabulated fit: what the network reads
+        chart = model._encoded_prior_chart(batch.prior)
+    elif torch.is_tensor(batch.prior):
         chart = model.encode_prior(batch.prior.float())
     else:
         chart = gmm_to_chart(batch.prior).float()
