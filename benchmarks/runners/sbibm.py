@@ -212,7 +212,8 @@ def protocol(size: dict, r: dict) -> str:
     return (f"C2ST (sbibm's protocol: 10,000 draws a side, an MLP of two hidden layers of 10·D units, 5-fold "
             f"cross-validation; 0.5 is indistinguishable) on sbibm's observations 1–{size['observations']} at the "
             f"task's prior (against sbibm's reference samples) and 1–{size['changed_observations']} under each "
-            f"changed prior (against our reference: the grid posterior in 2-D, the closed form for gaussian_linear)"
+            f"changed prior (against our reference: the grid posterior in 2-D, 201 points a side for sir, the closed "
+            f"form for gaussian_linear)"
             f"{fewer}. Mean ± 95% interval over observations. Model: trained here for {size['train_minutes']:g} min "
             f"on one thread (seed {SEED}); gaussian_linear is answered by the shipped `linear-gaussian-10d` model, "
             "trained once for all linear-Gaussian problems and not for this task (unit-noise coordinates, as in "
@@ -276,7 +277,7 @@ EXPERIMENT = Experiment(
     seed=SEED,
     sizes={"quick": dict(tasks=("two_moons",), train_minutes=0.2, train_steps=30, scratch="runs/sbibm-quick",
                          observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500),
-           "full": dict(tasks=("two_moons", "gaussian_mixture", "gaussian_linear"), train_minutes=20.0,
+           "full": dict(tasks=("two_moons", "gaussian_mixture", "gaussian_linear", "sir"), train_minutes=20.0,
                         train_steps=None, scratch=None, observations=10, changed_observations=5,
                         simulations=(10_000, 100_000), retrain_simulations=10_000,
                         # a 10-D C2ST takes about 3 min on one thread: fewer observations for the 10-D task

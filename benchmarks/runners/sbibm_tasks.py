@@ -10,6 +10,8 @@ Each task follows sbibm 1.1.0's ``task.py`` (Lueckmann et al., 2021):
   :math:`p_1 > 0`, and 0 elsewhere.
 * ``gaussian_mixture``: :math:`\theta\sim\mathcal U(-10,10)^2`, :math:`x\sim\tfrac12\mathcal N(\theta, I) +
   \tfrac12\mathcal N(\theta, 0.01 I)`.
+* ``sir``: ``sbibm_sir.py`` (an ODE simulator, log-normal priors); ``gaussian_linear``: ``sbibm_linear.py`` (the
+  shipped linear-Gaussian model, no training).
 
 **Uniform priors.** A box prior :math:`\mathcal U(a,b)` is exact on the model's warped space: with the support
 ``(a, b)`` the library trains on :math:`u = \operatorname{logit}((\theta-a)/(b-a))`, where the uniform becomes the
@@ -81,10 +83,11 @@ def logistic_fit_kl(components: int = 3) -> float:
     return float(torch.trapezoid(log_p.exp() * (log_p - log_q), u))
 
 
-def changed(prior: GaussianMixture, kind: str) -> GaussianMixture:
-    """The ``shifted`` or ``narrowed`` version of a task prior (module docstring)."""
+def changed(prior: GaussianMixture, kind: str, unit=LOGISTIC_SD) -> GaussianMixture:
+    """The ``shifted`` or ``narrowed`` version of a task prior (module docstring); a shift is ``SHIFT`` times
+    ``unit`` (a number, or one per axis)."""
     if kind == "shifted":
-        return GaussianMixture(prior.weights, prior.loc + SHIFT * LOGISTIC_SD,
+        return GaussianMixture(prior.weights, prior.loc + SHIFT * torch.as_tensor(unit, dtype=prior.loc.dtype),
                                covariance_matrix=prior.component_covariance_matrix)
     if kind == "narrowed":
         return GaussianMixture(prior.weights, prior.loc, covariance_matrix=NARROW**2 * prior.component_covariance_matrix)
@@ -146,10 +149,16 @@ class Task:
     simulate: Callable
     pretrained: str = ""  # every task here is trained on its simulator
     reference_name: str = "grid"
+    shift_unit: float | tuple = LOGISTIC_SD  # what ``SHIFT`` multiplies: the prior's sd on each warped axis
+    data_scale: float = 1.0  # sbibm's data are the model's observations times this
+    sbi_base: Callable | None = None  # prior mixture -> sbi prior on the original space (default: the box)
+    grid_size: int | None = None  # the grid reference's points per axis (None: its default, 401)
 
     def sbi_prior(self, prior: GaussianMixture | None = None):
         """The task's box prior for sbi, or a changed prior (a mixture on the warped space) pushed through the warp
         as a torch distribution with ``sample`` and ``log_prob`` on the original space."""
+        if self.sbi_base is not None:
+            return self.sbi_base(self.prior if prior is None else prior)
         if prior is None:
             from torch.distributions import Independent, Uniform
 
@@ -157,25 +166,26 @@ class Task:
         return WarpedPrior(prior.to(torch.float32), self.problem.warp, self.low, self.high)
 
     def data(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Raw simulator output ``(n, E)`` for NPE."""
-        return self.simulate(theta, generator)[:, 0]
+        """Simulator output ``(n, E)`` for NPE, as sbibm's files give it."""
+        return self.simulate(theta, generator)[:, 0] * self.data_scale
 
     def changed(self, kind: str) -> GaussianMixture:
-        return changed(self.prior, kind)
+        return changed(self.prior, kind, self.shift_unit)
 
     def draws(self, model, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
         """``count`` draws ``(S, D)`` of the model's posterior on the original space for one observation ``x``
         ``(E,)`` under ``prior`` (a mixture on the warped space)."""
         with torch.inference_mode():
-            post = model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))), _observed(x),
-                                   check=False)
+            post = model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))),
+                                   _observed(x / self.data_scale), check=False)
         return post.sample((count,), generator=generator)[:, 0].double()
 
     def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
         """``count`` grid-reference draws ``(S, D)`` under ``prior`` for one observation ``x`` ``(E,)``."""
         from distformer.evaluation import reference_draws
 
-        return reference_draws(self.problem, prior.expand((1,)), _observed(x), count, generator=generator)[:, 0]
+        return reference_draws(self.problem, prior.expand((1,)), _observed(x / self.data_scale), count,
+                               grid_size=self.grid_size, generator=generator)[:, 0]
 
 
 def _observed(x: Tensor):
@@ -253,10 +263,18 @@ def gaussian_mixture() -> Task:
     return Task("gaussian_mixture", problem, prior, -10.0, 10.0, gaussian_mixture_simulate)
 
 
+def sir() -> Task:
+    from . import sbibm_sir
+
+    return Task("sir", sbibm_sir.problem(), sbibm_sir.prior(), 0.0, math.inf, sbibm_sir.simulate,
+                shift_unit=sbibm_sir.PRIOR_SD, data_scale=float(sbibm_sir.TRIALS), sbi_base=sbibm_sir.LogNormalPrior,
+                grid_size=201)
+
+
 def gaussian_linear():
     from .sbibm_linear import LinearGaussianTask
 
     return LinearGaussianTask()
 
 
-TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear}
+TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear, "sir": sir}
