@@ -47,25 +47,39 @@ def score_filter(name: str, run: Callable, prior, observations: Observations, st
     return row, beliefs, nll
 
 
+SCORING_RULES = ("best", "kde")
+
+
 def score_particle_filter(pf: ParticleFilter, prior, observations: Observations, states: torch.Tensor,
-                          seed: int, per_series: int, reference: torch.Tensor) -> tuple[dict, object, torch.Tensor]:
+                          seed: int, per_series: int, reference: torch.Tensor,
+                          rule: str = "best") -> tuple[dict, object, torch.Tensor]:
     """Run ``pf`` (timed) and score the truth under the moment-matched Gaussian and under a Gaussian KDE of the same
-    particles (same seed); the row's ``nll`` is the better of the two, with its paired gap to ``reference`` (the
-    model's NLL). ``ms_per_step`` is scaled to a batch of ``per_series`` series (particle-filter cost is linear in the
-    number of series)."""
-    name = f"particle filter, {pf.num_particles:,} particles"
+    particles (same seed); the row's ``nll`` is the KDE's (``rule="kde"``) or the better of the two (``"best"``),
+    with its paired gap to ``reference`` (the model's NLL). ``ms_per_step`` is scaled to a batch of ``per_series``
+    series (particle-filter cost is linear in the number of series)."""
+    if rule not in SCORING_RULES:
+        raise ValueError(f"Expected a scoring rule among {SCORING_RULES}, but got {rule!r}.")
+    kind = "regularised particle filter" if pf.regularised else "particle filter"
+    name = f"{kind}, {pf.num_particles:,} particles"
     row, beliefs, _ = score_filter(name, lambda p, o: pf.run(p, o, generator=torch.Generator().manual_seed(seed)),
                                 prior, observations, states)
     gaussian = -beliefs.to(torch.float64).log_prob(states)
     kde = -pf.log_density(prior, observations, states.to(prior.dtype),
                           generator=torch.Generator().manual_seed(seed)).double()
-    best = kde if bool(kde.mean() < gaussian.mean()) else gaussian
+    best = kde if rule == "kde" or bool(kde.mean() < gaussian.mean()) else gaussian
     row |= {"particles": pf.num_particles, "nll": estimate(best.mean(0)).as_dict(),
             "nll_gaussian": estimate(gaussian.mean(0)).as_dict(), "nll_kde": estimate(kde.mean(0)).as_dict(),
             "nll_by_step": best.mean(1).tolist(),
             "gap_to_model": estimate((best - reference[:, :best.shape[1]]).mean(0)).as_dict(),
             "ms_per_step": row["ms_per_step"] * per_series / states.shape[1]}
     return row, beliefs, best
+
+
+def phase_gaps(nll: torch.Tensor, reference: torch.Tensor, split: int) -> dict:
+    """Paired NLL gaps ``nll - reference`` (both ``(T, n)``) per step, averaged over steps ``1..split`` and
+    ``split+1..T`` of each series: ``{"first": Estimate, "rest": Estimate}`` over series."""
+    gap = nll - reference
+    return {"first": estimate(gap[:split].mean(0)).as_dict(), "rest": estimate(gap[split:].mean(0)).as_dict()}
 
 
 def smallest_match(rows: list[dict], model_row: dict) -> dict:
