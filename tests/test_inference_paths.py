@@ -88,8 +88,9 @@ def test_the_traced_path_follows_in_place_parameter_changes(rng):
     opt.step()
     after = model.posterior(prior, z, mask, check=False).loc
     assert (after - before).abs().max() > 1e-3
+    # float32 paths that may take different dense kernels (kernels.bias_add_pays): a few ulps relative
     torch.testing.assert_close(after, model.posterior(prior, z, mask, grad=True, check=False).loc.detach(),
-                               rtol=0, atol=1e-4)
+                               rtol=2e-5, atol=1e-4)
 
 
 def test_fast_gelu_equals_the_tanh_approximation():

@@ -195,9 +195,12 @@ def test_bench_sensor_fusion_quick_writes_a_report(tmp_path, monkeypatch):
     report = (tmp_path / "sensor-fusion.md").read_text()
     assert "distformer bench sensor-fusion --quick" in report and "particle filter, 1,000 particles" in report
     assert (tmp_path / "sensor-fusion.png").exists()
-    again = json.loads((tmp_path / "sensor-fusion.json").read_text())["match"]["repeated"]
-    assert again["repeats"] == 2 and again["model_ms_per_step"] > 0 and "Timed again, 2 runs of each" in report
-    assert again["speedup"] == pytest.approx(again["particle_ms_per_step"] / again["model_ms_per_step"])
+    by_batch = json.loads((tmp_path / "sensor-fusion.json").read_text())["match"]["repeated_by_batch"]
+    assert sorted(int(n) for n in by_batch) == [1, 8]  # the quick size's timing batches
+    for n, again in by_batch.items():
+        assert again["repeats"] == 2 and again["model_ms_per_step"] > 0 and f"batch {n}: model" in report
+        assert again["speedup"] == pytest.approx(again["particle_ms_per_step"] / again["model_ms_per_step"])
+        assert f"**{again['speedup']:,.1f}×** (2 runs each)" in report
 
 
 def test_repeated_timing_alternates_the_two_runs_and_takes_medians(monkeypatch):
