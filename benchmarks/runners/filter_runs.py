@@ -138,6 +138,8 @@ def plot_compute_curve(ax, rows: list[dict], max_nll: float = 50.0, series: int 
             ax.errorbar(r["ms_per_step"], r["nll"]["mean"], yerr=1.96 * r["nll"]["stderr"], fmt="s", capsize=3,
                         label=r["filter"])
     ax.set_xscale("log")
+    if any(abs(r["nll"]["mean"]) > max_nll for r in pf):  # a filter that lost the target would flatten the rest
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel(f"ms per step (batch of {series} series)")
     ax.set_ylabel("NLL of the true state per step")
     ax.legend(fontsize=7)
