@@ -207,8 +207,8 @@ def _mean(values: list[float]) -> str:
 
 
 def protocol(size: dict, r: dict) -> str:
-    fewer = "".join(f" ({name}: 1–{c['observations']} and 1–{c['changed_observations']}; a 10-D C2ST takes about "
-                    "3 min on one thread)" for name, c in size.get("fewer", {}).items() if name in size["tasks"])
+    fewer = "".join(f" ({name}: 1–{c['observations']} and 1–{c['changed_observations']}; a 10-D C2ST takes "
+                    "3-9 min on one thread)" for name, c in size.get("fewer", {}).items() if name in size["tasks"])
     linear = "gaussian_linear" in size["tasks"]
     left_out = "".join(f" `{name}` is left out of this run: {why}." for name, why in LEFT_OUT.items()
                        if name not in size["tasks"])
