@@ -230,13 +230,19 @@ def test_the_chunks_trace_records_the_shortcuts_and_keeps_the_function_in_float6
     model = perturbed_model(noise=0.2, dtype=torch.float64, encoder_layers=1)
     prior, z, mask = _masked_problems(300, rng)
     chunked = model.posterior(prior, z, mask, check=False)           # 300 > traced_batch_size: chunks of 256
-    small = model.posterior(prior[:5], z[:5], mask[:5], check=False)
+    small = model.posterior(prior[:5], z[:5], mask[:5], check=False)  # the small-batch update, one trace
+    empty = mask[:6].clone()
+    empty[5] = False                                                 # a data set without data: the folded trace
+    some_empty = model.posterior(prior[:6], z[:6], empty, check=False)
     eager = model.posterior(prior, z, mask, grad=True, check=False)
-    graphs = {key: str(model.__dict__[key][1].inlined_graph) for key in ("_traced_chunks", "_traced")}
+    graphs = {key: str(model.__dict__[key][-1].inlined_graph) for key in ("_traced_chunks", "_traced",
+                                                                        "_traced_update")}
     assert "aten::sigmoid_" in graphs["_traced_chunks"] and "aten::sigmoid_" not in graphs["_traced"]
     assert "aten::gelu" in graphs["_traced"] and "aten::gelu" not in graphs["_traced_chunks"]
     assert "cholesky_inverse" in graphs["_traced"] and "cholesky_inverse" not in graphs["_traced_chunks"]
-    for fast, n in ((chunked, 300), (small, 5)):
+    update = graphs["_traced_update"]  # the written-out factors alone: plain GELU, no LAPACK
+    assert "aten::gelu" in update and "aten::sigmoid_" not in update and "cholesky_inverse" not in update
+    for fast, n in ((chunked, 300), (small, 5), (some_empty[:5], 5)):
         torch.testing.assert_close(fast.loc, eager.loc[:n].detach(), rtol=0, atol=1e-10)
         torch.testing.assert_close(fast.scale_tril, eager.scale_tril[:n].detach(), rtol=0, atol=1e-10)
         torch.testing.assert_close(fast.log_weights, eager.log_weights[:n].detach(), rtol=0, atol=1e-10)

@@ -10,6 +10,7 @@ import torch
 from distformer import DistributionTransformer, GaussianMixture, ModelConfig
 from distformer.nn.export import cpp_compiler
 from distformer.nn.tokens import chart_size, chart_to_gmm, gmm_to_chart
+from distformer.observations import as_observations
 from helpers import perturbed_model, random_mixture
 
 
@@ -190,6 +191,13 @@ def test_bad_inputs(rng):
         model.posterior(prior, torch.zeros(2, 3, 5))
     with pytest.raises(ValueError, match="finite observations"):
         model.posterior(prior, torch.full((2, 3, 2), float("inf")))
+    for bad in (float("nan"), -float("inf")):  # one entry is enough
+        z = torch.zeros(2, 3, 2)
+        z[1, 2, 0] = bad
+        with pytest.raises(ValueError, match="finite observations"):
+            model.posterior(prior, z)
+    huge = torch.full((1, 3, 2), 1e308, dtype=torch.float64)  # finite, though their sum overflows
+    assert bool(as_observations(huge, {"z": 2}).masks["z"].all())
     with pytest.raises(ValueError, match="broadcast"):
         model.posterior(prior, torch.zeros(3, 4, 2))
     with pytest.raises(ValueError, match="boolean mask"):

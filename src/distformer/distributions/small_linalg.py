@@ -16,7 +16,8 @@ over the whole batch: :math:`O(D^3)` operations, each vectorised. They are used 
 matrices, outside TorchScript tracing (a trace keeps the branch it saw), and for ``D <= 4`` at any batch size under
 ``torch.compile`` / ``torch.export``, whose compiler fuses them into one loop (LAPACK has no fused form there),
 and in a trace recorded under :func:`shortcuts_in_trace` (one used on large batches only: the written-out form is
-the same function at any size); otherwise the LAPACK calls. A matrix that is not
+the same function at any size) or :func:`factors_in_trace` (the small-batch update, where at batch size 1 the
+written-out factors beat LAPACK's per-call overhead once the trace is frozen); otherwise the LAPACK calls. A matrix that is not
 positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor: either way the
 caller's finiteness check is what reports it.
 """
@@ -59,6 +60,10 @@ class ThreadFlag:
 # large batches only, since each computes the same function at any size.
 shortcuts_in_trace = ThreadFlag()
 
+# Within ``with factors_in_trace():`` a TorchScript trace records the written-out factors only (not the other
+# large-batch forms): the small-batch update of ``nn/engine.py``, where they spare LAPACK's per-call overhead.
+factors_in_trace = ThreadFlag()
+
 
 def tracing_with_shortcuts() -> bool:
     """Whether a TorchScript trace is being recorded under :func:`shortcuts_in_trace` in this thread."""
@@ -70,7 +75,7 @@ def unrolled(dim: int, count: int) -> bool:
     if dim > MAX_UNROLLED_DIM or torch.jit.is_scripting():
         return False
     if torch.jit.is_tracing():
-        return tracing_with_shortcuts()
+        return shortcuts_in_trace.on or factors_in_trace.on
     return torch.compiler.is_compiling() or count >= MIN_UNROLLED_BATCH
 
 

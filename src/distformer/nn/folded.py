@@ -188,7 +188,7 @@ def _parameters_key(model: nn.Module) -> tuple:
     for every batch-1 call)."""
     tops, slots = _parameter_slots(model)
     params = [parameters[name] for parameters, name in slots]
-    return (tops, params[0].dtype, params[0].device, *[(id(p), p._version) for p in params])
+    return (tops, params[0].dtype, params[0].device, tuple(map(id, params)), [p._version for p in params])
 
 
 def folded_weights(model: nn.Module) -> FoldedModel:

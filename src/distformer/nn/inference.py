@@ -8,7 +8,10 @@ Steps, for a batch ``B`` of (prior, data) problems:
    ``check="importance"`` also the Pareto :math:`\hat k` of importance ratios against the prior times the
    likelihood (``reliability.py``); the verdict is ``post.reliable`` and ``post.reliability``.
 3. **run**: data sets with an observation go through the network (``engine.decode`` chooses the
-   traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`.
+   traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`. A small
+   batch of a GMM prior with data in every data set runs steps 1-4 as one traced graph instead
+   (``engine.small_batch_update``, the same function and verdict): at batch size 1 the operator calls from Python
+   otherwise cost about as much as the network.
 4. **finish**: Bayes' rule for the weights that the chart floors (:math:`\log w < -16`): the network's weight
    change is added to the true log weight, so a component of prior weight 0 keeps weight 0.
 
@@ -29,8 +32,8 @@ from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import WarpedGaussianMixture
 from ..observations import Observations, as_observations
-from .engine import decode
-from .support import Reliability, warn_flagged
+from .engine import NOT_FINITE, decode, small_batch_update
+from .support import REASONS, Reliability, warn_flagged
 from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 
 CHECKS = (True, False, "importance")
@@ -101,6 +104,17 @@ def _posterior(model, prior: GaussianMixture, encoded, parameters, obs: Observat
     """Steps 1-4 of the module docstring for one part of the data: ``(posterior, Reliability or None)``."""
     weight = model.prior_embedding.last.weight
     with torch.enable_grad() if grad else torch.inference_mode():
+        if not grad and encoded is None and batch.numel() <= model.traced_batch_size and not model.is_parametric \
+                and prior.dtype == weight.dtype and prior.loc.device == weight.device:
+            flat_obs = obs if obs.batch_shape == batch else obs.expand(batch)
+            if len(batch) != 1:
+                flat_obs = flat_obs.reshape((batch.numel(),))
+            if any(v.dtype != weight.dtype or v.device != weight.device for v in flat_obs.values.values()):
+                flat_obs = flat_obs.to(dtype=weight.dtype, device=weight.device)
+            if flat_obs.any_present() is None:
+                update = small_batch_update(model, bool(check))
+                if update is not None:
+                    return _updated(model, update, prior, flat_obs, batch)
         chart = gmm_to_chart(prior) if encoded is None else encoded
         K, C = chart.shape[-2:]
         if chart.shape[:-2] != batch:
@@ -137,6 +151,31 @@ def _posterior(model, prior: GaussianMixture, encoded, parameters, obs: Observat
                 scale_tril=torch.where(keep[..., None, None, None], result.scale_tril, prior.scale_tril),
                 validate_args=False)
         return model._wrap(result), reliability
+
+
+def _updated(model, update, prior: GaussianMixture, obs: Observations, batch):
+    """:func:`_posterior` by the small-batch trace (``engine.small_batch_update``) for a flat batch of data
+    ``obs``: the same posterior and verdict, one traced graph instead of some forty operator calls from Python."""
+    n, K = batch.numel(), prior.num_components
+    parts = (prior.log_weights, prior.loc, prior.scale_tril)
+    if prior.batch_shape != (n,):
+        event = len(prior.batch_shape) + 1  # where each part's per-component shape starts
+        parts = tuple(t.expand(*batch, K, *t.shape[event:]).reshape(n, K, *t.shape[event:]) for t in parts)
+    outputs = update(*parts, *obs.values.values(), *obs.masks.values())
+    if not bool(outputs[3]):
+        raise FloatingPointError(NOT_FINITE.format(model.card.get("problem", {}).get("meta_prior", "see model.card")))
+    posterior = outputs[:3] if batch == (n,) else [t.reshape(*batch, *t.shape[1:]) for t in outputs[:3]]
+    result = model._wrap(GaussianMixture._from_parts(*posterior))
+    if len(outputs) == 4:
+        return result, None
+    reliable, *reasons = outputs[4:] if batch == (n,) else [t.reshape(batch) for t in outputs[4:]]
+    reliability = Reliability(reliable, dict(zip(REASONS, reasons)))
+    if not bool(reliable.all()):
+        row = int((~reliable).reshape(-1).nonzero()[0])
+        chart = gmm_to_chart(prior.expand(batch)).reshape(n, K, -1)
+        reliability = replace(reliability, detail=f"e.g. problem {row} (flat index): "
+                              f"{model.support.describe(chart, obs, None, row)}")
+    return result, reliability
 
 
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):

@@ -141,6 +141,12 @@ class TrainingSupport:
             cache[key] = (torch.tensor(low, dtype=dtype, device=device), torch.tensor(high, dtype=dtype, device=device))
         return cache[key]
 
+    def cache_bounds(self, sources: Mapping[str, int], dtype: torch.dtype, device) -> None:
+        """Make the bound tensors of the component coordinates and of each source in ``dtype`` on ``device`` now,
+        so that a trace of :meth:`_outside_torch` records them as constants rather than their making."""
+        for what in ("component", *[s for s in sources if s in self.observation_low]):
+            self._bounds(what, dtype, device)
+
     def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
 
         dim = len(self.observation_low[self.anchor]) if self.anchor else 0

@@ -84,9 +84,12 @@ def chart_to_gmm(chart: Tensor, dim: int) -> GaussianMixture:
     """Inverse of :func:`gmm_to_chart`: ``(*B, K, 1 + D + D(D+1)/2)`` -> valid ``GaussianMixture``."""
     if chart.shape[-1] != chart_size(dim):
         raise ValueError(f"Expected a chart of size {chart_size(dim)} for D={dim}, but got {chart.shape[-1]}.")
-    logits = chart[..., 0]
-    loc = chart[..., 1:1 + dim]
+    return GaussianMixture._from_parts(*parts_from_chart(chart, dim))
+
+
+def parts_from_chart(chart: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The mixture of a chart ``(*B, K, C)`` as normalised log-weights ``(*B, K)``, means ``(*B, K, D)`` and
+    Cholesky factors ``(*B, K, D, D)``: :func:`chart_to_gmm` without the object (for a trace)."""
     log_diag = chart[..., 1 + dim:1 + 2 * dim].clamp(*LOG_DIAG_RANGE)
-    off = chart[..., 1 + 2 * dim:]
-    L = tril_from_parts(log_diag.exp(), off, dim)
-    return GaussianMixture._from_parts(torch.log_softmax(logits, dim=-1), loc, L)
+    L = tril_from_parts(log_diag.exp(), chart[..., 1 + 2 * dim:], dim)
+    return torch.log_softmax(chart[..., 0], dim=-1), chart[..., 1:1 + dim], L
