@@ -17,6 +17,8 @@ component sds ``[0.1, 3]``, 1..20 observations) in one respect each:
 * ``components``: ``K`` uniform on 1..16;
 * ``observations``: ``N`` log-uniform on 1..200;
 * ``conflict``: theta 6-12 prior sds from the prior mean (along a random direction of the prior covariance);
+* ``far-conflict``: the same at 20-50 prior sds;
+* ``very-narrow``: component sds 10^-4 to 10^-2 times the noise sd (log-uniform), below training's;
 * ``uniform-in-range``: every chart coordinate uniform inside the training ranges a range check would accept.
 """
 
@@ -167,14 +169,25 @@ def observations(n, D, g):
     return _from_prior(_priors(n, 4, D, g), g, counts)
 
 
-def conflict(n, D, g):
+def conflict(n, D, g, low: float = 6.0, high: float = 12.0):
     prior = _priors(n, 4, D, g)
     cov = prior.covariance_matrix
     direction = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
     L = torch.linalg.cholesky(cov)
-    distance = 6 + 6 * torch.rand(n, 1, generator=g)
+    distance = low + (high - low) * torch.rand(n, 1, generator=g)
     theta = prior.mean + distance * (L @ direction.unsqueeze(-1)).squeeze(-1)
     return Problems(prior, theta, _observe(theta, _counts(n, g), g))
+
+
+def far_conflict(n, D, g):
+    return conflict(n, D, g, 20.0, 50.0)
+
+
+def very_narrow(n, D, g):
+    K = int(torch.randint(1, 5, (), generator=g))
+    prior = _priors(n, K, D, g)
+    std = _log_uniform((n, K, 1, 1), 1e-4, 1e-2, g)
+    return _from_prior(GaussianMixture(prior.weights, prior.loc, scale_tril=std * torch.eye(D)), g)
 
 
 def uniform_in_range(n, D, g):
@@ -190,5 +203,6 @@ def uniform_in_range(n, D, g):
 FAMILIES: dict[str, Callable] = {
     "meta": meta, "translated": translated, "wide": wide, "narrow": narrow, "correlated": correlated,
     "separated": separated, "tiny-weights": tiny_weights, "zero-weights": zero_weights, "components": components,
-    "observations": observations, "conflict": conflict, "uniform-in-range": uniform_in_range,
+    "observations": observations, "conflict": conflict, "far-conflict": far_conflict, "very-narrow": very_narrow,
+    "uniform-in-range": uniform_in_range,
 }

@@ -115,7 +115,7 @@ class SmallBatchUpdate(nn.Module):
 
     ``forward(log_weights (n, K), loc (n, K, D), scale_tril (n, K, D, D), *values, *masks)`` gives the posterior's
     ``(log_weights, loc, scale_tril)``, ``finite`` (a boolean scalar: the network's chart had no NaN or inf) and,
-    with a support, ``reliable`` ``(n,)`` and the reasons ``prior``, ``data`` and ``count`` ``(n,)`` (``True`` where
+    with a support, ``reliable`` ``(n,)`` and the reasons of ``support.REASONS`` ``(n,)`` each (``True`` where
     that reason fired; reliable where none did). Every data set must hold
     an observation (``inference.py`` sends the others elsewhere)."""
 
@@ -137,8 +137,8 @@ class SmallBatchUpdate(nn.Module):
         if self.support is None:
             return (*parts, finite)
         reasons = self.support._outside_torch(chart, obs, None)
-        return (*parts, finite, ~(reasons["prior"] | reasons["data"] | reasons["count"]),
-                *[reasons[k] for k in REASONS])
+        flagged = reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"]
+        return (*parts, finite, ~flagged, *[reasons[k] for k in REASONS])
 
 
 def small_batch_update(model, checked: bool):

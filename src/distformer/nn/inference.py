@@ -64,6 +64,9 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
         result, reliability = _in_parts(model, prior, parts, batch, grad, check)
     else:
         result, reliability = _posterior(model, prior, encoded, parameters, obs, batch, grad, check)
+    if check != "importance" and reliability is not None and bool(reliability.reasons["conflict"].any()):
+        reliability = _conflict_checked(model, result, prior, obs.expand(batch), reliability, likelihood,
+                                        importance_draws, generator)
     if check == "importance":
         from .reliability import importance_check
 
@@ -178,6 +181,50 @@ def _updated(model, update, prior: GaussianMixture, obs: Observations, batch):
     return result, reliability
 
 
+def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, reliability, likelihood,
+                      draws: int, generator):
+    """The verdict on problems whose data conflict with their prior beyond training (reason ``conflict``): the
+    model's accuracy there varies from problem to problem, so each such problem is judged by the importance check
+    of ``reliability.py`` (the card's likelihood unless ``likelihood`` is given; ``draws`` draws; a fixed seed
+    unless ``generator`` is given, so that a call's verdict is repeatable) and keeps the reason only where that
+    check fails. Where no likelihood is at hand, the reason stands."""
+    from .reliability import card_likelihood, importance_check
+
+    try:
+        likelihood = likelihood if likelihood is not None else card_likelihood(model)
+    except ValueError:
+        return reliability
+    base = getattr(result, "base", result)
+    batch = base.batch_shape
+    n = batch.numel()
+    posterior, flat_prior, flat_obs = _flat(base, n), _flat(prior.expand(batch), n), obs.reshape((n,))
+    conflict = reliability.reasons["conflict"].reshape(n)
+    rows = conflict.nonzero().squeeze(-1)
+    try:
+        verdict = importance_check(model, posterior[rows], flat_prior[rows], flat_obs.index(rows), None, likelihood,
+                                   draws, generator if generator is not None else torch.Generator().manual_seed(0))
+    except (ValueError, NotImplementedError):  # a likelihood the check cannot use: the reason stands
+        return reliability
+    kept = torch.zeros_like(conflict)
+    kept[rows] = verdict.reasons["importance"].to(kept.device)
+    reasons = dict(reliability.reasons) | {"conflict": kept.reshape(batch)}
+    reliable = ~(reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"])
+    detail = ""
+    if not bool(reliable.all()):
+        row = int((~reliable).reshape(-1).nonzero()[0])
+        chart = gmm_to_chart(flat_prior[row:row + 1]).to(model.prior_embedding.last.weight.dtype)
+        detail = f"e.g. problem {row} (flat index): " + model.support.describe(
+            chart, flat_obs.slice(row, row + 1).to(dtype=chart.dtype), None, 0)
+    return replace(reliability, reliable=reliable, reasons=reasons, detail=detail)
+
+
+def _flat(mixture: GaussianMixture, n: int) -> GaussianMixture:
+    """``mixture`` with its batch shape flattened to ``(n,)``."""
+    K, D = mixture.num_components, mixture.dim
+    return GaussianMixture._from_parts(mixture.log_weights.reshape(n, K), mixture.loc.reshape(n, K, D),
+                                       mixture.scale_tril.reshape(n, K, D, D))
+
+
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):
     """The per-problem :class:`~distformer.support.Reliability` of a flat batch, shaped ``batch``, with the flat
     batch kept for describing a flagged problem."""
@@ -190,7 +237,7 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
         flat_parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(-1, parameters.shape[-1])
     chart_or_none = None if flat_parameters is not None else chart
     reasons = support.outside(chart_or_none, obs, flat_parameters)
-    flagged = reasons["prior"] | reasons["data"] | reasons["count"]
+    flagged = reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"]
     if flagged.shape != batch:
         flagged = flagged.reshape(batch)
         reasons = {k: v.reshape(batch) for k, v in reasons.items()}
@@ -206,8 +253,12 @@ def _warn(model, reliability, strict: bool, check) -> None:
 
     why = []
     if check != "importance" and any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count")):
-        why.append("prior, data and count are numbers outside the ranges the model was trained and measured on"
-                   + (f" ({reliability.detail})" if reliability.detail else ""))
+        why.append("prior, data and count are numbers outside the ranges the model was trained and measured on")
+    if check != "importance" and bool(reliability.reasons["conflict"].any()):
+        why.append("conflict means the data lie further from every prior component than training ever put them, "
+                   "and importance sampling against prior times likelihood finds the posterior off there")
+    if why and reliability.detail:
+        why[-1] += f" ({reliability.detail})"
     if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):
         why.append("importance means the posterior differs measurably from prior times likelihood: the importance "
                    "ratios of its draws are uneven, or have a heavy tail that shows mass it missed")

@@ -14,27 +14,42 @@ training meta-prior, the range of
 
 each widened by ``margin`` of its width on either side, :math:`[a - \rho(b-a),\ b + \rho(b-a)]`. A problem is
 *atypical* when any of its numbers lies outside; the reasons are kept per problem (``prior``, ``data``,
-``count``). The number of components ``K`` is not checked: the decoder has no positional encoding over
+``count``). For a model whose site multiplies each prior component exactly (no chart residual), log scales are
+accepted down to ``NARROW_LIMIT`` of the noise sd, below training's, where accuracy was measured.
+
+Per-coordinate ranges cannot see a prior and data that are each ordinary but far apart. For an anchored model the
+support also holds the largest **prior-data conflict** of training, the distance of the data mean from the
+nearest live component in prior-predictive sds (:meth:`TrainingSupport.conflict_distance`, widened by ``margin``);
+a problem beyond it gets the reason ``conflict``. The model's accuracy there varies from problem to problem, so
+``inference.py`` judges each such problem by the importance check of ``reliability.py`` and keeps the reason only
+where that check fails. The number of components ``K`` is not checked: the decoder has no positional encoding over
 components, and ``bench components`` measures any ``K``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from ..distributions.small_linalg import mahalanobis
 from ..distributions.transforms import Warp
 from ..observations import Observations
 from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations
-from .tokens import gmm_to_chart
+from .tokens import gmm_to_chart, tril_from_parts
 
 SUPPORT_FORMAT = 2
-REASONS = ("prior", "data", "count")
+# For an anchored model whose site multiplies the prior component exactly with no chart residual
+# (``ModelConfig.site_residual`` off), a component narrower than any in training only sharpens an exact product:
+# its log scales are accepted down to this share of the noise sd, where float32 posteriors were measured as
+# accurate as in training (``bench stress``, very-narrow family); below it float32 rounding of the means shows.
+NARROW_LIMIT = 1e-4
+REASONS = ("prior", "data", "count", "conflict")
 
 
 class OutOfFamilyWarning(UserWarning):
@@ -85,6 +100,8 @@ class TrainingSupport:
     bounded: bool = False
     scale_source: str = ""
     scale_power: float = 0.5
+    anchor_noise: float = 0.0
+    conflict_high: float = math.inf
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the caches kept in __dict__
@@ -115,7 +132,9 @@ class TrainingSupport:
                    count_low=dict(data["count_low"]), count_high=dict(data["count_high"]),
                    anchor=str(data["anchor"]), num_components=int(data["num_components"]),
                    bounded=bool(data.get("bounded", False)), scale_source=str(data.get("scale_source", "")),
-                   scale_power=float(data.get("scale_power", 0.5)))
+                   scale_power=float(data.get("scale_power", 0.5)),
+                   anchor_noise=float(data.get("anchor_noise", 0.0)),
+                   conflict_high=float(data.get("conflict_high", math.inf)))
 
     def _check_lengths(self, dim: int, sources: Mapping[str, int]) -> None:
         """Raise ``ValueError`` unless every range has the length the model needs (``dim``, ``sources``)."""
@@ -166,6 +185,7 @@ class TrainingSupport:
     def _outside_torch(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
                        ) -> dict[str, Tensor]:
         """:meth:`outside` in torch, for tensors on any device."""
+        conflict = self._conflict(chart, observations)  # translation-invariant: read before framing
         observations, shift = self._framed(observations)
         values, masks = observations.values, observations.masks
         if parameters is not None:
@@ -185,7 +205,7 @@ class TrainingSupport:
             data = data | (((v < low) | (v > high)).any(-1) & m).any(-1)
             n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
             count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
-        return {"prior": prior, "data": data, "count": count}
+        return {"prior": prior, "data": data, "count": count, "conflict": conflict}
 
     def _outside_numpy(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
                        ) -> dict[str, Tensor]:
@@ -238,8 +258,44 @@ class TrainingSupport:
                 n = m.sum(-1)
                 count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
         flags = {"prior": prior, "data": data, "count": count}
-        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.shape == prior.shape
-                else torch.full(prior.shape, bool(v)) for k, v in flags.items()}
+        out = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.shape == prior.shape
+               else torch.full(prior.shape, bool(v)) for k, v in flags.items()}
+        anchored = self.anchor and shift is not None
+        return out | {"conflict": self._conflict(
+            chart, observations, out["prior"], torch.from_numpy(shift) if anchored else None,
+            torch.from_numpy(np.asarray(masks[self.anchor].sum(-1))) if anchored else None)}
+
+    def conflict_distance(self, chart: Tensor, observations: Observations, mean: Tensor | None = None,
+                          count: Tensor | None = None) -> Tensor:
+        r"""The prior-data conflict statistic ``(B,)`` of charts ``(B, K, C)`` and observations with batch ``(B,)``:
+        the anchor source's present mean :math:`\bar z` (first ``D`` coordinates, ``n`` readings) measured against
+        each live component's prior predictive for it,
+        :math:`m = \min_k \big\|(\Sigma_k + \tfrac{\sigma^2}{n} I)^{-1/2}(\bar z - \mu_k)\big\|`, with
+        :math:`\sigma^2` the anchor's within-data-set variance in training (``anchor_noise``); 0 without data.
+        ``mean`` ``(B, D)`` and ``count`` ``(B,)``: :math:`\bar z` and ``n`` where the caller has them."""
+        dim = len(self.observation_low[self.anchor])
+        m = observations.masks[self.anchor]
+        n = (m.sum(-1) if count is None else count).unsqueeze(-1).to(chart.dtype)
+        if mean is None:
+            z = observations.values[self.anchor][..., :dim]
+            mean = (z * m.unsqueeze(-1)).sum(-2) / n.clamp_min(1)  # padded values are finite (as_observations)
+        L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
+        noise = (self.anchor_noise / n.clamp_min(1)).unsqueeze(-1).unsqueeze(-1)
+        predictive = L @ L.mT + noise * torch.eye(dim, dtype=chart.dtype, device=chart.device)
+        distance = mahalanobis(predictive, mean.to(chart.dtype).unsqueeze(-2) - chart[..., 1:1 + dim])
+        distance = distance.masked_fill(chart[..., 0] <= -15.99, math.inf)  # weight 0: never the nearest
+        return torch.where(n.squeeze(-1) > 0, distance.amin(-1), torch.zeros((), dtype=distance.dtype,
+                                                                             device=distance.device))
+
+    def _conflict(self, chart: Tensor | None, observations: Observations, like: Tensor | None = None,
+                  mean: Tensor | None = None, count: Tensor | None = None) -> Tensor:
+        """``True`` where :meth:`conflict_distance` exceeds ``conflict_high`` (anchored GMM-prior models whose
+        card records it); else all ``False``."""
+        if chart is None or not self.anchor or not math.isfinite(self.conflict_high):
+            mask = next(iter(observations.masks.values()))
+            return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device) if like is None \
+                else torch.zeros_like(like)
+        return self.conflict_distance(chart, observations, mean, count) > self.conflict_high
 
     def _raw_bounds(self, what: str):
         """NumPy midpoints and half-widths of the bounds of ``what`` on the raw values (outside means
@@ -269,6 +325,10 @@ class TrainingSupport:
         """What lies outside for problem ``row`` of a flat batch, in words."""
         obs, shift = self._framed(observations.index(torch.tensor([row])))
         found = []
+        if chart is not None and bool(self._conflict(chart[row:row + 1], observations.index(torch.tensor([row])))):
+            distance = float(self.conflict_distance(chart[row:row + 1], observations.index(torch.tensor([row]))))
+            found.append(f"the data mean lies {distance:.3g} prior-predictive sds from every prior component "
+                         f"(at most {self.conflict_high:.3g} in training)")
         if parameters is not None:
             found += _outside(self.parameter_names, parameters[row], parameters[row], self.parameter_low,
                               self.parameter_high, "prior")
@@ -395,6 +455,32 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
         obs_low[name], obs_high[name] = widen(present.amin(0), present.amax(0))
         counts = mask.sum(-1)
         count_low[name], count_high[name] = int(counts.min()), int(counts.max())
-    return TrainingSupport(component_names, component_low, component_high, parameter_names, parameter_low,
-                           parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components,
-                           bounded, scale_source, power)
+    support = TrainingSupport(component_names, component_low, component_high, parameter_names, parameter_low,
+                              parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components,
+                              bounded, scale_source, power)
+    if anchor and not torch.is_tensor(batch.prior):
+        noise, high = conflict_range(chart, batch.observations.to(torch.float64), anchor, problem.dim, margin)
+        support = replace(support, anchor_noise=noise, conflict_high=high)
+        if bounded and not config.site_residual:  # exact product with the prior component, no chart residual
+            floor = math.log(NARROW_LIMIT * math.sqrt(noise))
+            low = list(support.component_low)
+            low[problem.dim:2 * problem.dim] = [min(v, floor) for v in low[problem.dim:2 * problem.dim]]
+            support = replace(support, component_low=tuple(low))
+    return support
+
+
+def conflict_range(chart: Tensor, observations: Observations, anchor: str, dim: int, margin: float
+                   ) -> tuple[float, float]:
+    """``(anchor_noise, conflict_high)`` of training draws: the mean within-data-set variance of the anchor
+    source's first ``dim`` coordinates (data sets of two or more readings), and the largest
+    :meth:`TrainingSupport.conflict_distance` of the draws, widened by ``margin`` of itself."""
+    z, m = observations.values[anchor][..., :dim], observations.masks[anchor]
+    n = m.sum(-1)
+    mean = torch.where(m.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype)).sum(-2) / n.clamp_min(1).unsqueeze(-1)
+    square = torch.where(m.unsqueeze(-1), (z - mean.unsqueeze(-2)) ** 2, torch.zeros((), dtype=z.dtype))
+    several = n >= 2
+    variance = square.sum((-2, -1))[several] / ((n[several] - 1) * dim)
+    probe = TrainingSupport((), (), (), (), (), (), {anchor: (0.0,) * dim}, {anchor: (0.0,) * dim}, {}, {}, anchor,
+                            chart.shape[-2], anchor_noise=float(variance.mean()), conflict_high=0.0)
+    distance = probe.conflict_distance(chart, observations)
+    return probe.anchor_noise, float(distance.max()) * (1 + margin)
