@@ -259,3 +259,29 @@ def test_priors_narrower_than_training_are_trusted_down_to_the_measured_limit():
     _, tiny, z = _far_problems(model, 5, 1.0, 1e-6, 13)
     with pytest.warns(OutOfFamilyWarning, match="log scale"):
         assert not bool(model.posterior(tiny, z).reliable.any())
+
+
+def test_the_importance_check_repeats_its_verdict_and_holds_problems_outside_to_more_draws(monkeypatch):
+    """Without a generator the check draws from a fixed seed: the same call gives the same verdict and k̂. Problems
+    outside the training ranges are checked with ``OUTSIDE_DRAWS`` times the draws (and a tighter tolerance)."""
+    from distformer.nn import reliability
+
+    model, problem, batch = _batch("linear-gaussian-2d", 30, 8)
+    scale = batch.prior.scale_tril.clone()
+    scale[3] = scale[3] * 1e-6  # outside the ranges
+    prior = dfm.GaussianMixture(batch.prior.weights, batch.prior.loc, scale_tril=scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        first = model.posterior(prior, batch.observations, check="importance")
+        second = model.posterior(prior, batch.observations, check="importance")
+    assert torch.equal(first.reliable, second.reliable)
+    assert torch.equal(first.reliability.pareto_k, second.reliability.pareto_k)
+    seen = []
+    original = reliability.importance_ratios
+    monkeypatch.setattr(reliability, "importance_ratios",
+                        lambda proposal, *args: seen.append((proposal.batch_shape[0], args[3])) or
+                        original(proposal, *args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        model.posterior(prior, batch.observations, check="importance", importance_draws=100)
+    assert sorted(seen) == [(1, 100 * reliability.OUTSIDE_DRAWS), (29, 100)]

@@ -237,7 +237,7 @@ def evaluate(label: str, dim: int, where: str, size: dict, svi: dict) -> dict:
 
 
 def gaussian_linear(where: str, n: int, samples: int, generator: torch.Generator) -> dict:
-    """sbibm's ``gaussian_linear`` (10-D, prior N(0, 0.1 I), one reading z = x + N(0, 0.1 I)) through the unit-noise
+    r"""sbibm's ``gaussian_linear`` (10-D, prior N(0, 0.1 I), one reading z = x + N(0, 0.1 I)) through the unit-noise
     model by rescaling: with :math:`c = \sqrt{0.1}`, :math:`x' = x/c` has prior N(0, I) and reads :math:`z/c =
     x' + \mathcal N(0, I)`; the model's posterior on :math:`x'` is mapped back by ``affine(c I)``."""
     model, c, dim = _load(where), math.sqrt(0.1), 10

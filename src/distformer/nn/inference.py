@@ -188,7 +188,7 @@ def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, 
     of ``reliability.py`` (the card's likelihood unless ``likelihood`` is given; ``draws`` draws; a fixed seed
     unless ``generator`` is given, so that a call's verdict is repeatable) and keeps the reason only where that
     check fails. Where no likelihood is at hand, the reason stands."""
-    from .reliability import card_likelihood, importance_check
+    from .reliability import card_likelihood, flat_mixture, importance_check
 
     try:
         likelihood = likelihood if likelihood is not None else card_likelihood(model)
@@ -197,12 +197,12 @@ def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, 
     base = getattr(result, "base", result)
     batch = base.batch_shape
     n = batch.numel()
-    posterior, flat_prior, flat_obs = _flat(base, n), _flat(prior.expand(batch), n), obs.reshape((n,))
+    posterior, flat_prior, flat_obs = flat_mixture(base, n), flat_mixture(prior.expand(batch), n), obs.reshape((n,))
     conflict = reliability.reasons["conflict"].reshape(n)
     rows = conflict.nonzero().squeeze(-1)
     try:
         verdict = importance_check(model, posterior[rows], flat_prior[rows], flat_obs.index(rows), None, likelihood,
-                                   draws, generator if generator is not None else torch.Generator().manual_seed(0))
+                                   draws, generator, outside=torch.ones_like(rows, dtype=torch.bool))
     except (ValueError, NotImplementedError):  # a likelihood the check cannot use: the reason stands
         return reliability
     kept = torch.zeros_like(conflict)
@@ -216,13 +216,6 @@ def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, 
         detail = f"e.g. problem {row} (flat index): " + model.support.describe(
             chart, flat_obs.slice(row, row + 1).to(dtype=chart.dtype), None, 0)
     return replace(reliability, reliable=reliable, reasons=reasons, detail=detail)
-
-
-def _flat(mixture: GaussianMixture, n: int) -> GaussianMixture:
-    """``mixture`` with its batch shape flattened to ``(n,)``."""
-    K, D = mixture.num_components, mixture.dim
-    return GaussianMixture._from_parts(mixture.log_weights.reshape(n, K), mixture.loc.reshape(n, K, D),
-                                       mixture.scale_tril.reshape(n, K, D, D))
 
 
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):

@@ -185,8 +185,10 @@ class TrainingSupport:
     def _outside_torch(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
                        ) -> dict[str, Tensor]:
         """:meth:`outside` in torch, for tensors on any device."""
-        conflict = self._conflict(chart, observations)  # translation-invariant: read before framing
+        raw = observations
         observations, shift = self._framed(observations)
+        conflict = self._conflict(chart, raw, None, shift if self.anchor else None,
+                                  raw.masks[self.anchor].sum(-1) if self.anchor else None)
         values, masks = observations.values, observations.masks
         if parameters is not None:
             low, high = self._bounds("parameter", parameters.dtype, parameters.device)

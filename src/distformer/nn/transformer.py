@@ -349,7 +349,9 @@ class DistributionTransformer(nn.Module):
                 or callable, by default the card's problem). ``None`` (the default): the model's own default,
                 ``model.card["check"]`` where a card sets it (the ``gp-hyperprior`` models, whose accuracy inside
                 their family the ranges cannot vouch for, use ``"importance"``), else ``True``.
-            likelihood, importance_draws, generator: for ``check="importance"``.
+            likelihood, importance_draws, generator: for ``check="importance"``, and for the importance check that
+                judges a prior-data conflict beyond training (``support.py``); ``generator`` ``None`` means a fixed
+                seed, so that the same call gives the same verdict.
 
         The steps (prepare, judge, run, finish) are in ``inference.py``.
 
