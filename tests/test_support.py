@@ -109,7 +109,10 @@ def test_any_number_of_components_and_zero_weights_are_not_flagged(rng):
 
 
 def test_counts_zero_observations_and_parametric_priors():
-    quantum = dfm.pretrained("quantum")
+    """The range check (``check=True``; the quantum card's default is the importance check) on counts, empty data
+    sets and parametric priors."""
+    quantum = copy.deepcopy(dfm.pretrained("quantum"))
+    quantum.card["check"] = True
     problem = dfm.problems.get("quantum", **quantum.card["problem"]["options"])
     batch = problem.sample_batch(4, generator=torch.Generator().manual_seed(3))
     shots = batch.observations.values["shots"]

@@ -139,9 +139,14 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
 
 
 def protocol(size: dict, r: dict) -> str:
+    import distformer
+
+    carded = sorted({row["model"] for row in r["rows"]
+                     if distformer.pretrained(row["model"]).card.get("check") == "importance"})
     return (f"Problems: {size['problems']} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. "
             "Flagged: `post.reliable` is False with each model's default check (the ranges; the importance check "
-            f"for `gp-hyperprior-5d`, whose card sets it). Silent: KL > {SILENT_KL} and not flagged (share of all "
+            f"for {', '.join(f'`{m}`' for m in carded)}, whose cards set it). Silent: KL > {SILENT_KL} and not "
+            "flagged (share of all "
             f"problems). False alarm: flagged with KL < {ACCURATE_KL} (share of those accurate problems). Families "
             "are described in `benchmarks/runners/stress_families.py` and `stress_parametric.py`.")
 

@@ -3,10 +3,11 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
 * ``inverse-gamma`` (:math:`\sigma^2\sim\mathrm{InvGamma}(\alpha,\beta)`, one reading): ``wide`` and ``narrow``
   (the paper's meta-priors, :math:`\mathrm{InvGamma}(4, 6)` and :math:`\mathrm{InvGamma}(10^4, 2\cdot10^4)` for each
   parameter), ``C.2`` (the paper's appendix C.2 shift, :math:`\mathrm{InvGamma}(24, 6)` for each), ``up-to-100``
-  (:math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]`) and ``equal-100`` (:math:`\alpha = \beta = 100`).
+  (:math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]`), ``equal-100`` (:math:`\alpha = \beta = 100`),
+  ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`).
   KL by Monte Carlo with draws from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
-  ``a, b in [0.5, 100]`` (log-uniform). KL by quadrature on the reference grid in logit space.
+  ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`. KL by quadrature on the reference grid in logit space.
 * ``gp-hyperprior-5d``: its meta-prior, and each prior parameter moved outside its training interval (one at a
   time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
   quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite nodes in :math:`f`.
@@ -53,6 +54,8 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
                                      torch.full((n, 2), 6.0, dtype=torch.float64), generator),
         "up-to-100": lambda: _log_uniform(n, 0.5, 100.0, generator),
         "equal-100": lambda: torch.full((n, 2), 100.0, dtype=torch.float64),
+        "below-0.5": lambda: _log_uniform(n, 0.1, 0.5, generator),
+        "100-1000": lambda: _log_uniform(n, 100.0, 1000.0, generator),
     }
     rows = []
     for family, draw in families.items():
@@ -74,7 +77,9 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     model = distformer.pretrained("quantum")
     problem = get("quantum", **model.card["problem"]["options"])
     families = {"meta": lambda: problem.sample_meta_prior(n, generator).double(),
-                "a, b in [0.5, 100]": lambda: _log_uniform(n, 0.5, 100.0, generator)}
+                "a, b in [0.5, 100]": lambda: _log_uniform(n, 0.5, 100.0, generator),
+                "a, b in [0.1, 0.5]": lambda: _log_uniform(n, 0.1, 0.5, generator),
+                "a, b in [100, 1000]": lambda: _log_uniform(n, 100.0, 1000.0, generator)}
     rows = []
     for family, draw in families.items():
         stage("stress", f"quantum: {family}")

@@ -24,7 +24,7 @@ It needs the likelihood (a problem with ``log_likelihood``, or a callable; by de
 card). The ratios are taken on the model's space: for a model with a latent warp the likelihood is read at
 :math:`f^{-1}(u)`, and for a parametric prior the problem gives the prior's density and the likelihood there
 (``Problem.warped_target``). It is opt-in, except for models whose card makes it their default (the
-``gp-hyperprior`` models): it costs ``S`` likelihood evaluations per problem, measured in ``benchmarks/stress.md``.
+``gp-hyperprior`` models and ``quantum``): it costs ``S`` likelihood evaluations per problem, measured in ``benchmarks/stress.md``.
 """
 
 from __future__ import annotations
