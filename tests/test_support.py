@@ -240,7 +240,8 @@ def test_prior_data_conflict_beyond_training_is_judged_by_importance_sampling():
     far = model.support.conflict_distance(gmm_to_chart(prior), obs) > model.support.conflict_high
     assert float(far.double().mean()) > 0.8  # most lie beyond training's conflict (some near another component)
     assert not bool((post.reliability.reasons["conflict"] & ~far).any())
-    kl = kl_divergence(problem.exact_posterior(prior.to(torch.float64), obs), post, 512, torch.Generator().manual_seed(2))
+    exact = problem.exact_posterior(prior.to(torch.float64), obs)
+    kl = kl_divergence(exact, post, 512, torch.Generator().manual_seed(2))
     bad, accurate = kl > 0.1, kl < 0.02
     assert float((bad & post.reliable).double().mean()) <= 0.01
     assert float((~post.reliable & accurate).double().sum() / accurate.double().sum()) <= 0.05

@@ -7,7 +7,8 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`).
   KL by Monte Carlo with draws from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
-  ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`. KL by quadrature on the reference grid in logit space.
+  ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
+  KL by quadrature on the reference grid in logit space.
 * ``gp-hyperprior-5d``: its meta-prior, and each prior parameter moved outside its training interval (one at a
   time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
   quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite nodes in :math:`f`.

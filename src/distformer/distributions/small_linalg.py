@@ -17,9 +17,9 @@ matrices, outside TorchScript tracing (a trace keeps the branch it saw), and for
 ``torch.compile`` / ``torch.export``, whose compiler fuses them into one loop (LAPACK has no fused form there),
 and in a trace recorded under :func:`shortcuts_in_trace` (one used on large batches only: the written-out form is
 the same function at any size) or :func:`factors_in_trace` (the small-batch update, where at batch size 1 the
-written-out factors beat LAPACK's per-call overhead once the trace is frozen); otherwise the LAPACK calls. A matrix that is not
-positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor: either way the
-caller's finiteness check is what reports it.
+written-out factors beat LAPACK's per-call overhead once the trace is frozen); otherwise the LAPACK calls. A
+matrix that is not positive definite gets NaN entries here, where ``cholesky_ex`` would return a partial factor:
+either way the caller's finiteness check is what reports it.
 """
 
 from __future__ import annotations

@@ -116,8 +116,8 @@ class SmallBatchUpdate(nn.Module):
     ``forward(log_weights (n, K), loc (n, K, D), scale_tril (n, K, D, D), *values, *masks)`` gives the posterior's
     ``(log_weights, loc, scale_tril)``, ``finite`` (a boolean scalar: the network's chart had no NaN or inf) and,
     with a support, ``reliable`` ``(n,)`` and the reasons of ``support.REASONS`` ``(n,)`` each (``True`` where
-    that reason fired; reliable where none did). Every data set must hold
-    an observation (``inference.py`` sends the others elsewhere)."""
+    that reason fired; reliable where none did). Every data set must hold an observation (``inference.py`` sends
+    the others elsewhere)."""
 
     def __init__(self, model, support) -> None:
         super().__init__()

@@ -10,7 +10,8 @@ or misplaces mass, the largest ratios form a heavy tail. A problem is flagged (r
 * the ratios of the model's own draws are uneven,
   :math:`\log\big(\tfrac1n\sum_s e^{r_s}\big) - \tfrac1n\sum_s r_s > 0.05` (Jensen's gap, a Monte-Carlo estimate
   of :math:`\mathrm{KL}(q\,\|\,p(\cdot\mid z))` that is zero when the ratios are constant; 0.04 with four times
-  the draws for a problem outside the training ranges): the posterior differs from the exact one where it puts its mass; or
+  the draws for a problem outside the training ranges): the posterior differs from the exact one where it puts
+  its mass; or
 * :math:`\hat k` exceeds :func:`~distformer.psis.khat_threshold` for ``S`` draws (0.58 for ``S = 256``) and some draw
   weighs ten times the median one: mass the model missed, which only the prior's draws find.
 
@@ -24,7 +25,8 @@ It needs the likelihood (a problem with ``log_likelihood``, or a callable; by de
 card). The ratios are taken on the model's space: for a model with a latent warp the likelihood is read at
 :math:`f^{-1}(u)`, and for a parametric prior the problem gives the prior's density and the likelihood there
 (``Problem.warped_target``). It is opt-in, except for models whose card makes it their default (the
-``gp-hyperprior`` models and ``quantum``): it costs ``S`` likelihood evaluations per problem, measured in ``benchmarks/stress.md``.
+``gp-hyperprior`` models and ``quantum``): it costs ``S`` likelihood evaluations per problem, measured in
+``benchmarks/stress.md``.
 """
 
 from __future__ import annotations
