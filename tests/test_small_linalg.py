@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distformer.distributions.small_linalg import MIN_UNROLLED_BATCH, cholesky_factor, inverse_from_factor
+from distformer.distributions.small_linalg import MIN_UNROLLED_BATCH, cholesky_factor, inverse_from_factor, mahalanobis
 
 
 def _spd(n, d, rng):
@@ -48,3 +48,13 @@ def test_gram_of_the_inverse_factor_is_the_inverse_in_float64(d, rng):
     for i in range(d):
         for j in range(i + 1):
             torch.testing.assert_close(gram[i][j], inverse[..., i, j], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 6])
+def test_mahalanobis_is_the_quadratic_form_in_float64(d, rng):
+    """Written out for D <= 4 at any batch size, LAPACK above: sqrt(g^T A^-1 g) to 1e-10, batch shapes kept."""
+    A = _spd(12, d, rng).reshape(3, 4, d, d)
+    g = torch.randn(3, 4, d, generator=rng, dtype=torch.float64)
+    expected = (g.unsqueeze(-2) @ torch.linalg.solve(A, g.unsqueeze(-1))).squeeze(-1).squeeze(-1).sqrt()
+    torch.testing.assert_close(mahalanobis(A, g), expected, rtol=0, atol=1e-10)
+

@@ -2,6 +2,7 @@
 raises; frame-aware (translation), blind to K and to components of weight 0; the importance diagnostic."""
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -145,6 +146,25 @@ def test_support_round_trips_and_old_cards_still_load():
     assert converted.component_low == support.component_low and converted.anchor == ""
     with pytest.raises(ValueError, match="format 3; re-estimate it"):
         TrainingSupport.from_dict(card | {"format": 3})
+    assert math.isfinite(support.conflict_high) and 0.9 < support.anchor_noise < 1.1  # unit noise in training
+    before = {k: v for k, v in card.items() if k not in ("anchor_noise", "conflict_high")}  # a card without them
+    assert math.isinf(TrainingSupport.from_dict(before).conflict_high)  # no conflict check: never the reason
+
+
+def test_estimated_support_holds_the_conflict_range_and_the_narrow_floor():
+    """``estimate_support`` of an anchored, exact-site model records the noise variance (1 here), a conflict range
+    that its own training draws stay inside, and log scales accepted down to ``NARROW_LIMIT`` of the noise sd."""
+    from distformer.support import estimate_support
+    from distformer.nn.support import NARROW_LIMIT
+
+    model = dfm.pretrained("linear-gaussian-2d")
+    problem = dfm.problems.get("linear-gaussian", **model.card["problem"]["options"])
+    support = estimate_support(problem, 4000, generator=torch.Generator().manual_seed(1), model=model)
+    assert abs(support.anchor_noise - 1.0) < 0.05 and 3.0 < support.conflict_high < 8.0
+    assert support.component_low[2:4] == (pytest.approx(math.log(NARROW_LIMIT * math.sqrt(support.anchor_noise))),) * 2
+    fresh = problem.sample_batch(2000, generator=torch.Generator().manual_seed(2))
+    distance = support.conflict_distance(gmm_to_chart(fresh.prior), fresh.observations)
+    assert float((distance > support.conflict_high).double().mean()) < 0.005
 
 
 def test_support_ranges_contain_fresh_draws():
