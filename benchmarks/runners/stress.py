@@ -141,8 +141,8 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
 def protocol(size: dict, r: dict) -> str:
     import distformer
 
-    carded = sorted({row["model"] for row in r["rows"]
-                     if distformer.pretrained(row["model"]).card.get("check") == "importance"})
+    carded = sorted(name for name in {row["model"] for row in r["rows"]}
+                    if distformer.pretrained(name).card.get("check") == "importance")
     return (f"Problems: {size['problems']} per family (seed {SEED}); KL(exact or reference ‖ model) per problem. "
             "Flagged: `post.reliable` is False with each model's default check (the ranges; the importance check "
             f"for {', '.join(f'`{m}`' for m in carded)}, whose cards set it). Silent: KL > {SILENT_KL} and not "

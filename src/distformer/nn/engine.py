@@ -46,7 +46,7 @@ from ..observations import Observations
 from .chunks import map_chunks
 from .folded import folded_forward, folded_weights, folding_pays
 from .kernels import bias_add_pays
-from .support import REASONS
+from .support import REASONS, flagged_by
 from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_size, parts_from_chart
 
 # Within ``with without_torchscript():`` (in this thread) the engine runs the folded forward eagerly, as where
@@ -137,8 +137,7 @@ class SmallBatchUpdate(nn.Module):
         if self.support is None:
             return (*parts, finite)
         reasons = self.support._outside_torch(chart, obs, None)
-        flagged = reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"]
-        return (*parts, finite, ~flagged, *[reasons[k] for k in REASONS])
+        return (*parts, finite, ~flagged_by(reasons), *[reasons[k] for k in REASONS])
 
 
 def small_batch_update(model, checked: bool):

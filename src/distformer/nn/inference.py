@@ -33,7 +33,7 @@ from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import WarpedGaussianMixture
 from ..observations import Observations, as_observations
 from .engine import NOT_FINITE, decode, small_batch_update
-from .support import REASONS, Reliability, warn_flagged
+from .support import REASONS, Reliability, flagged_by, warn_flagged
 from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 
 CHECKS = (True, False, "importance")
@@ -173,12 +173,9 @@ def _updated(model, update, prior: GaussianMixture, obs: Observations, batch):
         return result, None
     reliable, *reasons = outputs[4:] if batch == (n,) else [t.reshape(batch) for t in outputs[4:]]
     reliability = Reliability(reliable, dict(zip(REASONS, reasons)))
-    if not bool(reliable.all()):
-        row = int((~reliable).reshape(-1).nonzero()[0])
-        chart = gmm_to_chart(prior.expand(batch)).reshape(n, K, -1)
-        reliability = replace(reliability, detail=f"e.g. problem {row} (flat index): "
-                              f"{model.support.describe(chart, obs, None, row)}")
-    return result, reliability
+    if bool(reliable.all()):
+        return result, reliability
+    return result, _described(model, reliability, obs, prior=GaussianMixture._from_parts(*parts))
 
 
 def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, reliability, likelihood,
@@ -208,14 +205,8 @@ def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, 
     kept = torch.zeros_like(conflict)
     kept[rows] = verdict.reasons["importance"].to(kept.device)
     reasons = dict(reliability.reasons) | {"conflict": kept.reshape(batch)}
-    reliable = ~(reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"])
-    detail = ""
-    if not bool(reliable.all()):
-        row = int((~reliable).reshape(-1).nonzero()[0])
-        chart = gmm_to_chart(flat_prior[row:row + 1]).to(model.prior_embedding.last.weight.dtype)
-        detail = f"e.g. problem {row} (flat index): " + model.support.describe(
-            chart, flat_obs.slice(row, row + 1).to(dtype=chart.dtype), None, 0)
-    return replace(reliability, reliable=reliable, reasons=reasons, detail=detail)
+    return _described(model, replace(reliability, reliable=~flagged_by(reasons), reasons=reasons), flat_obs,
+                      prior=flat_prior)
 
 
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):
@@ -230,16 +221,27 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
         flat_parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(-1, parameters.shape[-1])
     chart_or_none = None if flat_parameters is not None else chart
     reasons = support.outside(chart_or_none, obs, flat_parameters)
-    flagged = reasons["prior"] | reasons["data"] | reasons["count"] | reasons["conflict"]
+    flagged = flagged_by(reasons)
     if flagged.shape != batch:
         flagged = flagged.reshape(batch)
         reasons = {k: v.reshape(batch) for k, v in reasons.items()}
-    reliability = Reliability(~flagged, reasons)
-    if bool(flagged.any()):
-        row = int(flagged.reshape(-1).nonzero()[0])
-        detail = f"e.g. problem {row} (flat index): {support.describe(chart_or_none, obs, flat_parameters, row)}"
-        reliability = replace(reliability, detail=detail)
-    return reliability
+    return _described(model, Reliability(~flagged, reasons), obs, chart_or_none, flat_parameters)
+
+
+def _described(model, reliability, obs: Observations, chart: Tensor | None = None, parameters: Tensor | None = None,
+               prior: GaussianMixture | None = None):
+    """``reliability`` with ``detail``, what lies outside for its first flagged problem (flat index), from the flat
+    batch's data ``obs`` and charts ``(n, K, C)`` or parameters ``(n, P)``, or its prior mixture ``(n,)`` (of which
+    only that problem's chart is made); no detail when nothing is flagged."""
+    flagged = (~reliability.reliable).reshape(-1)
+    if not bool(flagged.any()):
+        return replace(reliability, detail="")
+    row = where = int(flagged.nonzero()[0])
+    if prior is not None:
+        chart = gmm_to_chart(prior[row:row + 1])
+        obs, where = obs.slice(row, row + 1).to(dtype=chart.dtype), 0
+    return replace(reliability, detail=f"e.g. problem {row} (flat index): "
+                   f"{model.support.describe(chart, obs, parameters, where)}")
 
 
 def _warn(model, reliability, strict: bool, check) -> None:

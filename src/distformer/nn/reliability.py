@@ -41,7 +41,7 @@ import torch
 from ..distributions.gmm import GaussianMixture
 from ..psis import khat_threshold, pareto_smooth
 from ..refinement import _as_log_likelihood, importance_ratios
-from .support import Reliability
+from .support import REASONS, Reliability
 
 DEFENSIVE_SHARE = 0.1
 KL_TOLERANCE = 0.05  # nats of the Jensen gap of the model's own draws' ratios, an estimate of KL(q || posterior)
@@ -95,8 +95,8 @@ def importance_check(model, posterior, prior: GaussianMixture, observations, rel
         generator = torch.Generator(device=device).manual_seed(0)
     if outside is None:
         outside = torch.zeros(batch, dtype=torch.bool, device=device)
-        for reason in ("prior", "data", "count", "conflict"):
-            if reliability is not None and reason in reliability.reasons:
+        for reason in REASONS if reliability is not None else ():
+            if reason in reliability.reasons:
                 outside = outside | reliability.reasons[reason].to(device)
     flat = _FlatBatch(model, proposal, prior, observations, parameters, batch)
     flagged = torch.zeros(n, dtype=torch.bool, device=device)

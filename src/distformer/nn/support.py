@@ -52,6 +52,14 @@ NARROW_LIMIT = 1e-4
 REASONS = ("prior", "data", "count", "conflict")
 
 
+def flagged_by(reasons: Mapping[str, Tensor]) -> Tensor:
+    """Where any of the range and conflict reasons (``REASONS``) fired: the problems the check flags."""
+    flagged = reasons[REASONS[0]]
+    for reason in REASONS[1:]:
+        flagged = flagged | reasons[reason]
+    return flagged
+
+
 class OutOfFamilyWarning(UserWarning):
     """Some problems of a batch lie outside the family the model was trained on, or failed its diagnostic."""
 
@@ -275,19 +283,8 @@ class TrainingSupport:
         :math:`m = \min_k \big\|(\Sigma_k + \tfrac{\sigma^2}{n} I)^{-1/2}(\bar z - \mu_k)\big\|`, with
         :math:`\sigma^2` the anchor's within-data-set variance in training (``anchor_noise``); 0 without data.
         ``mean`` ``(B, D)`` and ``count`` ``(B,)``: :math:`\bar z` and ``n`` where the caller has them."""
-        dim = len(self.observation_low[self.anchor])
-        m = observations.masks[self.anchor]
-        n = (m.sum(-1) if count is None else count).unsqueeze(-1).to(chart.dtype)
-        if mean is None:
-            z = observations.values[self.anchor][..., :dim]
-            mean = (z * m.unsqueeze(-1)).sum(-2) / n.clamp_min(1)  # padded values are finite (as_observations)
-        L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
-        noise = (self.anchor_noise / n.clamp_min(1)).unsqueeze(-1).unsqueeze(-1)
-        predictive = L @ L.mT + noise * torch.eye(dim, dtype=chart.dtype, device=chart.device)
-        distance = mahalanobis(predictive, mean.to(chart.dtype).unsqueeze(-2) - chart[..., 1:1 + dim])
-        distance = distance.masked_fill(chart[..., 0] <= -15.99, math.inf)  # weight 0: never the nearest
-        return torch.where(n.squeeze(-1) > 0, distance.amin(-1), torch.zeros((), dtype=distance.dtype,
-                                                                             device=distance.device))
+        return predictive_distance(chart, observations, self.anchor, len(self.observation_low[self.anchor]),
+                                   self.anchor_noise, mean, count)
 
     def _conflict(self, chart: Tensor | None, observations: Observations, like: Tensor | None = None,
                   mean: Tensor | None = None, count: Tensor | None = None) -> Tensor:
@@ -327,8 +324,10 @@ class TrainingSupport:
         """What lies outside for problem ``row`` of a flat batch, in words."""
         obs, shift = self._framed(observations.index(torch.tensor([row])))
         found = []
-        if chart is not None and bool(self._conflict(chart[row:row + 1], observations.index(torch.tensor([row])))):
-            distance = float(self.conflict_distance(chart[row:row + 1], observations.index(torch.tensor([row]))))
+        conflict = chart is not None and self.anchor and math.isfinite(self.conflict_high)
+        distance = float(self.conflict_distance(chart[row:row + 1], observations.index(torch.tensor([row])))) \
+            if conflict else 0.0
+        if distance > self.conflict_high:
             found.append(f"the data mean lies {distance:.3g} prior-predictive sds from every prior component "
                          f"(at most {self.conflict_high:.3g} in training)")
         if parameters is not None:
@@ -481,8 +480,24 @@ def conflict_range(chart: Tensor, observations: Observations, anchor: str, dim: 
     mean = torch.where(m.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype)).sum(-2) / n.clamp_min(1).unsqueeze(-1)
     square = torch.where(m.unsqueeze(-1), (z - mean.unsqueeze(-2)) ** 2, torch.zeros((), dtype=z.dtype))
     several = n >= 2
-    variance = square.sum((-2, -1))[several] / ((n[several] - 1) * dim)
-    probe = TrainingSupport((), (), (), (), (), (), {anchor: (0.0,) * dim}, {anchor: (0.0,) * dim}, {}, {}, anchor,
-                            chart.shape[-2], anchor_noise=float(variance.mean()), conflict_high=0.0)
-    distance = probe.conflict_distance(chart, observations)
-    return probe.anchor_noise, float(distance.max()) * (1 + margin)
+    noise = float((square.sum((-2, -1))[several] / ((n[several] - 1) * dim)).mean())
+    distance = predictive_distance(chart, observations, anchor, dim, noise, mean, n)
+    return noise, float(distance.max()) * (1 + margin)
+
+
+def predictive_distance(chart: Tensor, observations: Observations, anchor: str, dim: int, noise: float,
+                        mean: Tensor | None = None, count: Tensor | None = None) -> Tensor:
+    """:meth:`TrainingSupport.conflict_distance` ``(B,)`` for source ``anchor`` (its first ``dim`` coordinates)
+    with within-data-set variance ``noise``; ``mean`` ``(B, D)`` and ``count`` ``(B,)`` where the caller has them."""
+    m = observations.masks[anchor]
+    n = (m.sum(-1) if count is None else count).unsqueeze(-1).to(chart.dtype)
+    if mean is None:
+        z = observations.values[anchor][..., :dim]
+        mean = (z * m.unsqueeze(-1)).sum(-2) / n.clamp_min(1)  # padded values are finite (as_observations)
+    L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
+    spread = (noise / n.clamp_min(1)).unsqueeze(-1).unsqueeze(-1)
+    predictive = L @ L.mT + spread * torch.eye(dim, dtype=chart.dtype, device=chart.device)
+    distance = mahalanobis(predictive, mean.to(chart.dtype).unsqueeze(-2) - chart[..., 1:1 + dim])
+    distance = distance.masked_fill(chart[..., 0] <= -15.99, math.inf)  # weight 0: never the nearest
+    return torch.where(n.squeeze(-1) > 0, distance.amin(-1), torch.zeros((), dtype=distance.dtype,
+                                                                         device=distance.device))
