@@ -36,6 +36,19 @@ def test_a_matrix_that_is_not_positive_definite_gets_nan_entries(rng):
     assert bool(torch.isfinite(L[:7]).all()) and bool(torch.isfinite(L[8:]).all())
 
 
+def test_a_failed_factor_gets_a_nan_inverse_and_the_others_are_kept(rng):
+    """LAPACK's Cholesky inverse refuses a whole batch over one factor with a zero diagonal entry (a partial factor
+    from ``cholesky_ex``); the inverse is NaN for that factor alone, for the caller's finiteness check."""
+    A = _spd(5, 6, rng)
+    L = torch.linalg.cholesky(A)
+    L[2, 3, 3] = 0.0
+    L[4, 1, 1] = torch.nan
+    inverse = inverse_from_factor(L)
+    assert bool(torch.isnan(inverse[2]).all()) and bool(torch.isnan(inverse[4]).all())
+    keep = [0, 1, 3]
+    torch.testing.assert_close(inverse[keep], torch.linalg.inv(A[keep]), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 def test_gram_of_the_inverse_factor_is_the_inverse_in_float64(d, rng):
     """gram_entries(inverse_entries(L)) is the lower triangle of (L L^T)^-1 (the entrywise site update's prior

@@ -73,6 +73,32 @@ def test_the_entrywise_site_update_is_the_matrix_form_and_the_closed_form_in_flo
     torch.testing.assert_close(post.weights, prior.weights, rtol=0, atol=1e-12)
 
 
+def test_the_site_update_of_an_ill_conditioned_float32_prior_is_its_float64_update(rng):
+    """A 10-D prior factor with off-diagonal entries several times its diagonal (each entry inside
+    linear-gaussian-10d's training ranges) has a covariance of condition number near 1e10, beyond float32: the
+    matrix form of the site update runs in float64 at inference, so a float32 chart gets the float64 update rounded
+    to float32, not a failed factorisation (closed form: the product with the site, from the float64 update)."""
+    from distformer.nn.site import _apply_site_matrices, apply_site, head_size
+
+    d = 10
+    L = torch.eye(d, dtype=torch.float64) * 0.3 + torch.tril(2.0 * torch.rand(4, 2, d, d, generator=rng,
+                                                                              dtype=torch.float64) - 1.0, -1) * 3
+    prior = GaussianMixture(torch.full((4, 2), 0.5, dtype=torch.float64), torch.randn(4, 2, d, generator=rng,
+                            dtype=torch.float64), scale_tril=L)
+    assert float(torch.linalg.cond(prior.component_covariance_matrix).min()) > 1e8
+    chart = gmm_to_chart(prior)
+    head = 0.3 * torch.randn(4, 2, head_size(d), generator=rng, dtype=torch.float64)
+    with torch.inference_mode():
+        exact = chart_to_gmm(apply_site(chart.float().double(), head.float().double(), d), d)  # same inputs
+        single = chart_to_gmm(apply_site(chart.float(), head.float(), d), d).to(torch.float64)
+        failed = _apply_site_matrices(chart.float(), head.float(), d, False)  # in float32: no factor for some
+    assert not bool(torch.isfinite(failed).all())
+    torch.testing.assert_close(single.loc, exact.loc, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(single.component_covariance_matrix, exact.component_covariance_matrix,
+                               rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(single.weights, exact.weights, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("encoder_layers", [0, 2])
 def test_traced_inference_matches_eager_forward(encoder_layers, rng):
     model = perturbed_model(encoder_layers=encoder_layers)

@@ -178,8 +178,13 @@ def mahalanobis(matrix: Tensor, gap: Tensor) -> Tensor:
 
 
 def inverse_from_factor(factor: Tensor) -> Tensor:
-    """:math:`(LL^\\top)^{-1}` ``(..., D, D)`` from the lower factor ``L`` ``(..., D, D)``."""
+    """:math:`(LL^\\top)^{-1}` ``(..., D, D)`` from the lower factor ``L`` ``(..., D, D)``; NaN for a factor with a
+    zero or NaN diagonal entry (a failed factorisation), which LAPACK would refuse for the whole batch."""
     if not _unrolled(factor):
-        return torch.cholesky_inverse(factor)
+        diagonal = factor.diagonal(dim1=-2, dim2=-1)
+        valid = ((diagonal != 0) & ~torch.isnan(diagonal)).all(-1)[..., None, None]
+        eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+        inverse = torch.cholesky_inverse(torch.where(valid, factor, eye))
+        return torch.where(valid, inverse, torch.full((), torch.nan, dtype=factor.dtype, device=factor.device))
     inverse = _assemble(inverse_entries(entries(factor)), factor)
     return inverse.transpose(-1, -2) @ inverse
