@@ -131,6 +131,27 @@ def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observat
     """Draws ``x`` ``(S, *B, D)`` from the defensive mixture of ``proposal`` (float64) and ``prior`` (module
     docstring) and their log ratios :math:`r_s` ``(S, *B)``; raises where a ratio is NaN or +inf, or where every
     draw of a problem has zero target density."""
+    x, log_ratio = raw_importance_ratios(proposal, prior, log_likelihood, observations, n, defensive, generator)
+    if bool(torch.isnan(log_ratio).any()) or bool((log_ratio == math.inf).any()):
+        raise ValueError("Expected finite log prior and log-likelihood values at the proposal's draws, but got "
+                         "NaN or +inf.")
+    impossible = ~torch.isfinite(log_ratio).any(0)
+    if bool(impossible.any()):
+        raise ValueError(f"Expected the proposal to put some draws where prior × likelihood is positive, but in "
+                         f"{int(impossible.sum())} problem(s) every draw has zero target density.")
+    return x, log_ratio
+
+
+def unusable_ratios(log_ratio: Tensor) -> Tensor:
+    """Booleans ``(*B)``: problems whose log ratios ``(S, *B)`` hold NaN or +inf, or are all -inf (no draw where
+    prior × likelihood is positive), which :func:`importance_ratios` refuses."""
+    return torch.isnan(log_ratio).any(0) | (log_ratio == math.inf).any(0) | ~torch.isfinite(log_ratio).any(0)
+
+
+def raw_importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observations, n: int, defensive: float,
+                          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """:func:`importance_ratios` without its checks: the caller judges :func:`unusable_ratios` problem by
+    problem."""
     n_prior = round(defensive * n)
     x = proposal.sample((n - n_prior,), generator=generator)  # (S, *B, D)
     if n_prior:
@@ -143,15 +164,7 @@ def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observat
         log_q = torch.logaddexp(log_q + math.log1p(-n_prior / n), log_p + math.log(n_prior / n))
     log_l = log_likelihood(x, observations)
     _check_shape(log_l, shape, "the log-likelihood")
-    log_ratio = log_p + log_l.to(torch.float64) - log_q
-    if bool(torch.isnan(log_ratio).any()) or bool((log_ratio == math.inf).any()):
-        raise ValueError("Expected finite log prior and log-likelihood values at the proposal's draws, but got "
-                         "NaN or +inf.")
-    impossible = ~torch.isfinite(log_ratio).any(0)
-    if bool(impossible.any()):
-        raise ValueError(f"Expected the proposal to put some draws where prior × likelihood is positive, but in "
-                         f"{int(impossible.sum())} problem(s) every draw has zero target density.")
-    return x, log_ratio
+    return x, log_p + log_l.to(torch.float64) - log_q
 
 
 def _as_log_likelihood(likelihood) -> Callable[[Tensor, object], Tensor]:
