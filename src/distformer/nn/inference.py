@@ -219,13 +219,12 @@ def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, 
     flat_parameters = None
     if parameters is not None and support.parameter_names:  # else (an older card) the encoder's chart is checked
         flat_parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(-1, parameters.shape[-1])
-    chart_or_none = None if flat_parameters is not None else chart
-    reasons = support.outside(chart_or_none, obs, flat_parameters)
+    reasons = support.outside(chart, obs, flat_parameters)  # a parametric prior's chart: for its conflict check
     flagged = flagged_by(reasons)
     if flagged.shape != batch:
         flagged = flagged.reshape(batch)
         reasons = {k: v.reshape(batch) for k, v in reasons.items()}
-    return _described(model, Reliability(~flagged, reasons), obs, chart_or_none, flat_parameters)
+    return _described(model, Reliability(~flagged, reasons), obs, chart, flat_parameters)
 
 
 def _described(model, reliability, obs: Observations, chart: Tensor | None = None, parameters: Tensor | None = None,

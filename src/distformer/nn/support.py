@@ -22,7 +22,11 @@ support also holds the largest **prior-data conflict** of training, the distance
 nearest live component in prior-predictive sds (:meth:`TrainingSupport.conflict_distance`, widened by ``margin``);
 a problem beyond it gets the reason ``conflict``. The model's accuracy there varies from problem to problem, so
 ``inference.py`` judges each such problem by the importance check of ``reliability.py`` and keeps the reason only
-where that check fails. The number of components ``K`` is not checked: the decoder has no positional encoding over
+where that check fails. For a scale-anchored model (``ModelConfig.scale_source``) the same role falls to the data's
+scale against the prior (:func:`scale_conflict`, signed, with the central 99.8% of training as its range): the
+prior's scale parameter itself needs no range, since the prior encoder is exactly equivariant in it, but data far
+larger or smaller than the prior allows are what the network never read. The number of components ``K`` is not
+checked: the decoder has no positional encoding over
 components, and ``bench components`` measures any ``K``.
 """
 
@@ -40,7 +44,7 @@ from torch import Tensor
 from ..distributions.small_linalg import mahalanobis
 from ..distributions.transforms import Warp
 from ..observations import Observations
-from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations
+from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations, scale_anchor_of
 from .tokens import gmm_to_chart, tril_from_parts
 
 SUPPORT_FORMAT = 2
@@ -86,6 +90,10 @@ class Reliability:
         return f"{bad} of {total} problem{'s' if total != 1 else ''} flagged ({parts})"
 
 
+_CONFLICT_FIELDS = {"anchor_noise": 0.0, "conflict_high": math.inf, "conflict_low": -math.inf, "scale_offset": 0.0,
+                    "scale_noise": ()}
+
+
 @dataclass(frozen=True)
 class TrainingSupport:
     """Ranges seen in training (module docstring). ``component_*``: per component coordinate but the weight (empty
@@ -110,6 +118,9 @@ class TrainingSupport:
     scale_power: float = 0.5
     anchor_noise: float = 0.0
     conflict_high: float = math.inf
+    conflict_low: float = -math.inf
+    scale_offset: float = 0.0
+    scale_noise: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # not the caches kept in __dict__
@@ -118,7 +129,10 @@ class TrainingSupport:
                 return {k: plain(x) for k, x in v.items()}
             return list(v) if isinstance(v, tuple) else v
 
-        return {"format": SUPPORT_FORMAT} | {k: plain(v) for k, v in values.items()}
+        # the conflict fields at their defaults (no conflict check; JSON has no infinity) are left out, so that a
+        # card written before them reads and writes back the same
+        return {"format": SUPPORT_FORMAT} | {k: plain(v) for k, v in values.items()
+                                             if not (k in _CONFLICT_FIELDS and v == _CONFLICT_FIELDS[k])}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingSupport":
@@ -142,7 +156,10 @@ class TrainingSupport:
                    bounded=bool(data.get("bounded", False)), scale_source=str(data.get("scale_source", "")),
                    scale_power=float(data.get("scale_power", 0.5)),
                    anchor_noise=float(data.get("anchor_noise", 0.0)),
-                   conflict_high=float(data.get("conflict_high", math.inf)))
+                   conflict_high=float(data.get("conflict_high", math.inf)),
+                   conflict_low=float(data.get("conflict_low", -math.inf)),
+                   scale_offset=float(data.get("scale_offset", 0.0)),
+                   scale_noise=tuple(data.get("scale_noise", ())))
 
     def _check_lengths(self, dim: int, sources: Mapping[str, int]) -> None:
         """Raise ``ValueError`` unless every range has the length the model needs (``dim``, ``sources``)."""
@@ -286,10 +303,22 @@ class TrainingSupport:
         return predictive_distance(chart, observations, self.anchor, len(self.observation_low[self.anchor]),
                                    self.anchor_noise, mean, count)
 
+    def scale_conflict(self, chart: Tensor, observations: Observations) -> Tensor:
+        """:func:`scale_conflict` ``(B,)`` of charts ``(B, K, C)`` (1-D, in the problem's frame) and observations
+        with batch ``(B,)``, with the training offset and spreads of the data's scale (``scale_offset``,
+        ``scale_noise``)."""
+        shift = scale_anchor_of(observations, self.scale_source, self.scale_power)
+        present = observations.masks[self.scale_source].any(-1)
+        return scale_conflict(chart, shift, present, self.scale_offset, *self.scale_noise)
+
     def _conflict(self, chart: Tensor | None, observations: Observations, like: Tensor | None = None,
                   mean: Tensor | None = None, count: Tensor | None = None) -> Tensor:
         """``True`` where :meth:`conflict_distance` exceeds ``conflict_high`` (anchored GMM-prior models whose
-        card records it); else all ``False``."""
+        card records it), or where the data's scale lies outside ``[conflict_low, conflict_high]`` of
+        :func:`scale_conflict` (scale-anchored models whose card records it); else all ``False``."""
+        if chart is not None and self.scale_source and self.scale_noise:
+            stat = self.scale_conflict(chart, observations)
+            return (stat > self.conflict_high) | (stat < self.conflict_low)
         if chart is None or not self.anchor or not math.isfinite(self.conflict_high):
             mask = next(iter(observations.masks.values()))
             return torch.zeros(mask.shape[:-1], dtype=torch.bool, device=mask.device) if like is None \
@@ -330,6 +359,11 @@ class TrainingSupport:
         if distance > self.conflict_high:
             found.append(f"the data mean lies {distance:.3g} prior-predictive sds from every prior component "
                          f"(at most {self.conflict_high:.3g} in training)")
+        if chart is not None and self.scale_source and self.scale_noise:
+            scale = float(self.scale_conflict(chart[row:row + 1], observations.index(torch.tensor([row]))))
+            if not self.conflict_low <= scale <= self.conflict_high:
+                found.append(f"the data's scale lies {scale:.3g} prior-predictive sds from the nearest prior "
+                             f"component (training: {self.conflict_low:.3g} to {self.conflict_high:.3g})")
         if parameters is not None:
             found += _outside(self.parameter_names, parameters[row], parameters[row], self.parameter_low,
                               self.parameter_high, "prior")
@@ -438,8 +472,8 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
         parameter_names = tuple(problem.prior_parameters)
         warped = Warp(list(problem.prior_parameters.values())).forward(batch.prior.double())
         parameter_low, parameter_high = widen(warped.amin(0), warped.amax(0))
-        if config.scale_parameter:  # any value: the encoder is exactly equivariant in it
-            i = parameter_names.index(config.scale_parameter)
+        if config.scale_parameter:  # any value: the encoder is exactly equivariant in it; where it puts the prior
+            i = parameter_names.index(config.scale_parameter)  # against the data is the scale conflict's to judge
             parameter_low = parameter_low[:i] + (-1e300,) + parameter_low[i + 1:]
             parameter_high = parameter_high[:i] + (1e300,) + parameter_high[i + 1:]
         with torch.no_grad():  # the encoder's chart: what the network reads when given the prior's mixture instead
@@ -459,6 +493,19 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
     support = TrainingSupport(component_names, component_low, component_high, parameter_names, parameter_low,
                               parameter_high, obs_low, obs_high, count_low, count_high, anchor, problem.num_components,
                               bounded, scale_source, power)
+    if scale_source and problem.dim == 1:
+        x = batch.theta.double() if not problem.warp else Warp(list(problem.warp)).forward(batch.theta.double())
+        present = obs.masks[scale_source].any(-1)
+        residual = (shift - x)[present]
+        mean = float(residual.mean())
+        spread = tuple(float(((residual - mean)[side] ** 2).sum() / side.sum().clamp_min(1))
+                       for side in (residual < mean, residual > mean))  # semivariances below and above
+        stat = scale_conflict(chart, shift, present, mean, *spread)[present]
+        # the central 99.8% of training, not its extremes: a problem beyond is judged by the importance check, so a
+        # tighter range costs time on a few problems, never a false alarm (the extremes come from priors whose
+        # mixture fit leaves a tail uncovered, and let inaccurate posteriors of tight priors through)
+        low, high = (float(v) for v in stat.quantile(torch.tensor([0.001, 0.999], dtype=stat.dtype)))
+        support = replace(support, scale_offset=mean, scale_noise=spread, conflict_low=low, conflict_high=high)
     if anchor and not torch.is_tensor(batch.prior):
         noise, high = conflict_range(chart, batch.observations.to(torch.float64), anchor, problem.dim, margin)
         support = replace(support, anchor_noise=noise, conflict_high=high)
@@ -483,6 +530,24 @@ def conflict_range(chart: Tensor, observations: Observations, anchor: str, dim: 
     noise = float((square.sum((-2, -1))[several] / ((n[several] - 1) * dim)).mean())
     distance = predictive_distance(chart, observations, anchor, dim, noise, mean, n)
     return noise, float(distance.max()) * (1 + margin)
+
+
+def scale_conflict(chart: Tensor, shift: Tensor, present: Tensor, offset: float, below: float, above: float
+                   ) -> Tensor:
+    r"""Prior-data conflict of a scale-anchored model (1-D latent :math:`x`, ``ModelConfig.scale_source``): the data's
+    scale :math:`a` ``(B, 1)`` (the frame's shift, ``structure.scale_anchor_of``) is :math:`x` plus a noise
+    :math:`\varepsilon` of fixed law (for readings :math:`z \sim \mathcal N(0, e^x)`, :math:`\log(\chi^2_n/n)`),
+    so against prior component :math:`\mathcal N(\mu_k, s_k^2)` of charts ``(B, K, 3)`` the residual
+    :math:`r_k = a - \mu_k - m` is :math:`d_k = r_k/\sqrt{s_k^2 + v_\pm}` predictive sds, with :math:`m` the mean
+    of :math:`\varepsilon` in training and :math:`v_\pm` its semivariances above and below it (``below``,
+    ``above``): :math:`\log\chi^2_1` has a long lower tail and a short upper one, so data far larger than the
+    prior allows stand out only against the upper spread. Returns the signed :math:`d_k` of least :math:`|d_k|`
+    over live components ``(B,)``; 0 where ``present`` ``(B,)`` is False."""
+    r = shift.to(chart.dtype) - chart[..., 1] - offset
+    spread = torch.where(r > 0, torch.full((), above, dtype=r.dtype), torch.full((), below, dtype=r.dtype))
+    d = (r / torch.sqrt(torch.exp(2 * chart[..., 2]) + spread)).masked_fill(chart[..., 0] <= -15.99, math.inf)
+    nearest = d.gather(-1, d.abs().argmin(-1, keepdim=True)).squeeze(-1)  # weight 0: never the nearest
+    return torch.where(present, nearest, torch.zeros((), dtype=d.dtype, device=d.device))
 
 
 def predictive_distance(chart: Tensor, observations: Observations, anchor: str, dim: int, noise: float,
