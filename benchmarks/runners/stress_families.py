@@ -19,6 +19,8 @@ component sds ``[0.1, 3]``, 1..20 observations) in one respect each:
 * ``conflict``: theta 6-12 prior sds from the prior mean (along a random direction of the prior covariance);
 * ``far-conflict``: the same at 20-50 prior sds;
 * ``very-narrow``: component sds 10^-4 to 10^-2 times the noise sd (log-uniform), below training's;
+* ``anisotropic``: each component's sds along random orthogonal axes log-uniform on :math:`[10^{-3}, 10^3]` times
+  the noise sd (one coordinate known to a thousandth, another vague), condition numbers up to :math:`10^{12}`;
 * ``uniform-in-range``: every chart coordinate uniform inside the training ranges a range check would accept.
 """
 
@@ -190,6 +192,16 @@ def very_narrow(n, D, g):
     return _from_prior(GaussianMixture(prior.weights, prior.loc, scale_tril=std * torch.eye(D)), g)
 
 
+def anisotropic(n, D, g):
+    K = int(torch.randint(1, 5, (), generator=g))
+    prior = _priors(n, K, D, g)
+    std = _log_uniform((n, K, D), 1e-3, 1e3, g).double()
+    U = random_rotation(n * K, D, g).reshape(n, K, D, D).double()
+    cov = U @ torch.diag_embed(std ** 2) @ U.transpose(-1, -2)
+    scale_tril = torch.linalg.cholesky(0.5 * (cov + cov.mT)).float()  # factored in float64: exact to float32
+    return _from_prior(GaussianMixture(prior.weights, prior.loc, scale_tril=scale_tril), g)
+
+
 def uniform_in_range(n, D, g):
     """Chart coordinates uniform inside the per-coordinate ranges of 20,000 training-meta-prior draws."""
     from distformer.nn.tokens import chart_to_gmm, gmm_to_chart
@@ -204,5 +216,5 @@ FAMILIES: dict[str, Callable] = {
     "meta": meta, "translated": translated, "wide": wide, "narrow": narrow, "correlated": correlated,
     "separated": separated, "tiny-weights": tiny_weights, "zero-weights": zero_weights, "components": components,
     "observations": observations, "conflict": conflict, "far-conflict": far_conflict, "very-narrow": very_narrow,
-    "uniform-in-range": uniform_in_range,
+    "anisotropic": anisotropic, "uniform-in-range": uniform_in_range,
 }

@@ -4,13 +4,15 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   (the paper's meta-priors, :math:`\mathrm{InvGamma}(4, 6)` and :math:`\mathrm{InvGamma}(10^4, 2\cdot10^4)` for each
   parameter), ``C.2`` (the paper's appendix C.2 shift, :math:`\mathrm{InvGamma}(24, 6)` for each), ``up-to-100``
   (:math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]`), ``equal-100`` (:math:`\alpha = \beta = 100`),
-  ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`).
+  ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`); and prior-data
+  conflict: :math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]` with one reading :math:`10` to :math:`1000`
+  times, or :math:`10^{-8}` to :math:`10^{-3}` times, the prior's scale :math:`\sqrt{\beta/\alpha}`.
   KL by Monte Carlo with draws from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
   KL by quadrature on the reference grid in logit space.
-* ``gp-hyperprior-5d``: its meta-prior, and each prior parameter moved outside its training interval (one at a
-  time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
+* ``gp-hyperprior-5d`` and ``gp-hyperprior-1d``: each one's meta-prior, and each prior parameter moved outside its
+  training interval (one at a time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
   quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite nodes in :math:`f`.
 """
 
@@ -38,6 +40,21 @@ def _simulated(model, problem, prior: torch.Tensor, generator: torch.Generator):
     return prior, obs, posterior_quietly(model, prior, obs)
 
 
+def _scaled_reading(model, prior: torch.Tensor, low: float, high: float, generator: torch.Generator):
+    """``(prior, observations, model posterior)`` with one reading :math:`z = \pm\sqrt{\beta/\alpha}\,10^u`,
+    :math:`u\sim\mathcal U(\text{low}, \text{high})`: data far larger (``u > 0``) or smaller than the prior's scale
+    :math:`\sqrt{\beta/\alpha}` allows, the inverse-gamma model's prior-data conflict."""
+    from distformer.observations import as_observations
+
+    from .stress import posterior_quietly
+
+    u = low + (high - low) * torch.rand(prior.shape[0], generator=generator, dtype=torch.float64)
+    sign = torch.where(torch.rand(prior.shape[0], generator=generator) < 0.5, -1.0, 1.0).double()
+    z = (sign * (prior[:, 1].double() / prior[:, 0].double()).sqrt() * 10 ** u).float()
+    obs = as_observations(z.view(-1, 1, 1), model.config.sources)
+    return prior, obs, posterior_quietly(model, prior, obs)
+
+
 def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
     import distformer
 
@@ -57,11 +74,17 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
         "equal-100": lambda: torch.full((n, 2), 100.0, dtype=torch.float64),
         "below-0.5": lambda: _log_uniform(n, 0.1, 0.5, generator),
         "100-1000": lambda: _log_uniform(n, 100.0, 1000.0, generator),
+        "data 10-1000x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
+        "data 1e-8-1e-3x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
     }
+    conflicts = {"data 10-1000x the prior's scale": (1.0, 3.0), "data 1e-8-1e-3x the prior's scale": (-8.0, -3.0)}
     rows = []
     for family, draw in families.items():
         stage("stress", f"inverse-gamma: {family}")
-        prior, obs, post = _simulated(model, problem, draw().float(), generator)
+        if family in conflicts:
+            prior, obs, post = _scaled_reading(model, draw().float(), *conflicts[family], generator)
+        else:
+            prior, obs, post = _simulated(model, problem, draw().float(), generator)
         exact = problem.exact_posterior(prior.double(), obs)
         kl = _kl(exact.concentration, exact.rate, lambda x: post.log_prob(x.to(torch.float64)), kl_samples,
                  generator)
@@ -96,12 +119,14 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     return rows
 
 
-def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int = 24) -> list[dict]:
+def gp_rows(name: str, n: int, generator: torch.Generator, grid_size: int = 401, nodes: int = 24) -> list[dict]:
+    """The GP-hyperprior model ``name`` on its meta-prior and with each prior parameter outside its training
+    interval: KL to the quadrature reference over (f(x*), log l)."""
     import distformer
 
     from .stress import importance_flags, posterior_quietly, summarise
 
-    model = distformer.pretrained("gp-hyperprior-5d")
+    model = distformer.pretrained(name)
     problem = get("gp-hyperprior", **model.card["problem"]["options"])
     names = ("mean", "scale", "alpha", "beta")
     ranges = {k: problem.settings[k] for k in names}
@@ -109,7 +134,7 @@ def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int
     x_gh, w_gh = _hermite(nodes)
     rows = []
     for family, moved in families.items():
-        stage("stress", f"gp-hyperprior-5d: {family}")
+        stage("stress", f"{name}: {family}")
         batch = problem.sample_batch(n, generator)
         prior = batch.prior.clone()
         if moved is not None:
@@ -132,7 +157,7 @@ def gp_rows(n: int, generator: torch.Generator, grid_size: int = 401, nodes: int
         log_q = post.base.to(torch.float64).log_prob(points.permute(0, 2, 1, 3))  # (G, H, n)
         weight = log_w.exp().unsqueeze(1) * w_gh.view(1, -1, 1)
         kl = (weight * (log_ref.permute(0, 2, 1) - log_q)).sum((0, 1))
-        rows.append(summarise("gp-hyperprior-5d", family, kl, ~post.reliable,
+        rows.append(summarise(name, family, kl, ~post.reliable,
                               importance_flags(model, batch.prior, batch.observations, generator)))
     return rows
 
@@ -166,7 +191,8 @@ def _resimulated(problem, prior, batch, generator):
 
 
 def parametric_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
-    return inverse_gamma_rows(n, kl_samples, generator) + quantum_rows(n, generator) + gp_rows(n, generator)
+    return (inverse_gamma_rows(n, kl_samples, generator) + quantum_rows(n, generator)
+            + gp_rows("gp-hyperprior-5d", n, generator) + gp_rows("gp-hyperprior-1d", n, generator))
 
 
 def gp_refinement(n: int, draws: int, generator: torch.Generator) -> dict:
