@@ -140,10 +140,12 @@ class Filter:
         update: a ``DistributionTransformer`` (its ``posterior`` is the update) or a callable
             ``(belief, observations) -> GaussianMixture``.
         motion: a motion model ``(belief, t) -> belief`` such as :class:`LinearGaussianMotion`.
-        check: for a model update, run its out-of-family check each step (warns once); ``False`` skips it.
+        check: for a model update, the check each step's ``posterior`` runs: ``True`` the training ranges (cheap),
+            ``"importance"`` the importance check (a few hundred likelihood evaluations per problem; the default of
+            ``posterior`` for models whose card says so, such as ``sensor-fusion``), ``False`` none.
     """
 
-    def __init__(self, update, motion, check: bool = True):
+    def __init__(self, update, motion, check: bool | str = True):
         from .nn.transformer import DistributionTransformer
 
         if isinstance(update, DistributionTransformer):
