@@ -26,8 +26,7 @@ where that check fails. For a scale-anchored model (``ModelConfig.scale_source``
 scale against the prior (:func:`scale_conflict`, signed, with the central 99.8% of training as its range): the
 prior's scale parameter itself needs no range, since the prior encoder is exactly equivariant in it, but data far
 larger or smaller than the prior allows are what the network never read. The number of components ``K`` is not
-checked: the decoder has no positional encoding over
-components, and ``bench components`` measures any ``K``.
+checked: the decoder has no positional encoding over components, and ``bench components`` measures any ``K``.
 """
 
 from __future__ import annotations
@@ -99,7 +98,9 @@ class TrainingSupport:
     """Ranges seen in training (module docstring). ``component_*``: per component coordinate but the weight (empty
     for a parametric-prior model); ``parameter_*``: per warped prior parameter (empty for a GMM-prior model);
     ``observation_*``: per source and dimension; ``count_*``: observations per source; ``anchor``: the source whose
-    data mean the ranges are relative to (``""`` for none); ``num_components``: ``K`` in training (for reference)."""
+    data mean the ranges are relative to (``""`` for none); ``num_components``: ``K`` in training (for reference);
+    ``anchor_noise``, ``conflict_low``/``conflict_high``, ``scale_offset`` and ``scale_noise``: the prior-data
+    conflict check's constants (module docstring; absent from cards written before it, which then skip it)."""
 
     component_names: tuple[str, ...]
     component_low: tuple[float, ...]
