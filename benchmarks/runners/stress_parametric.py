@@ -12,8 +12,9 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
   KL by quadrature on the reference grid in logit space.
 * ``gp-hyperprior-5d`` and ``gp-hyperprior-1d``: each one's meta-prior, and each prior parameter moved outside its
-  training interval (one at a time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of :math:`(f(x_\star), \log\ell)` by
-  quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite nodes in :math:`f`.
+  training interval (one at a time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of
+  :math:`(f(x_\star), \log\ell)` by quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite
+  nodes in :math:`f`.
 """
 
 from __future__ import annotations
