@@ -112,8 +112,10 @@ def test_the_filter_rows_importance_sampling_reference_recovers_a_closed_form_kl
 
     g = torch.Generator().manual_seed(3)
     problem = dfm.problems.get("linear-gaussian", dim=2)
-    prior = GaussianMixture(torch.ones(20, 1, dtype=torch.float64), torch.randn(20, 1, 2, generator=g,
-                            dtype=torch.float64), scale_tril=1.5 * torch.eye(2, dtype=torch.float64).expand(20, 1, 2, 2))
+    eye = torch.eye(2, dtype=torch.float64)
+    prior = GaussianMixture(torch.ones(20, 1, dtype=torch.float64),
+                            torch.randn(20, 1, 2, generator=g, dtype=torch.float64),
+                            scale_tril=1.5 * eye.expand(20, 1, 2, 2))
     x = prior.sample(generator=g)
     z = dfm.observations.as_observations(x.unsqueeze(-2) + torch.randn(20, 1, 2, generator=g, dtype=torch.float64),
                                          {"z": 2})
