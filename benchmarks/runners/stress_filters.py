@@ -29,14 +29,11 @@ from distformer.distributions.gmm import GaussianMixture
 from distformer.problems import get
 from distformer.problems.linear_gaussian import random_rotation
 from .report import stage
+from .stress_families import _log_uniform
 
 DRAWS = 20_000
 DEFENSIVE = 0.1
 MIN_ESS = 200
-
-
-def _log_uniform(shape, low: float, high: float, g: torch.Generator) -> torch.Tensor:
-    return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * torch.rand(shape, generator=g))
 
 
 def _replicated(loc: torch.Tensor, sd: torch.Tensor, g: torch.Generator, K: int = 4, rotate: bool = True):

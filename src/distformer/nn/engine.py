@@ -53,8 +53,12 @@ from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_size,
 # TorchScript is gone: for tests of that path and for comparing speed.
 without_torchscript = ThreadFlag()
 
-NOT_FINITE = ("Expected the model to produce a finite posterior, but it produced NaN or inf; the prior or the data "
-              "are probably far outside its training family ({}).")
+
+def not_finite(model) -> FloatingPointError:
+    """The error for a network chart with NaN or inf, naming the model's training family."""
+    family = model.card.get("problem", {}).get("meta_prior", "see model.card")
+    return FloatingPointError(f"Expected the model to produce a finite posterior, but it produced NaN or inf; the "
+                              f"prior or the data are probably far outside its training family ({family}).")
 
 
 def decode(model, chart: Tensor, obs: Observations, grad: bool) -> Tensor:
@@ -70,7 +74,7 @@ def decode(model, chart: Tensor, obs: Observations, grad: bool) -> Tensor:
             else model.forward
         out = map_chunks(forward, chart, obs, model.chunk_size, model.chunk_workers)
     if not bool(torch.isfinite(out).all()):
-        raise FloatingPointError(NOT_FINITE.format(model.card.get("problem", {}).get("meta_prior", "see model.card")))
+        raise not_finite(model)
     return out
 
 

@@ -32,7 +32,7 @@ from ..distributions.gmm import GaussianMixture
 from ..distributions.linalg import broadcast_shapes
 from ..distributions.transforms import WarpedGaussianMixture
 from ..observations import Observations, as_observations
-from .engine import NOT_FINITE, decode, small_batch_update
+from .engine import decode, not_finite, small_batch_update
 from .support import REASONS, Reliability, flagged_by, warn_flagged
 from .tokens import LOG_WEIGHT_FLOOR, chart_to_gmm, gmm_to_chart
 
@@ -166,7 +166,7 @@ def _updated(model, update, prior: GaussianMixture, obs: Observations, batch):
         parts = tuple(t.expand(*batch, K, *t.shape[event:]).reshape(n, K, *t.shape[event:]) for t in parts)
     outputs = update(*parts, *obs.values.values(), *obs.masks.values())
     if not bool(outputs[3]):
-        raise FloatingPointError(NOT_FINITE.format(model.card.get("problem", {}).get("meta_prior", "see model.card")))
+        raise not_finite(model)
     posterior = outputs[:3] if batch == (n,) else [t.reshape(*batch, *t.shape[1:]) for t in outputs[:3]]
     result = model._wrap(GaussianMixture._from_parts(*posterior))
     if len(outputs) == 4:
