@@ -249,8 +249,8 @@ def _warn(model, reliability, strict: bool, check) -> None:
     if check != "importance" and any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count")):
         why.append("prior, data and count are numbers outside the ranges the model was trained and measured on")
     if check != "importance" and bool(reliability.reasons["conflict"].any()):
-        why.append("conflict means the data lie further from every prior component than training ever put them, "
-                   "and importance sampling against prior times likelihood finds the posterior off there")
+        why.append("conflict means the data lie further from every prior component than in training, and "
+                   "importance sampling against prior times likelihood finds the posterior off there")
     if why and reliability.detail:
         why[-1] += f" ({reliability.detail})"
     if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):

@@ -347,8 +347,9 @@ class DistributionTransformer(nn.Module):
                 problems whose importance ratios against prior times likelihood have a Pareto ``k̂`` above its
                 threshold (``reliability.py``; ``importance_draws`` draws per problem, ``likelihood`` a problem
                 or callable, by default the card's problem). ``None`` (the default): the model's own default,
-                ``model.card["check"]`` where a card sets it (the ``gp-hyperprior`` models and ``quantum``, whose
-                accuracy inside their ranges the ranges cannot vouch for, use ``"importance"``), else ``True``.
+                ``model.card["check"]`` where a card sets it (the ``gp-hyperprior`` models, ``quantum``,
+                ``sensor-fusion`` and ``stochastic-volatility``, whose accuracy inside their ranges the ranges cannot
+                vouch for, use ``"importance"``), else ``True``.
             likelihood, importance_draws, generator: for ``check="importance"``, and for the importance check that
                 judges a prior-data conflict beyond training (``support.py``); ``generator`` ``None`` means a fixed
                 seed, so that the same call gives the same verdict.
