@@ -151,6 +151,10 @@ def test_bad_filter_arguments_get_one_clear_sentence():
                                                                                           torch.eye(2)))
     with pytest.raises(ValueError, match="leading time axis"):
         filt.run(belief, torch.zeros(0, 2, 3, 2))
+    for check in ("importance-sampling", None, 1.0):
+        with pytest.raises(ValueError, match="Expected check among"):
+            Filter(LinearGaussianUpdate(torch.eye(2), torch.eye(2)), LinearGaussianMotion(torch.eye(2), None,
+                                                                                          torch.eye(2)), check=check)
 
 
 def test_bench_lti_quick_writes_a_report(tmp_path):

@@ -146,8 +146,11 @@ class Filter:
     """
 
     def __init__(self, update, motion, check: bool | str = True):
+        from .nn.inference import CHECKS
         from .nn.transformer import DistributionTransformer
 
+        if isinstance(check, str) and check not in CHECKS or not isinstance(check, (bool, str)):
+            raise ValueError(f"Expected check among {CHECKS}, but got {check!r}.")
         if isinstance(update, DistributionTransformer):
             model = update
             self.sources = dict(model.config.sources)
