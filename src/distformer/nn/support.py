@@ -496,17 +496,8 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
                               bounded, scale_source, power)
     if scale_source and problem.dim == 1:
         x = batch.theta.double() if not problem.warp else Warp(list(problem.warp)).forward(batch.theta.double())
-        present = obs.masks[scale_source].any(-1)
-        residual = (shift - x)[present]
-        mean = float(residual.mean())
-        spread = tuple(float(((residual - mean)[side] ** 2).sum() / side.sum().clamp_min(1))
-                       for side in (residual < mean, residual > mean))  # semivariances below and above
-        stat = scale_conflict(chart, shift, present, mean, *spread)[present]
-        # the central 99.8% of training, not its extremes: a problem beyond is judged by the importance check, so a
-        # tighter range costs time on a few problems, never a false alarm (the extremes come from priors whose
-        # mixture fit leaves a tail uncovered, and let inaccurate posteriors of tight priors through)
-        low, high = (float(v) for v in stat.quantile(torch.tensor([0.001, 0.999], dtype=stat.dtype)))
-        support = replace(support, scale_offset=mean, scale_noise=spread, conflict_low=low, conflict_high=high)
+        offset, spread, low, high = scale_conflict_range(chart, shift, x, obs.masks[scale_source].any(-1))
+        support = replace(support, scale_offset=offset, scale_noise=spread, conflict_low=low, conflict_high=high)
     if anchor and not torch.is_tensor(batch.prior):
         noise, high = conflict_range(chart, batch.observations.to(torch.float64), anchor, problem.dim, margin)
         support = replace(support, anchor_noise=noise, conflict_high=high)
@@ -531,6 +522,23 @@ def conflict_range(chart: Tensor, observations: Observations, anchor: str, dim: 
     noise = float((square.sum((-2, -1))[several] / ((n[several] - 1) * dim)).mean())
     distance = predictive_distance(chart, observations, anchor, dim, noise, mean, n)
     return noise, float(distance.max()) * (1 + margin)
+
+
+def scale_conflict_range(chart: Tensor, shift: Tensor, x: Tensor, present: Tensor
+                         ) -> tuple[float, tuple[float, float], float, float]:
+    """``(scale_offset, scale_noise, conflict_low, conflict_high)`` of training draws: the mean and the
+    semivariances below and above it of the data's scale ``shift`` ``(B, 1)`` about the true latent ``x`` ``(B, 1)``,
+    and the central 99.8% of :func:`scale_conflict` over the draws with data (``present`` ``(B,)``). Not its
+    extremes: a problem beyond is judged by the importance check, so a tighter range costs time on a few problems,
+    never a false alarm, while the extremes (priors whose mixture fit leaves a tail uncovered) let inaccurate
+    posteriors of tight priors through."""
+    residual = (shift - x)[present]
+    mean = float(residual.mean())
+    spread = tuple(float(((residual - mean)[side] ** 2).sum() / side.sum().clamp_min(1))
+                   for side in (residual < mean, residual > mean))
+    stat = scale_conflict(chart, shift, present, mean, *spread)[present]
+    low, high = (float(v) for v in stat.quantile(torch.tensor([0.001, 0.999], dtype=stat.dtype)))
+    return mean, spread, low, high
 
 
 def scale_conflict(chart: Tensor, shift: Tensor, present: Tensor, offset: float, below: float, above: float
