@@ -6,8 +6,8 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   (:math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]`), ``equal-100`` (:math:`\alpha = \beta = 100`),
   ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`); and prior-data
   conflict: :math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]` with one reading :math:`10` to :math:`1000`
-  times, or :math:`10^{-8}` to :math:`10^{-3}` times, the prior's scale :math:`\sqrt{\beta/\alpha}`.
-  KL by Monte Carlo with draws from the closed-form posterior.
+  times, or :math:`10^{-8}` to :math:`10^{-3}` times, the prior's scale :math:`\sqrt{\beta/\alpha}`; and
+  ``2-10 readings`` (the same priors, 2 to 10 readings where training had one). KL by Monte Carlo with draws from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
   KL by quadrature on the reference grid in logit space.
@@ -56,6 +56,20 @@ def _scaled_reading(model, prior: torch.Tensor, low: float, high: float, generat
     return prior, obs, posterior_quietly(model, prior, obs)
 
 
+def _several_readings(model, problem, prior: torch.Tensor, low: int, high: int, generator: torch.Generator):
+    """``(prior, observations, model posterior)`` with ``low`` to ``high`` readings per problem (masked), where
+    the model was trained on one: the ranges flag them all (``count``), the importance check judges each."""
+    from distformer.observations import Observations
+
+    from .stress import posterior_quietly
+
+    several = get("inverse-gamma", **(problem.options() | {"num_observations": high}))
+    obs = several.simulate(several.sample_parameters(prior, generator), generator)
+    count = torch.randint(low, high + 1, (prior.shape[0], 1), generator=generator)
+    obs = Observations(obs.values, {"z": torch.arange(high) < count})
+    return prior, obs, posterior_quietly(model, prior, obs)
+
+
 def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> list[dict]:
     import distformer
 
@@ -77,6 +91,7 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
         "100-1000": lambda: _log_uniform(n, 100.0, 1000.0, generator),
         "data 10-1000x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
         "data 1e-8-1e-3x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
+        "2-10 readings": lambda: _log_uniform(n, 0.5, 100.0, generator),
     }
     conflicts = {"data 10-1000x the prior's scale": (1.0, 3.0), "data 1e-8-1e-3x the prior's scale": (-8.0, -3.0)}
     rows = []
@@ -84,6 +99,8 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
         stage("stress", f"inverse-gamma: {family}")
         if family in conflicts:
             prior, obs, post = _scaled_reading(model, draw().float(), *conflicts[family], generator)
+        elif family == "2-10 readings":
+            prior, obs, post = _several_readings(model, problem, draw().float(), 2, 10, generator)
         else:
             prior, obs, post = _simulated(model, problem, draw().float(), generator)
         exact = problem.exact_posterior(prior.double(), obs)

@@ -6,7 +6,10 @@ Steps, for a batch ``B`` of (prior, data) problems:
    prior and data are broadcast to ``B`` and flattened.
 2. **judge** (``check``): each problem against the training support (``support.py``), and with
    ``check="importance"`` also the Pareto :math:`\hat k` of importance ratios against the prior times the
-   likelihood (``reliability.py``); the verdict is ``post.reliable`` and ``post.reliability``.
+   likelihood (``reliability.py``); the verdict is ``post.reliable`` and ``post.reliability``. With the default
+   range check, a problem the ranges flag is one the model was never measured on, not one it must get wrong: where
+   a likelihood is at hand (the card's problem, or ``likelihood``), each such problem is judged by the importance
+   check after step 4 and keeps its reasons only where that check fails. The problems in range cost nothing more.
 3. **run**: data sets with an observation go through the network (``engine.decode`` chooses the
    traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`. A small
    batch of a GMM prior with data in every data set runs steps 1-4 as one traced graph instead
@@ -64,15 +67,15 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
         result, reliability = _in_parts(model, prior, parts, batch, grad, check)
     else:
         result, reliability = _posterior(model, prior, encoded, parameters, obs, batch, grad, check)
-    if check != "importance" and reliability is not None and bool(reliability.reasons["conflict"].any()):
-        reliability = _conflict_checked(model, result, prior, obs.expand(batch), reliability, likelihood,
-                                        importance_draws, generator)
+    parameters = raw_prior if model.is_parametric and torch.is_tensor(raw_prior) else None
+    if check and check != "importance" and reliability is not None and not bool(reliability.reliable.all()):
+        reliability = _range_checked(model, result, prior, obs.expand(batch), reliability, likelihood,
+                                     importance_draws, generator, parameters)
     if check == "importance":
         from .reliability import importance_check
 
         reliability = importance_check(model, result, prior, obs, reliability, likelihood, importance_draws,
-                                       generator, raw_prior if model.is_parametric and torch.is_tensor(raw_prior)
-                                       else None)
+                                       generator, parameters)
     if reliability is not None and not bool(reliability.reliable.all()):
         _warn(model, reliability, strict, check)
     result.reliability = reliability
@@ -178,13 +181,14 @@ def _updated(model, update, prior: GaussianMixture, obs: Observations, batch):
     return result, _described(model, reliability, obs, prior=GaussianMixture._from_parts(*parts))
 
 
-def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, reliability, likelihood,
-                      draws: int, generator):
-    """The verdict on problems whose data conflict with their prior beyond training (reason ``conflict``): the
-    model's accuracy there varies from problem to problem, so each such problem is judged by the importance check
-    of ``reliability.py`` (the card's likelihood unless ``likelihood`` is given; ``draws`` draws; a fixed seed
-    unless ``generator`` is given, so that a call's verdict is repeatable) and keeps the reason only where that
-    check fails. Where no likelihood is at hand, the reason stands."""
+def _range_checked(model, result, prior: GaussianMixture, obs: Observations, reliability, likelihood, draws: int,
+                   generator, parameters: Tensor | None):
+    """The verdict on the problems the ranges flag (module docstring, step 2): each is judged by the importance
+    check of ``reliability.py`` (the card's likelihood unless ``likelihood`` is given; ``draws`` draws, four times
+    as many for a problem outside; a fixed seed unless ``generator`` is given, so that a call's verdict repeats)
+    and keeps its reasons only where that check fails; ``pareto_k`` is that check's, NaN for problems it did not
+    judge. ``parameters``: a parametric prior's, whose exact density the check then uses. Where no likelihood is
+    at hand, or the check cannot use it, the reasons stand and ``pareto_k`` stays ``None``."""
     from .reliability import card_likelihood, flat_mixture, importance_check
 
     try:
@@ -194,19 +198,25 @@ def _conflict_checked(model, result, prior: GaussianMixture, obs: Observations, 
     base = getattr(result, "base", result)
     batch = base.batch_shape
     n = batch.numel()
-    posterior, flat_prior, flat_obs = flat_mixture(base, n), flat_mixture(prior.expand(batch), n), obs.reshape((n,))
-    conflict = reliability.reasons["conflict"].reshape(n)
-    rows = conflict.nonzero().squeeze(-1)
+    flagged = (~reliability.reliable).reshape(n).to(base.loc.device)
+    rows = flagged.nonzero().squeeze(-1)
+    flat_prior, flat_obs = flat_mixture(prior.expand(batch), n), obs.reshape((n,))
+    if parameters is not None:
+        parameters = parameters.expand(*batch, parameters.shape[-1]).reshape(n, parameters.shape[-1])[rows]
     try:
-        verdict = importance_check(model, posterior[rows], flat_prior[rows], flat_obs.index(rows), None, likelihood,
-                                   draws, generator, outside=torch.ones_like(rows, dtype=torch.bool))
-    except (ValueError, NotImplementedError):  # a likelihood the check cannot use: the reason stands
+        verdict = importance_check(model, flat_mixture(base, n)[rows], flat_prior[rows], flat_obs.index(rows), None,
+                                   likelihood, draws, generator, parameters,
+                                   outside=torch.ones_like(rows, dtype=torch.bool))
+    except (ValueError, NotImplementedError):  # a likelihood the check cannot use: the reasons stand
         return reliability
-    kept = torch.zeros_like(conflict)
+    kept = torch.zeros_like(flagged)
     kept[rows] = verdict.reasons["importance"].to(kept.device)
-    reasons = dict(reliability.reasons) | {"conflict": kept.reshape(batch)}
-    return _described(model, replace(reliability, reliable=~flagged_by(reasons), reasons=reasons), flat_obs,
-                      prior=flat_prior)
+    k_hat = torch.full((n,), float("nan"), dtype=torch.float64, device=kept.device)
+    k_hat[rows] = verdict.pareto_k.to(k_hat.device)
+    kept = kept.reshape(batch)
+    reasons = {k: v & kept.to(v.device) for k, v in reliability.reasons.items()}
+    return _described(model, replace(reliability, reliable=~flagged_by(reasons), reasons=reasons,
+                                     pareto_k=k_hat.reshape(batch)), flat_obs, prior=flat_prior)
 
 
 def _judged(model, chart: Tensor, obs: Observations, parameters: Tensor | None, batch):
@@ -246,11 +256,13 @@ def _described(model, reliability, obs: Observations, chart: Tensor | None = Non
 def _warn(model, reliability, strict: bool, check) -> None:
 
     why = []
+    judged = ", and importance sampling against prior times likelihood finds the posterior off there" \
+        if reliability.pareto_k is not None else ""
     if check != "importance" and any(bool(reliability.reasons[k].any()) for k in ("prior", "data", "count")):
-        why.append("prior, data and count are numbers outside the ranges the model was trained and measured on")
+        why.append("prior, data and count are numbers outside the ranges the model was trained and measured on"
+                   + judged)
     if check != "importance" and bool(reliability.reasons["conflict"].any()):
-        why.append("conflict means the data lie further from every prior component than in training, and "
-                   "importance sampling against prior times likelihood finds the posterior off there")
+        why.append("conflict means the data lie further from every prior component than in training" + judged)
     if why and reliability.detail:
         why[-1] += f" ({reliability.detail})"
     if "importance" in reliability.reasons and bool(reliability.reasons["importance"].any()):

@@ -30,9 +30,10 @@ training ranges (``support.py``) can only vouch for in general; their reasons st
 It needs the likelihood (a problem with ``log_likelihood``, or a callable; by default the problem in the model's
 card). The ratios are taken on the model's space: for a model with a latent warp the likelihood is read at
 :math:`f^{-1}(u)`, and for a parametric prior the problem gives the prior's density and the likelihood there
-(``Problem.warped_target``). It is opt-in, except for models whose card makes it their default (the
-``gp-hyperprior`` models and ``quantum``): it costs ``S`` likelihood evaluations per problem, measured in
-``benchmarks/stress.md``.
+(``Problem.warped_target``). For every problem it is opt-in, except for models whose card makes it their
+default (the ``gp-hyperprior`` models, ``quantum`` and the filter models): it costs ``S`` likelihood evaluations
+per problem, measured in ``benchmarks/stress.md``. With the default range check it judges only the problems the
+ranges flag (``inference.py``), with ``OUTSIDE_DRAWS`` times the draws.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ SPIKE = math.log(10.0)  # a heavy tail counts when some draw weighs ten times th
 # are not sampled again.
 BORDERLINE = 2.0
 RECHECK_DRAWS = 4
+# Problems are checked in chunks of at most this many draws in all (256 problems at 256 draws), so that a large
+# batch's draws and likelihood terms stay within a few hundred MB.
+CHUNK_DRAWS = 1 << 16
 
 
 def card_likelihood(model):
@@ -115,10 +119,10 @@ def importance_check(model, posterior, prior: GaussianMixture, observations, rel
     outside = outside.reshape(n)
     for rows, count, tolerance in ((~outside).nonzero().squeeze(-1), draws, KL_TOLERANCE),\
                                   (outside.nonzero().squeeze(-1), OUTSIDE_DRAWS * draws, KL_TOLERANCE_OUTSIDE):
-        if rows.numel():
-            flagged[rows], k_hat[rows], borderline = _flags(model, *flat.rows(rows), likelihood, count, tolerance,
-                                                            generator)
-            again = rows[borderline]
+        for chunk in rows.split(max(1, CHUNK_DRAWS // count)) if rows.numel() else ():  # bounded memory
+            flagged[chunk], k_hat[chunk], borderline = _flags(model, *flat.rows(chunk), likelihood, count, tolerance,
+                                                              generator)
+            again = chunk[borderline]
             if again.numel():  # a second, four times larger sample decides the borderline flags
                 flagged[again], k_hat[again], _ = _flags(model, *flat.rows(again), likelihood, RECHECK_DRAWS * count,
                                                          tolerance, generator)

@@ -20,9 +20,9 @@ accepted down to ``NARROW_LIMIT`` of the noise sd, below training's, where accur
 Per-coordinate ranges cannot see a prior and data that are each ordinary but far apart. For an anchored model the
 support also holds the largest **prior-data conflict** of training, the distance of the data mean from the
 nearest live component in prior-predictive sds (:meth:`TrainingSupport.conflict_distance`, widened by ``margin``);
-a problem beyond it gets the reason ``conflict``. The model's accuracy there varies from problem to problem, so
-``inference.py`` judges each such problem by the importance check of ``reliability.py`` and keeps the reason only
-where that check fails. For a scale-anchored model (``ModelConfig.scale_source``) the same role falls to the data's
+a problem beyond it gets the reason ``conflict``. Beyond any range the model's accuracy varies from problem to
+problem, so where a likelihood is at hand ``inference.py`` judges each flagged problem by the importance check of
+``reliability.py`` and keeps its reasons only where that check fails. For a scale-anchored model (``ModelConfig.scale_source``) the same role falls to the data's
 scale against the prior (:func:`scale_conflict`, signed, with the central 99.8% of training as its range): the
 prior's scale parameter itself needs no range, since the prior encoder is exactly equivariant in it, but data far
 larger or smaller than the prior allows are what the network never read. The number of components ``K`` is not
@@ -71,8 +71,10 @@ class OutOfFamilyWarning(UserWarning):
 class Reliability:
     """The verdict on each problem of a batch ``B``: ``reliable`` ``(*B)`` (``False`` where the model should not be
     trusted) and ``reasons``, reason -> booleans ``(*B)`` (``True`` where that reason fired): ``prior``, ``data``
-    and ``count`` for a number outside the training ranges, ``importance`` for a Pareto ``k̂`` of the
-    importance ratios above its threshold (``pareto_k`` ``(*B)``, or ``None`` when that diagnostic did not run);
+    and ``count`` for a number outside the training ranges, ``conflict`` for data further from the prior than in
+    training (with the range check and a likelihood at hand, each only where the importance check confirms it),
+    ``importance`` for the importance check's flag (``pareto_k`` ``(*B)``, NaN for problems it did not judge, or
+    ``None`` when it did not run);
     ``detail``: what lies outside for the first flagged problem, in words."""
 
     reliable: Tensor
