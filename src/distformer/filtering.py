@@ -140,7 +140,8 @@ class Filter:
         update: a ``DistributionTransformer`` (its ``posterior`` is the update) or a callable
             ``(belief, observations) -> GaussianMixture``.
         motion: a motion model ``(belief, t) -> belief`` such as :class:`LinearGaussianMotion`.
-        check: for a model update, the check each step's ``posterior`` runs: ``True`` the training ranges (cheap),
+        check: for a model update, the check each step's ``posterior`` runs: ``True`` the training ranges (cheap;
+            a problem outside them is judged by the importance check), ``"ranges"`` the ranges alone,
             ``"importance"`` the importance check (a few hundred likelihood evaluations per problem; the default of
             ``posterior`` for models whose card says so, such as ``sensor-fusion``), ``False`` none.
     """

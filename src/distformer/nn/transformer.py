@@ -343,7 +343,10 @@ class DistributionTransformer(nn.Module):
             strict: raise ``ValueError`` instead of warning when any problem is flagged unreliable.
             check: judge each problem against the training support in ``model.card["support"]``
                 (``support.py``); the verdict is ``post.reliable`` and ``post.reliability``, and a batch with
-                flagged problems warns (on every call) with how many and why. ``"importance"`` also flags
+                flagged problems warns (on every call) with how many and why. With ``True``, a problem outside the
+                training ranges is judged by the importance check where a likelihood is at hand and flagged only
+                where it fails; ``"ranges"`` keeps the ranges' verdict alone (cheaper for a large batch far outside
+                them). ``"importance"`` also flags
                 problems whose importance ratios against prior times likelihood have a Pareto ``k̂`` above its
                 threshold (``reliability.py``; ``importance_draws`` draws per problem, ``likelihood`` a problem
                 or callable, by default the card's problem). ``None`` (the default): the model's own default,
@@ -351,8 +354,8 @@ class DistributionTransformer(nn.Module):
                 ``sensor-fusion`` and ``stochastic-volatility``, whose accuracy inside their ranges the ranges cannot
                 vouch for, use ``"importance"``), else ``True``.
             likelihood, importance_draws, generator: for ``check="importance"``, and for the importance check that
-                judges a prior-data conflict beyond training (``support.py``); ``generator`` ``None`` means a fixed
-                seed, so that the same call gives the same verdict.
+                judges the problems outside the training ranges with ``check=True`` (four times the draws);
+                ``generator`` ``None`` means a fixed seed, so that the same call gives the same verdict.
 
         The steps (prepare, judge, run, finish) are in ``inference.py``.
 
