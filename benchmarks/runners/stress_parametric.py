@@ -7,7 +7,8 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`); and prior-data
   conflict: :math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]` with one reading :math:`10` to :math:`1000`
   times, or :math:`10^{-8}` to :math:`10^{-3}` times, the prior's scale :math:`\sqrt{\beta/\alpha}`; and
-  ``2-10 readings`` (the same priors, 2 to 10 readings where training had one). KL by Monte Carlo with draws from the closed-form posterior.
+  ``2-10 readings`` (the same priors, 2 to 10 readings where training had one). KL by Monte Carlo with draws
+  from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
   KL by quadrature on the reference grid in logit space.
