@@ -224,3 +224,38 @@ def test_parameters_far_out_on_the_warped_space_stay_inside_the_support():
         theta = problem.sample_parameters(prior, torch.Generator().manual_seed(0))
         assert bool(torch.isfinite(Warp(problem.warp).forward(theta)).all()), support
         torch.testing.assert_close(Warp(problem.warp).forward(theta)[2], loc[2, 0], atol=0.05, rtol=0)
+
+
+def test_the_mixture_floor_is_zero_where_the_posterior_is_a_mixture_and_the_moment_match_for_one_component():
+    """``mixture_floor``: for the linear-Gaussian problem the exact posterior is a mixture of the prior's K
+    components, so EM from them reaches it (mean KL below 1e-4, at most 1e-3 where overlapping components slow
+    EM down). For a Poisson log-rate under a
+    one-component prior the posterior is skewed: the floor is positive and equals, to 1e-9, the KL to the Gaussian
+    with the grid posterior's moments (plus each cell's own variance), computed here directly; EM's first step
+    lands there and stays."""
+    from distformer.evaluation import _reference_grid, _span
+    from distformer.distributions.transforms import Warp
+
+    lg = dfm.problems.get("linear-gaussian", dim=2)
+    floor = dfm.mixture_floor(lg, num_problems=20, generator=torch.Generator().manual_seed(4))
+    assert float(floor.summary.mean) < 1e-4 and float(floor.kl.abs().max()) < 1e-3 and "best mixture" in str(floor)
+
+    def simulate(theta, generator):
+        return torch.poisson(theta.exp().unsqueeze(1).expand(-1, 2, 1), generator=generator)
+
+    poisson = from_simulator(simulate, ["real"], dfm.meta_priors.random_mixtures(1, components=1, scale=(0.5, 1.5)),
+                             max_observations=2, log_likelihood=_poisson_log_likelihood)
+    floor = dfm.mixture_floor(poisson, num_problems=30, grid_size=801, iterations=5,
+                              generator=torch.Generator().manual_seed(5))
+    batch = poisson.sample_batch(30, generator=torch.Generator().manual_seed(5))
+    prior = batch.prior.to(torch.float64)
+    u, cell, log_p = _reference_grid(poisson, Warp(["identity"]), prior, batch.observations, 801, _span(prior))
+    p = log_p.exp()
+    mean = (p * u[..., 0]).sum(0)
+    var = (p * (u[..., 0] - mean) ** 2).sum(0) + cell**2 / 12
+    log_q = -0.5 * ((u[..., 0] - mean) ** 2 / var + torch.log(2 * math.pi * var))
+    direct = (p * (log_p - log_q - cell.log())).sum(0)
+    torch.testing.assert_close(floor.kl.double(), direct, rtol=0, atol=1e-6)
+    assert float(direct.min()) > 1e-4
+    with pytest.raises(ValueError, match="num_problems"):
+        dfm.mixture_floor(poisson, num_problems=0)

@@ -5,7 +5,7 @@ observations to a Gaussian-mixture posterior, which can be fed back as the next 
 """
 
 from . import meta_priors, problems
-from .evaluation import evaluate, reference_draws
+from .evaluation import evaluate, mixture_floor, reference_draws
 from .distributions import GaussianMixture, Warp, WarpedGaussianMixture
 from .nn import DistributionTransformer, ModelConfig
 from .filtering import Filter, LinearGaussianMotion, NonlinearMotion
@@ -32,5 +32,5 @@ def pretrained_names() -> list[str]:
 
 
 __all__ = ["GaussianMixture", "WarpedGaussianMixture", "Warp", "DistributionTransformer", "ModelConfig", "Observations", "TrainConfig",
-           "ProblemConfig", "ArchitectureConfig", "train", "model_from_checkpoint", "load", "pretrained", "pretrained_names", "problems", "meta_priors", "evaluate", "reference_draws", "refine", "Refinement",
+           "ProblemConfig", "ArchitectureConfig", "train", "model_from_checkpoint", "load", "pretrained", "pretrained_names", "problems", "meta_priors", "evaluate", "mixture_floor", "reference_draws", "refine", "Refinement",
            "Filter", "LinearGaussianMotion", "NonlinearMotion"]
