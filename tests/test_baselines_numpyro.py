@@ -148,3 +148,20 @@ def test_the_gp_numpyro_model_and_the_torch_likelihood_agree():
         prior_term = torch.distributions.InverseGamma(p[i, 2], p[i, 3]).log_prob(ell[0, i])
         absent = -0.5 * math.log(2 * math.pi) * int((~mask[i]).sum())
         assert abs(float(total) - float(prior_term) - absent - float(log_marginal[0, i])) < 1e-3
+
+
+def test_both_start_at_the_data_mean_and_reach_a_posterior_far_from_the_origin():
+    """A narrow prior 40 units out on each axis (as the broad meta-prior's wide family draws them): started at
+    NumPyro's default (uniform in (-2, 2)) SVI's decaying steps stop short of it; started at the data mean, SVI's
+    Gaussian and NUTS's draws land on the exact posterior (means within sd / 5)."""
+    g = torch.Generator().manual_seed(3)
+    prior = GaussianMixture(torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1, 2), 40.0, dtype=torch.float64),
+                            covariance_matrix=0.01 * torch.eye(2, dtype=torch.float64).expand(1, 1, 2, 2))
+    z = 40.0 + torch.randn(1, 20, 2, generator=g, dtype=torch.float64)
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    exact = problems.get("linear-gaussian", dim=2).exact_posterior(prior, z)[0]
+    sd = exact.covariance_matrix.diagonal().sqrt()
+    q = SVIBaseline(num_steps=2000, seed=2).posterior(prior, z, mask, 0)
+    assert bool(((q.mean - exact.mean).abs() < sd / 5).all())
+    draws = NUTSBaseline(num_warmup=300, num_samples=1000, seed=1).draws(prior, z, mask, 0)
+    assert bool(((draws.mean(0) - exact.mean).abs() < sd / 5).all())

@@ -31,13 +31,15 @@ class SequentialNUTS:
                          jit_model_args=True)
         self.fit_components, self.key = fit_components, jax.random.PRNGKey(seed)
 
-    def draws(self, *args) -> torch.Tensor:
-        """Posterior draws ``(S, D)`` on the original space for one problem."""
+    def draws(self, *args, init=None) -> torch.Tensor:
+        """Posterior draws ``(S, D)`` on the original space for one problem; ``init``: where the chain starts on
+        the unconstrained space (default NumPyro's, uniform in (-2, 2))."""
         import jax
         import jax.numpy as jnp
 
         self.key, sub = jax.random.split(self.key)
-        self.mcmc.run(sub, *[jnp.asarray(a) for a in args])
+        start = None if init is None else {"x": jnp.asarray(init)}
+        self.mcmc.run(sub, *[jnp.asarray(a) for a in args], init_params=start)
         x = torch.from_numpy(np.array(self.mcmc.get_samples()["x"])).double()
         return x.reshape(x.shape[0], -1)
 
