@@ -58,25 +58,33 @@ def evaluate(model, problem, num_problems: int = 300, grid_size: int | None = No
              generator: torch.Generator | None = None) -> Evaluation:
     """KL(grid reference ‖ model) on ``num_problems`` fresh problems of ``problem`` (module docstring); ``grid_size``
     points per axis (default 2001 in 1-D, 201 in 2-D)."""
+    batch, warp, grid_size, chunk = _fresh_problems(problem, num_problems, grid_size, (2001, 201), generator)
+    with torch.inference_mode():
+        post = model.posterior(problem.as_prior(batch.prior), batch.observations, check=False)
+    q = post.base if hasattr(post, "base") else post
+    prior, q = batch.prior.to(torch.float64), q.to(torch.float64)
+    kl = torch.cat([_kl_on_grid(problem, warp, prior[i:i + chunk], q[i:i + chunk],
+                                batch.observations.slice(i, min(i + chunk, num_problems)), grid_size)
+                    for i in range(0, num_problems, chunk)])
+    return Evaluation(kl.to(torch.float32), estimate(kl))
+
+
+def _fresh_problems(problem, num_problems: int, grid_size: int | None, default_sizes: tuple[int, int],
+                    generator: torch.Generator | None):
+    """``(batch, warp, grid_size, chunk)`` for a grid evaluation: ``num_problems`` fresh problems (a fixed seed
+    unless ``generator`` is given), the problem's warp, the grid's points per axis (``default_sizes`` in 1-D and
+    2-D unless given) and how many problems go through at a time; bad arguments raise."""
     if isinstance(num_problems, bool) or not isinstance(num_problems, int) or num_problems < 1:
         raise ValueError(f"Expected num_problems to be a whole number >= 1, but got {num_problems!r}.")
     if problem.dim > 2:
         raise ValueError(f"Expected a problem of at most 2 latent coordinates for a grid reference, but it has "
                          f"{problem.dim}.")
     generator = generator or torch.Generator().manual_seed(0)
-    grid_size = grid_size or (2001 if problem.dim == 1 else 201)
+    grid_size = grid_size or default_sizes[problem.dim - 1]
     batch = problem.sample_batch(num_problems, generator=generator)
-    with torch.inference_mode():
-        post = model.posterior(problem.as_prior(batch.prior), batch.observations, check=False)
-    q = post.base if hasattr(post, "base") else post
     warp = Warp(problem.warp) if problem.warp else Warp(["identity"] * problem.dim)
-    prior, q = batch.prior.to(torch.float64), q.to(torch.float64)
     count = max(1, sum(v.shape[-2] for v in batch.observations.values.values()))
-    chunk = max(1, MAX_GRID_ENTRIES // (grid_size ** problem.dim * count))
-    kl = torch.cat([_kl_on_grid(problem, warp, prior[i:i + chunk], q[i:i + chunk],
-                                batch.observations.slice(i, min(i + chunk, num_problems)), grid_size)
-                    for i in range(0, num_problems, chunk)])
-    return Evaluation(kl.to(torch.float32), estimate(kl))
+    return batch, warp, grid_size, max(1, MAX_GRID_ENTRIES // (grid_size ** problem.dim * count))
 
 
 def mixture_floor(problem, num_problems: int = 300, grid_size: int | None = None, iterations: int = 100,
@@ -85,18 +93,8 @@ def mixture_floor(problem, num_problems: int = 300, grid_size: int | None = None
     ``problem`` (module docstring, the mixture floor), an upper bound on what any model with as many output
     components can reach. The same problems as :func:`evaluate` with the same ``generator`` seed, so the two pair
     problem by problem; ``iterations`` EM steps; ``grid_size`` points per axis (default 1001 in 1-D, 121 in 2-D)."""
-    if isinstance(num_problems, bool) or not isinstance(num_problems, int) or num_problems < 1:
-        raise ValueError(f"Expected num_problems to be a whole number >= 1, but got {num_problems!r}.")
-    if problem.dim > 2:
-        raise ValueError(f"Expected a problem of at most 2 latent coordinates for a grid reference, but it has "
-                         f"{problem.dim}.")
-    generator = generator or torch.Generator().manual_seed(0)
-    grid_size = grid_size or (1001 if problem.dim == 1 else 121)
-    batch = problem.sample_batch(num_problems, generator=generator)
-    warp = Warp(problem.warp) if problem.warp else Warp(["identity"] * problem.dim)
+    batch, warp, grid_size, chunk = _fresh_problems(problem, num_problems, grid_size, (1001, 121), generator)
     prior = batch.prior.to(torch.float64)
-    count = max(1, sum(v.shape[-2] for v in batch.observations.values.values()))
-    chunk = max(1, MAX_GRID_ENTRIES // (grid_size ** problem.dim * count))
     kls = []
     for i in range(0, num_problems, chunk):
         part = prior[i:i + chunk]
