@@ -21,9 +21,10 @@ prior). On the same grid, EM fits the best mixture :math:`q^\star` with the prio
 them: responsibilities :math:`r_{jk} \propto w_k\,\mathcal N(u_j;\mu_k,\Sigma_k)`, then
 :math:`w_k = \sum_j p_j r_{jk}`, :math:`\mu_k` and :math:`\Sigma_k` the :math:`p_j r_{jk}`-weighted moments, with
 each cell's own spread :math:`\operatorname{diag}(\Delta_d^2/12)` added (its mass is spread over the cell, not
-held at its centre). Each step lowers :math:`\mathrm{KL}(p\,\|\,q)`, so :math:`\mathrm{KL}(p\,\|\,q^\star)` is an
-upper bound on the smallest KL any such mixture reaches: the part of the model's KL that a better network could not
-remove. With one component, EM stops after one step at the moment-matched Gaussian, the exact minimiser.
+held at its centre). :math:`q^\star` is one such mixture, so :math:`\mathrm{KL}(p\,\|\,q^\star)` is an upper bound on
+the smallest KL any of them reaches (EM may stop at a local optimum): the part of the model's KL that a better
+network could not remove. With one component, EM's first step gives the moment-matched Gaussian, which minimises
+the KL over Gaussians (up to the cell spread), and later steps keep it.
 """
 
 from __future__ import annotations
