@@ -101,17 +101,19 @@ def mixture_floor(problem, num_problems: int = 300, grid_size: int | None = None
         part = prior[i:i + chunk]
         u, cell, log_p = _reference_grid(problem, warp, part, batch.observations.slice(i, min(i + chunk, num_problems)),
                                          grid_size, _span(part))
-        best = _fitted_on_grid(u, log_p.exp(), part, iterations)
+        best = _fitted_on_grid(u, log_p.exp(), part, grid_size, iterations)
         kls.append((log_p.exp() * (log_p - best.log_prob(u) - cell.log())).sum(0))
     kl = torch.cat(kls)
     return Evaluation(kl.to(torch.float32), estimate(kl), "best mixture")
 
 
-def _fitted_on_grid(u: Tensor, p: Tensor, start: GaussianMixture, iterations: int) -> GaussianMixture:
+def _fitted_on_grid(u: Tensor, p: Tensor, start: GaussianMixture, grid_size: int, iterations: int
+                    ) -> GaussianMixture:
     """EM (module docstring) for the mixture of ``start``'s live components (weight above e^-30) that best fits
-    the cell probabilities ``p`` ``(G, n)`` at points ``u`` ``(G, n, D)`` of regular grids."""
+    the cell probabilities ``p`` ``(G, n)`` at points ``u`` ``(G, n, D)`` of regular grids, ``grid_size`` points
+    per axis."""
     live = start.log_weights > -30  # (n, K)
-    spacing = (u.amax(0) - u.amin(0)) / (round(u.shape[0] ** (1 / u.shape[-1])) - 1)  # (n, D)
+    spacing = (u.amax(0) - u.amin(0)) / (grid_size - 1)  # (n, D)
     spread = torch.diag_embed(spacing**2 / 12).unsqueeze(1)  # (n, 1, D, D): a cell's own variance
     log_w, loc, cov = start.log_weights, start.loc, start.component_covariance_matrix
     for _ in range(iterations):

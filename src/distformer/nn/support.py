@@ -23,9 +23,10 @@ nearest live component in prior-predictive sds (:meth:`TrainingSupport.conflict_
 a problem beyond it gets the reason ``conflict``. Beyond any range the model's accuracy varies from problem to
 problem, so where a likelihood is at hand ``inference.py`` judges each flagged problem by the importance check of
 ``reliability.py`` and keeps its reasons only where that check fails. For a scale-anchored model
-(``ModelConfig.scale_source``) the same role falls to the data's scale against the prior (:func:`scale_conflict`, signed, with the central 99.8% of training as its range): the
-prior's scale parameter itself needs no range, since the prior encoder is exactly equivariant in it, but data far
-larger or smaller than the prior allows are what the network never read. The number of components ``K`` is not
+(``ModelConfig.scale_source``) the same role falls to the data's scale against the prior (:func:`scale_conflict`,
+signed, with the central 99.8% of training as its range): the prior's scale parameter itself needs no range, since
+the prior encoder is exactly equivariant in it, but data far larger or smaller than the prior allows are what the
+network never read. The number of components ``K`` is not
 checked: the decoder has no positional encoding over components, and ``bench components`` measures any ``K``.
 """
 
