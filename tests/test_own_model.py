@@ -259,3 +259,8 @@ def test_the_mixture_floor_is_zero_where_the_posterior_is_a_mixture_and_the_mome
     assert float(direct.min()) > 1e-4
     with pytest.raises(ValueError, match="num_problems"):
         dfm.mixture_floor(poisson, num_problems=0)
+    with pytest.raises(ValueError, match="iterations"):
+        dfm.mixture_floor(poisson, num_problems=5, iterations=0)
+    for size in (1, 2.5):
+        with pytest.raises(ValueError, match="grid_size"):
+            dfm.mixture_floor(poisson, num_problems=5, grid_size=size)

@@ -407,6 +407,8 @@ def test_problems_outside_the_ranges_are_judged_by_importance_sampling():
         blind.__dict__.pop("_card_problem", None)
         ranges = blind.posterior(prior, z.unsqueeze(-1), mask)
         alone = model.posterior(prior, z.unsqueeze(-1), mask, check="ranges")  # the ranges' verdict, asked for
+        as_one = model.posterior(prior, z.unsqueeze(-1), mask, check=1)  # equal to True, so judged the same
+    assert torch.equal(as_one.reliable, post.reliable)
     for verdict in (ranges, alone):
         assert bool(verdict.reliability.reasons["count"].all()) and verdict.reliability.pareto_k is None
     kl = _inverse_gamma_kl(post, prior[:, 0], prior[:, 1], z, g, mask)

@@ -80,6 +80,9 @@ def _fresh_problems(problem, num_problems: int, grid_size: int | None, default_s
     if problem.dim > 2:
         raise ValueError(f"Expected a problem of at most 2 latent coordinates for a grid reference, but it has "
                          f"{problem.dim}.")
+    if grid_size is not None and (isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 3):
+        raise ValueError(f"Expected grid_size to be a whole number >= 3 points per axis, or None, but got "
+                         f"{grid_size!r}.")
     generator = generator or torch.Generator().manual_seed(0)
     grid_size = grid_size or default_sizes[problem.dim - 1]
     batch = problem.sample_batch(num_problems, generator=generator)
@@ -94,6 +97,8 @@ def mixture_floor(problem, num_problems: int = 300, grid_size: int | None = None
     ``problem`` (module docstring, the mixture floor), an upper bound on what any model with as many output
     components can reach. The same problems as :func:`evaluate` with the same ``generator`` seed, so the two pair
     problem by problem; ``iterations`` EM steps; ``grid_size`` points per axis (default 1001 in 1-D, 121 in 2-D)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"Expected iterations to be a whole number >= 1, but got {iterations!r}.")
     batch, warp, grid_size, chunk = _fresh_problems(problem, num_problems, grid_size, (1001, 121), generator)
     prior = batch.prior.to(torch.float64)
     kls = []

@@ -50,6 +50,7 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
         check = model.card.get("check", True)
     if check not in CHECKS:
         raise ValueError(f"Expected check among {CHECKS}, but got {check!r}.")
+    check = CHECKS[CHECKS.index(check)]  # 1, 0 or numpy booleans as the True or False they equal
     raw_prior = prior
     prior, encoded, parameters = prepared_prior(model, prior, grad)
     obs = as_observations(observations, model.config.sources, mask)
