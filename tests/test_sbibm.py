@@ -117,3 +117,20 @@ def test_sir_ode_steps_are_converged_and_the_likelihood_is_the_binomial_of_the_s
     expected = torch.distributions.Binomial(sir.TRIALS, probs=p).log_prob(x[:5] * sir.TRIALS).sum(-1)
     torch.testing.assert_close(sir.log_likelihood(one.unsqueeze(1).expand(5, 1, 2), x[:5].unsqueeze(1))[:, 0],
                                expected, rtol=1e-9, atol=1e-6)
+
+
+def test_npe_rows_are_kept_when_only_the_model_changes(tmp_path, monkeypatch):
+    """Retraining a task's model (another budget or thread count) keeps the earlier NPE and grid-reference rows
+    measured at the same observation and simulation counts; other counts measure them again."""
+    import json
+
+    from benchmarks.runners import sbibm
+
+    monkeypatch.setattr(sbibm, "CACHE", tmp_path)
+    full = sbibm.EXPERIMENT.sizes["full"]
+    earlier = dict(sbibm.task_size("two_moons", full), train_minutes=1.0, train_threads=1)
+    (tmp_path / "two_moons.result.json").write_text(json.dumps({"size": earlier, "measured": "2026-01-02"}))
+    assert sbibm._kept_result("two_moons", full) is None  # the model changed: the task is measured again
+    assert sbibm._kept_peers("two_moons", full)["peers_measured"] == "2026-01-02"  # but not its NPE rows
+    fewer = dict(full, simulations=(10_000,))
+    assert sbibm._kept_peers("two_moons", fewer) is None

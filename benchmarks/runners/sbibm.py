@@ -47,23 +47,26 @@ def _available() -> str | None:
     return None
 
 
-def task_model(task, minutes: float, steps: int | None, folder: Path):
-    """The task's model: kept in ``folder`` when it was trained with this budget, else trained now (one thread)."""
+def task_model(task, minutes: float, steps: int | None, folder: Path, threads: int = 1):
+    """The task's model: kept in ``folder`` when it was trained with this budget on ``threads`` threads, else
+    trained now."""
     import distformer as dfm
     from distformer.nn.serialization import load_model
 
     path = folder / task.name
     if path.with_suffix(".json").is_file():
         kept = load_model(path)
-        if kept.card["training"].get("time_budget_s") == 60 * minutes and steps is None:
+        training = kept.card["training"]
+        if training.get("time_budget_s") == 60 * minutes and training["config"]["num_threads"] == threads \
+                and steps is None:
             return kept
-    stage("sbibm", f"{task.name}: training the model for {minutes:g} min")
+    stage("sbibm", f"{task.name}: training the model for {minutes:g} min on {threads} thread(s)")
     config = dfm.TrainConfig(
         architecture=dfm.ArchitectureConfig(d_model=64, ff_dim=256, hidden=64, site_evidence=True,
                                             bounded_prior_features=True),
         steps=steps or 100_000, batch_size=256, lr=1e-3, warmup_steps=min(500, (steps or 100_000) // 10),
         weight_average_decay=0.999, validation_size=2048, validate_every=min(2000, steps or 2000),
-        checkpoint_every=min(2000, steps or 2000), num_threads=1, seed=SEED)
+        checkpoint_every=min(2000, steps or 2000), num_threads=threads, seed=SEED)
     folder.mkdir(parents=True, exist_ok=True)
     model = dfm.train(task.problem, config, checkpoint=f"{path}.ckpt.safetensors", progress=False,
                       time_budget=None if steps else 60 * minutes)
@@ -97,7 +100,10 @@ def npe_draws(posterior, x: torch.Tensor) -> torch.Tensor:
     return posterior.sample((DRAWS,), x=x.float().view(1, -1), show_progress_bars=False).double()
 
 
-def evaluate_task(name: str, size: dict, generator: torch.Generator) -> dict:
+def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict | None = None) -> dict:
+    """One task's C2STs (module docstring). ``peers``: the rows that do not depend on the model (NPE's, the grid
+    reference's, and their training times) from an earlier result at the same settings (:func:`_kept_peers`),
+    kept instead of measured again; the model's rows are then measured against fresh reference draws."""
     from .c2st import c2st
     from .sbibm_files import files
     from .sbibm_tasks import TASKS
@@ -109,12 +115,12 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator) -> dict:
         model = dfm.pretrained(task.pretrained)
     else:
         folder = CACHE if size["train_steps"] is None else Path(size["scratch"])
-        model = task_model(task, size["train_minutes"], size["train_steps"], folder)
+        model = task_model(task, size["train_minutes"], size["train_steps"], folder, size.get("train_threads", 1))
     observations = [files(name, k) for k in range(1, size["observations"] + 1)]
     scores: dict[str, list[float]] = {"model": [], "our reference": []}
     times = {"model": model.card["training"]["time_s"]}
     npe = {}
-    for n in size["simulations"]:
+    for n in size["simulations"] if peers is None else ():
         stage("sbibm", f"{name}: NPE on {n:,} simulations")
         npe[n], times[f"NPE {n:,}"] = train_npe(task, n)
         scores[f"NPE {n:,}"] = []
@@ -122,26 +128,38 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator) -> dict:
     for k, f in enumerate(observations, 1):
         ref, x = f["reference_samples"], f["observation"][0]
         scores["model"].append(c2st(ref, task.draws(model, task.prior, x, DRAWS, generator), seed=k))
-        scores["our reference"].append(c2st(ref, task.reference(task.prior, x, DRAWS, generator), seed=k))
+        if peers is None:
+            scores["our reference"].append(c2st(ref, task.reference(task.prior, x, DRAWS, generator), seed=k))
         for n, posterior in npe.items():
             scores[f"NPE {n:,}"].append(c2st(ref, npe_draws(posterior, x), seed=k))
-    largest = max(npe)
+    largest = max(size["simulations"])
     changes = {}
     for kind in ("shifted", "narrowed"):
         stage("sbibm", f"{name}: {kind} prior")
         prior = task.changed(kind)
-        retrained, retrain_s = train_npe(task, size["retrain_simulations"], prior)
+        if peers is None:
+            retrained, retrain_s = train_npe(task, size["retrain_simulations"], prior)
         rows = {"model (no retraining)": [], f"NPE {largest:,}, task's prior": [],
                 f"NPE {size['retrain_simulations']:,}, retrained": []}
         for k, f in enumerate(observations[:size["changed_observations"]], 1):
             x = f["observation"][0]
             ref = task.reference(prior, x, DRAWS, generator)
             rows["model (no retraining)"].append(c2st(ref, task.draws(model, prior, x, DRAWS, generator), seed=k))
-            rows[f"NPE {largest:,}, task's prior"].append(c2st(ref, npe_draws(npe[largest], x), seed=k))
-            rows[f"NPE {size['retrain_simulations']:,}, retrained"].append(c2st(ref, npe_draws(retrained, x), seed=k))
+            if peers is None:
+                rows[f"NPE {largest:,}, task's prior"].append(c2st(ref, npe_draws(npe[largest], x), seed=k))
+                rows[f"NPE {size['retrain_simulations']:,}, retrained"].append(
+                    c2st(ref, npe_draws(retrained, x), seed=k))
+        if peers is not None:
+            rows |= {m: v for m, v in peers["changed"][kind]["c2st"].items() if m != "model (no retraining)"}
+            retrain_s = peers["changed"][kind]["retrain_s"]
         changes[kind] = {"c2st": rows, "retrain_s": retrain_s}
-    return {"task": name, "measured": time.strftime("%Y-%m-%d"), "observations": size["observations"],
-            "changed_observations": size["changed_observations"], "model": task.pretrained or "trained here", "reference": task.reference_name,
+    if peers is not None:
+        scores |= {m: v for m, v in peers["c2st"].items() if m != "model"}
+        times |= {m: v for m, v in peers["training_s"].items() if m != "model"}
+    today = time.strftime("%Y-%m-%d")
+    return {"task": name, "measured": today, "peers_measured": today if peers is None else peers["peers_measured"],
+            "observations": size["observations"], "changed_observations": size["changed_observations"],
+            "model": task.pretrained or "trained here", "reference": task.reference_name,
             "c2st": scores, "training_s": times, "changed": changes,
             "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps"))}
 
@@ -162,7 +180,18 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     from multiprocessing import get_context
 
     kept = {name: _kept_result(name, size) for name in size["tasks"]}
-    todo = [(name, size, SEED + i) for i, name in enumerate(size["tasks"]) if kept[name] is None]
+    todo = [(name, size, SEED + i, _kept_peers(name, size)) for i, name in enumerate(size["tasks"])
+            if kept[name] is None]
+    threads = size.get("train_threads", 1)
+    if todo and threads > 1:  # each model alone on the machine first; then the tasks' C2STs two at a time
+        from .sbibm_tasks import TASKS
+
+        torch.set_num_threads(threads)
+        for name, *_ in todo:
+            task = TASKS[name]()
+            if not task.pretrained:
+                task_model(task, size["train_minutes"], size["train_steps"],
+                           CACHE if size["train_steps"] is None else Path(size["scratch"]), threads)
     if todo:
         with get_context("spawn").Pool(min(2, len(todo))) as pool:  # one process per task, one thread each
             for result in pool.imap_unordered(_evaluate_task_alone, todo):  # each kept as soon as it is done
@@ -194,11 +223,30 @@ def _kept_result(name: str, size: dict) -> dict | None:
     return kept
 
 
+# the settings that decide the rows that do not depend on the model (NPE's and the grid reference's)
+PEER_SETTINGS = ("observations", "changed_observations", "simulations", "retrain_simulations")
+
+
+def _kept_peers(name: str, size: dict) -> dict | None:
+    """An earlier full result of the task (``runs/sbibm/TASK.result.json``) whose NPE and grid-reference rows were
+    measured at this size's :data:`PEER_SETTINGS`, or ``None``: retraining the model does not retrain NPE."""
+    path = CACHE / f"{name}.result.json"
+    if size["train_steps"] is not None or not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    own = task_size(name, size)
+    if any(kept["size"].get(k) != own.get(k) for k in PEER_SETTINGS):
+        return None
+    kept.setdefault("peers_measured", kept["measured"])
+    stage("sbibm", f"{name}: NPE and grid-reference rows kept from the run of {kept['peers_measured']} ({path})")
+    return kept
+
+
 def _evaluate_task_alone(args: tuple) -> dict:
     """:func:`evaluate_task` in a worker process on one thread, with its own generator."""
-    name, size, seed = args
+    name, size, seed, peers = args
     torch.set_num_threads(1)
-    return evaluate_task(name, task_size(name, size), torch.Generator().manual_seed(seed))
+    return evaluate_task(name, task_size(name, size), torch.Generator().manual_seed(seed), peers)
 
 
 def _mean(values: list[float]) -> str:
@@ -210,6 +258,7 @@ def protocol(size: dict, r: dict) -> str:
     fewer = "".join(f" ({name}: 1–{c['observations']} and 1–{c['changed_observations']}; a 10-D C2ST takes "
                     "3-9 min on one thread)" for name, c in size.get("fewer", {}).items() if name in size["tasks"])
     linear = "gaussian_linear" in size["tasks"]
+    threads = size.get("train_threads", 1)
     left_out = "".join(f" `{name}` is left out of this run: {why}." for name, why in LEFT_OUT.items()
                        if name not in size["tasks"])
     return (f"C2ST (sbibm's protocol: 10,000 draws a side, an MLP of two hidden layers of 10·D units, 5-fold "
@@ -218,13 +267,18 @@ def protocol(size: dict, r: dict) -> str:
             f"changed prior (against our reference: the grid posterior in 2-D, 201 points a side for sir"
             + (", the closed form for gaussian_linear" if linear else "") + ")"
             f"{fewer}. Mean ± 95% interval over observations. Model: trained here for {size['train_minutes']:g} min "
-            f"on one thread (seed {SEED})"
+            + (f"on {threads} threads, alone on the machine" if threads > 1 else "on one thread")
+            + f" (seed {SEED})"
             + ("; gaussian_linear is answered by the shipped `linear-gaussian-10d` model, trained once for all "
                "linear-Gaussian problems and not for this task (unit-noise coordinates, as in "
                "`examples/rescaled_noise.py`; its training time is the card's)" if linear else "")
-            + ". Each task runs in its own process on "
+            + ". Each task's C2STs run in its own process on "
             "one thread, two at a time; a task measured in an earlier run at the same settings is kept from "
-            "`runs/sbibm/` (the JSON gives each task's date). NPE: sbi 0.27 `NPE_C` (SNPE-C), default "
+            "`runs/sbibm/` (the JSON gives each task's date), and so are its NPE and grid-reference rows when only "
+            "the model changed (measured " + ", ".join(sorted({t.get("peers_measured", t["measured"])
+                                                               for t in r.get("tasks", [])})) + "; the model's "
+            "rows under a changed prior are then scored against fresh reference draws). NPE: sbi 0.27 `NPE_C` "
+            "(SNPE-C), default "
             "flow and training settings. Uniform priors enter the model as the product of a 3-Gaussian fit to the "
             "logistic density on the logit-warped axis"
             + (f" (KL {r['box_prior_kl_per_axis']:.1e} per axis)." if r.get("box_prior_kl_per_axis") else ".")
@@ -291,7 +345,7 @@ EXPERIMENT = Experiment(
     seed=SEED,
     sizes={"quick": dict(tasks=("two_moons",), train_minutes=0.2, train_steps=30, scratch="runs/sbibm-quick",
                          observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500),
-           "full": dict(tasks=("two_moons", "gaussian_mixture", "sir"), train_minutes=20.0,
+           "full": dict(tasks=("two_moons", "gaussian_mixture", "sir"), train_minutes=30.0, train_threads=2,
                         train_steps=None, scratch=None, observations=10, changed_observations=5,
                         simulations=(10_000, 100_000), retrain_simulations=10_000,
                         # with gaussian_linear in tasks: a 10-D C2ST takes 3-9 min on one thread

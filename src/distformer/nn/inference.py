@@ -64,21 +64,24 @@ def posterior(model, prior, observations, mask=None, *, grad: bool = False, stri
     except RuntimeError:
         raise ValueError(f"Expected the prior's batch shape {tuple(prior.batch_shape)} to broadcast with the "
                          f"observations' {tuple(obs.batch_shape)}.") from None
-    parts = _parts(model, obs.expand(batch))
+    parts = _parts(model, obs, batch)
     if len(parts) > 1:
         result, reliability = _in_parts(model, prior, parts, batch, grad, check)
     else:
         result, reliability = _posterior(model, prior, encoded, parameters, obs, batch, grad, check)
     parameters = raw_prior if model.is_parametric and torch.is_tensor(raw_prior) else None
-    if check is True and reliability is not None and not bool(reliability.reliable.all()):
+    trusted = reliability is None or bool(reliability.reliable.all())
+    if check is True and not trusted:
         reliability = _range_checked(model, result, prior, obs.expand(batch), reliability, likelihood,
                                      importance_draws, generator, parameters)
+        trusted = bool(reliability.reliable.all())
     if check == "importance":
         from .reliability import importance_check
 
         reliability = importance_check(model, result, prior, obs, reliability, likelihood, importance_draws,
                                        generator, parameters)
-    if reliability is not None and not bool(reliability.reliable.all()):
+        trusted = bool(reliability.reliable.all())
+    if not trusted:
         _warn(model, reliability, strict, check)
     result.reliability = reliability
     result.reliable = None if reliability is None else reliability.reliable
@@ -274,16 +277,18 @@ def _warn(model, reliability, strict: bool, check) -> None:
                  + ". See post.reliable.", strict, stacklevel=4)
 
 
-def _parts(model, obs: Observations) -> list[Observations]:
-    """The data in consecutive parts of at most the trained count (module docstring), or ``[obs]``."""
+def _parts(model, obs: Observations, batch) -> list[Observations]:
+    """The data, broadcast to ``batch``, in consecutive parts of at most the trained count (module docstring), or
+    ``[obs]`` as given."""
     support = model.support
     if not model.config.split_observations or support is None:
         return [obs]
     (name,) = model.config.sources
     size = support.count_high[name]
+    if obs.masks[name].shape[-1] <= size or int(obs.masks[name].sum(-1).max()) <= size:  # the first test needs
+        return [obs]  # no pass over the data
+    obs = obs.expand(batch)
     values, masks = obs.values[name], obs.masks[name]
-    if masks.shape[-1] <= size or int(masks.sum(-1).max()) <= size:  # the first test needs no pass over the data
-        return [obs]
     # present observations first, in their order, so that every part but the last of a data set is full
     order = torch.sort((~masks).to(torch.int8), dim=-1, stable=True).indices
     values = values.gather(-2, order.unsqueeze(-1).expand(*order.shape, values.shape[-1]))
