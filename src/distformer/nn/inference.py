@@ -285,8 +285,9 @@ def _parts(model, obs: Observations, batch) -> list[Observations]:
         return [obs]
     (name,) = model.config.sources
     size = support.count_high[name]
-    if obs.masks[name].shape[-1] <= size or int(obs.masks[name].sum(-1).max()) <= size:  # the first test needs
-        return [obs]  # no pass over the data
+    # the first test needs no pass over the data
+    if obs.masks[name].shape[-1] <= size or int(obs.masks[name].sum(-1).max()) <= size:
+        return [obs]
     obs = obs.expand(batch)
     values, masks = obs.values[name], obs.masks[name]
     # present observations first, in their order, so that every part but the last of a data set is full
