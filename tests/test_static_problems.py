@@ -280,9 +280,12 @@ def test_quantum_reference_posterior_is_normalised_and_matches_brute_force():
     problem = TwoLevelSystem()
     batch = problem.sample_batch(3, generator=torch.Generator().manual_seed(13))
     grid, log_post = problem.reference_posterior(batch.prior, batch.observations)
+    u, log_u = problem.logit_reference_posterior(batch.prior, batch.observations)
     # normalised by the rectangle rule in logit space; the trapezoid rule in Delta agrees to quadrature error
+    torch.testing.assert_close(log_u.exp().sum(0) * (u[1] - u[0]), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(torch.sigmoid(u), grid)
     torch.testing.assert_close(torch.trapezoid(log_post.exp(), grid, dim=0), torch.ones(3, dtype=torch.float64),
-                               atol=2e-5, rtol=0)
+                               atol=5e-5, rtol=0)
     # brute force on a uniform grid in Delta: prior x likelihood, normalised
     d = torch.linspace(1e-6, 1 - 1e-6, 200001, dtype=torch.float64)
     prior = batch.prior.double()
@@ -292,6 +295,32 @@ def test_quantum_reference_posterior_is_normalised_and_matches_brute_force():
     brute = log_joint[torch.searchsorted(d, at)] - torch.trapezoid(log_joint.exp(), d, dim=0).log()
     ref = problem.reference_posterior(batch.prior, batch.observations, theta=at.view(3, 1, 1).expand(3, 3, 1))
     torch.testing.assert_close(ref, brute, atol=2e-3, rtol=0)
+
+
+def test_quantum_reference_takes_in_the_tails_of_shapes_near_zero():
+    """Without shots the reference posterior is the Beta(a, b) prior, whose logit has E[log Delta] = psi(a) -
+    psi(a + b) and E[log(1 - Delta)] = psi(b) - psi(a + b) (digamma). For a shape of 0.1 both tails reach far
+    beyond u = +-18, where Delta rounds to 0 or 1 in float64 near 37: a grid stopping at +-18 misses the mean of
+    log Delta by several units (tested on the old grid), the widened one matches it."""
+    from distformer.observations import Observations
+    from distformer.problems.quantum import TwoLevelSystem
+
+    problem = TwoLevelSystem()
+    prior = torch.tensor([[0.1, 2.0], [3.0, 0.15], [0.2, 0.3]], dtype=torch.float64)
+    batch = problem.sample_batch(3, generator=torch.Generator().manual_seed(2))
+    none = Observations(batch.observations.values, {"shots": torch.zeros_like(batch.observations.masks["shots"])})
+    u, log_u = problem.logit_reference_posterior(prior, none, grid_size=40001)
+    w = log_u.exp() * (u[1] - u[0])
+    a, b = prior[:, 0], prior[:, 1]
+    lsig = torch.nn.functional.logsigmoid
+    torch.testing.assert_close((w * lsig(u)[:, None]).sum(0), torch.digamma(a) - torch.digamma(a + b),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close((w * lsig(-u)[:, None]).sum(0), torch.digamma(b) - torch.digamma(a + b),
+                               atol=1e-3, rtol=0)
+    short = torch.linspace(-18, 18, 4001, dtype=torch.float64)  # the old grid: the tail mass is missed
+    log_p = a * lsig(short)[:, None] + b * lsig(-short)[:, None]
+    w_short = torch.softmax(log_p, 0)
+    assert float((w_short[:, 0] * lsig(short)).sum() - (torch.digamma(a) - torch.digamma(a + b))[0]) > 1.0
 
 
 def test_quantum_bench_quick_runs(tmp_path):

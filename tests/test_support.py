@@ -443,13 +443,27 @@ def test_estimated_scale_conflict_range_holds_training_draws():
 
 
 def test_a_problem_whose_importance_ratios_overflow_is_flagged_not_refused():
-    """Beta(0.001, 0.001) priors put the quantum model's draws where the prior density overflows: the importance
-    check flags those problems (``refine`` refuses them with a ValueError), and the rest of the batch keeps its own
-    verdict."""
-    model = dfm.pretrained("quantum")
+    """A likelihood that gives NaN for one problem of a batch: the importance check flags that problem (k̂ = inf;
+    ``refine`` refuses such ratios with a ValueError), and the rest of the batch keeps its own verdict. Beta(0.001,
+    0.001) priors, whose logit reaches thousands (drawn exactly, as the log of gamma draws), are flagged by the
+    tail probe with finite ratios."""
+    model, problem, batch = _batch("linear-gaussian-2d", 3, 8)
+
+    first = batch.observations.values["z"][0, 0, 0]
+
+    def broken(theta, obs):  # NaN for the data set of problem 0
+        values = problem.log_likelihood(theta, obs)
+        return torch.where(obs.values["z"][..., 0, 0] == first, torch.full_like(values, math.nan), values)
+
+    post = model.posterior(batch.prior, batch.observations, check="importance", likelihood=broken)
+    assert not bool(post.reliable[0]) and bool(post.reliability.reasons["importance"][0])
+    assert post.reliability.pareto_k[0] == math.inf and bool(torch.isfinite(post.reliability.pareto_k[1:]).all())
+    assert bool(post.reliable[1:].all())  # meta-prior problems, judged on their own
+    with pytest.raises(ValueError, match="NaN"):
+        dfm.refine(post[0].to(torch.float64), batch.prior[0], broken, batch.observations.index(torch.tensor([0])))
+    quantum = dfm.pretrained("quantum")
     shots = torch.randint(0, 2, (2, 10, 4), generator=torch.Generator().manual_seed(0)).float()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfFamilyWarning)
-        post = model.posterior(torch.tensor([[1e-3, 1e-3], [2.0, 3.0]]), shots)
-    assert not bool(post.reliable[0]) and bool(post.reliability.reasons["importance"][0])
-    assert post.reliability.pareto_k[0] == math.inf and math.isfinite(float(post.reliability.pareto_k[1]))
+        post = quantum.posterior(torch.tensor([[1e-3, 1e-3], [2.0, 3.0]]), shots)
+    assert not bool(post.reliable[0]) and bool(torch.isfinite(post.reliability.pareto_k).all())

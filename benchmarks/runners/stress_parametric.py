@@ -11,7 +11,8 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
-  KL by quadrature on the reference grid in logit space.
+  KL by quadrature on the reference grid in logit space, which takes in the prior's tails (for a shape near 0 they
+  reach far beyond where :math:`\Delta` rounds to 0 or 1).
 * ``gp-hyperprior-5d`` and ``gp-hyperprior-1d``: each one's meta-prior, and each prior parameter moved outside its
   training interval (one at a time, to 1.5-3 interval widths beyond an end). KL of the joint posterior of
   :math:`(f(x_\star), \log\ell)` by quadrature: the reference's grid over :math:`\log\ell` times Gauss-Hermite
@@ -127,13 +128,10 @@ def quantum_rows(n: int, generator: torch.Generator) -> list[dict]:
     for family, draw in families.items():
         stage("stress", f"quantum: {family}")
         prior, obs, post = _simulated(model, problem, draw().float(), generator)
-        delta, log_p = problem.reference_posterior(prior, obs, grid_size=2001)  # (G,), (G, n) on Delta
-        u = torch.log(delta) - torch.log1p(-delta)
-        du = float(u[1] - u[0])
-        log_p_u = log_p + (torch.log(delta) + torch.log1p(-delta)).unsqueeze(-1)  # density of logit Delta
+        u, log_p_u = problem.logit_reference_posterior(prior, obs, grid_size=20001)  # (G,), (G, n): logit Delta
         log_q_u = post.base.to(torch.float64).log_prob(u.view(-1, 1, 1).expand(-1, n, 1))
         p_u = log_p_u.exp()
-        kl = (p_u * (log_p_u - log_q_u)).nan_to_num(0.0).sum(0) * du
+        kl = (p_u * (log_p_u - log_q_u)).nan_to_num(0.0).sum(0) * float(u[1] - u[0])
         rows.append(summarise("quantum", family, kl, ~post.reliable, importance_flags(model, prior, obs, generator)))
     return rows
 

@@ -179,7 +179,9 @@ def _as_log_likelihood(likelihood) -> Callable[[Tensor, object], Tensor]:
 
 
 def _sample(prior, n: int, generator: torch.Generator | None) -> Tensor:
-    if isinstance(prior, GaussianMixture):
+    from .problems.base import WarpedPrior
+
+    if isinstance(prior, (GaussianMixture, WarpedPrior)):
         return prior.sample((n,), generator=generator)
     return prior.sample((n,))  # torch.distributions take no generator; they use the global one
 

@@ -450,9 +450,13 @@ def component_features(chart: Tensor, dim: int, shift: Tensor | None, bounded: b
 
 
 def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
-                     generator: torch.Generator | None = None, model=None) -> TrainingSupport:
+                     generator: torch.Generator | None = None, model=None,
+                     parameter_margin: float | None = None) -> TrainingSupport:
     """Ranges of the training meta-prior (module docstring) from ``num_problems`` draws, in the frame of
-    ``model`` (anchored or not; default: the problem's own frame, unanchored)."""
+    ``model`` (anchored or not; default: the problem's own frame, unanchored). ``parameter_margin``: the margin of
+    a parametric prior's parameters (default ``margin``). A tighter range there costs time, not false alarms, for
+    a model whose default check is the importance check: it only decides which problems that check judges with
+    more draws, a tighter tolerance and the tail probe (``reliability.py``)."""
 
     generator = generator or torch.Generator().manual_seed(7)
     batch = problem.sample_batch(num_problems, generator=generator)
@@ -463,8 +467,8 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
     bounded = bool(config is not None and config.bounded_prior_features)
     obs, shift = framed_observations(batch.observations.to(torch.float64), anchor, problem.dim, scale_source, power)
 
-    def widen(lo: Tensor, hi: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        w = (hi - lo) * margin
+    def widen(lo: Tensor, hi: Tensor, by: float = margin) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        w = (hi - lo) * by
         return tuple((lo - w).tolist()), tuple((hi + w).tolist())
 
     parameter_low = parameter_high = parameter_names = ()
@@ -475,7 +479,8 @@ def estimate_support(problem, num_problems: int = 20000, margin: float = 0.1,
                              f"{problem.name!r}, but got none.")
         parameter_names = tuple(problem.prior_parameters)
         warped = Warp(list(problem.prior_parameters.values())).forward(batch.prior.double())
-        parameter_low, parameter_high = widen(warped.amin(0), warped.amax(0))
+        parameter_low, parameter_high = widen(warped.amin(0), warped.amax(0),
+                                              margin if parameter_margin is None else parameter_margin)
         if config.scale_parameter:  # any value: the encoder is exactly equivariant in it; where it puts the prior
             i = parameter_names.index(config.scale_parameter)  # against the data is the scale conflict's to judge
             parameter_low = parameter_low[:i] + (-1e300,) + parameter_low[i + 1:]

@@ -22,7 +22,8 @@ and averaging over the time jitter, :math:`\mathbb E\cos^2(\omega t) = \tfrac12(
 e^{-2\omega^2 s_t^2})`, and over the state jitter (its second moments :math:`\mathbb E[p^2], \mathbb E[pq],
 \mathbb E[q^2]`, constants per nominal state computed once by Gauss-Hermite quadrature) gives the exact
 marginal likelihood of a shot, :math:`\pi_j(\Delta)`. The posterior of the scalar :math:`\Delta` is then computed
-on a fine grid in :math:`\operatorname{logit}\Delta` (``reference_posterior``): exact up to quadrature error.
+on a fine grid in :math:`\operatorname{logit}\Delta` that takes in the prior's tails (``reference_posterior``): exact up
+to quadrature error.
 
 Observations: one source ``shots`` with one token per shot, ``[reading, p̂, q̂, t̂]`` (the nominal setting rides
 along with the reading, so every setting has its own token, as in the paper). The model works on
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from ..observations import Observations, as_observations
 from .base import Problem
-from .sampling import beta, inverse_gamma
+from .sampling import beta, inverse_gamma, logit_beta
 
 SQRT_HALF = math.sqrt(0.5)
 # nominal settings: (p̂, q̂, t̂) per shot
@@ -48,6 +49,7 @@ STATE_SD = 0.1  # amplitude noise N(0, 0.01 I)
 TIME_SD = 0.05
 META_PRIORS = ("inverse-gamma", "broad")
 BROAD_RANGE = (0.3, 300.0)  # the broad meta-prior's log-uniform range for a and b
+REFERENCE_TAIL = 30.0  # the reference grid leaves out e^{-30} of each tail of logit Delta (reference_posterior)
 
 
 def state_moments(p: float, q: float, sd: float = STATE_SD, order: int = 60) -> tuple[float, float, float]:
@@ -187,29 +189,54 @@ class TwoLevelSystem(Problem):
             log_d, log_1md = torch.nn.functional.logsigmoid(u), torch.nn.functional.logsigmoid(-u)
             return (a * log_d + b * log_1md - torch.lgamma(a) - torch.lgamma(b) + torch.lgamma(a + b))
 
-        def sample(shape, generator):
-            d = beta(a.expand(shape + a.shape), b.expand(shape + b.shape), generator).clamp(1e-12, 1 - 1e-12)
-            return (torch.log(d) - torch.log1p(-d)).unsqueeze(-1)
+        def sample(shape, generator):  # exact in the tails, where Delta rounds to 0 or 1
+            return logit_beta(a.expand(shape + a.shape), b.expand(shape + b.shape), generator).unsqueeze(-1)
 
         return WarpedPrior(log_prob, sample), lambda u, obs: self.log_likelihood(torch.sigmoid(u), obs)
 
     def reference_posterior(self, prior: Tensor, observations, grid_size: int = 4001, theta: Tensor | None = None):
-        """The posterior of :math:`\\Delta` on a grid in logit space: ``(grid (G,), log density on Delta (G, *B))``,
-        normalised by the rectangle rule on that grid (spacing 0.009 in logit space). With ``theta`` ``(*B, 1)``
-        it returns the log posterior density at ``theta`` ``(*B,)`` instead."""
-        obs = as_observations(observations, self.sources)
-        u = torch.linspace(-18, 18, grid_size, dtype=torch.float64)
-        delta = torch.sigmoid(u)
-        p = prior.double()
-        shape = (grid_size,) + (1,) * (p.dim() - 1)
-        log_prior = torch.distributions.Beta(p[..., 0], p[..., 1]).log_prob(delta.view(shape))
-        log_joint = log_prior + self.log_likelihood(delta.view(*shape, 1).expand(grid_size, *p.shape[:-1], 1), obs)
-        # normalise on the logit scale: density in u is p(Delta) Delta (1 - Delta)
-        jac = (torch.log(delta) + torch.log1p(-delta)).view(shape)
-        log_u = log_joint + jac
-        log_z = torch.logsumexp(log_u, 0) + math.log(float(u[1] - u[0]))
+        """The posterior of :math:`\\Delta` on the grid of :meth:`logit_reference_posterior`: ``(grid (G,), log
+        density on Delta (G, *B))``, where :math:`\\Delta` may round to 0 or 1 at the grid's ends (its density there
+        is then that of the logit grid point). With ``theta`` ``(*B, 1)`` it returns the log posterior density at
+        ``theta`` ``(*B,)`` instead."""
+        u, log_u = self.logit_reference_posterior(prior, observations, grid_size)
         if theta is not None:
+            p = prior.double()
+            obs = as_observations(observations, self.sources)
+            log_z = torch.logsumexp(self._log_joint_logit(u, p, obs), 0) + math.log(float(u[1] - u[0]))
             t = theta.double()
             at = torch.distributions.Beta(p[..., 0], p[..., 1]).log_prob(t[..., 0]) + self.log_likelihood(t, obs)
             return at - log_z
-        return delta, log_joint - log_z
+        jacobian = torch.nn.functional.logsigmoid(u) + torch.nn.functional.logsigmoid(-u)  # d u / d Delta, in logs
+        return torch.sigmoid(u), log_u - jacobian.view((-1,) + (1,) * (log_u.dim() - 1))
+
+    def logit_reference_posterior(self, prior: Tensor, observations, grid_size: int = 4001) -> tuple[Tensor, Tensor]:
+        r"""The posterior of :math:`u = \operatorname{logit}\Delta` on a uniform grid: ``(grid (G,), log density on u
+        (G, *B))``, normalised by the rectangle rule. The grid spans :math:`[-18, 18]`, widened to take in the
+        prior's tails: the density of :math:`u` falls as :math:`e^{au}` as :math:`u\to-\infty` and as
+        :math:`e^{-bu}` as :math:`u\to\infty`, where the likelihood tends to a constant, so for the batch's smallest
+        :math:`a` and :math:`b` the grid reaches :math:`-30/a` and :math:`30/b` (:math:`e^{-30}` of the tail left
+        out). For a shape near 0 much of the mass lies where :math:`\Delta` rounds to 0 or 1 (for
+        :math:`\mathrm{Beta}(0.1, b)`, about 7% below :math:`u = -18`); the prior's density is computed from
+        :math:`\log\sigma(\pm u)`, so that rounding does no harm."""
+        obs = as_observations(observations, self.sources)
+        p = prior.double()
+        low = min(-18.0, -REFERENCE_TAIL / float(p[..., 0].min()))
+        high = max(18.0, REFERENCE_TAIL / float(p[..., 1].min()))
+        u = torch.linspace(low, high, grid_size, dtype=torch.float64)
+        log_joint = self._log_joint_logit(u, p, obs)
+        return u, log_joint - torch.logsumexp(log_joint, 0) - math.log(float(u[1] - u[0]))
+
+    def _log_joint_logit(self, u: Tensor, prior: Tensor, obs: Observations, chunk: int = 2048) -> Tensor:
+        """Log prior density of :math:`u` times likelihood ``(G, *B)`` on grid ``u`` ``(G,)``, in chunks of the
+        grid (the likelihood's terms are ``(G, *B, shots)``)."""
+        a, b = prior[..., 0], prior[..., 1]
+        log_norm = torch.lgamma(a + b) - torch.lgamma(a) - torch.lgamma(b)
+        parts = []
+        for piece in u.split(chunk):
+            shape = (piece.shape[0],) + (1,) * a.dim()
+            log_d = torch.nn.functional.logsigmoid(piece).view(shape)
+            log_1md = torch.nn.functional.logsigmoid(-piece).view(shape)
+            delta = torch.sigmoid(piece).view(*shape, 1).expand(piece.shape[0], *a.shape, 1)
+            parts.append(a * log_d + b * log_1md + log_norm + self.log_likelihood(delta, obs))
+        return torch.cat(parts)

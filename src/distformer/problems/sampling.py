@@ -9,7 +9,8 @@ Gamma(:math:`a`, 1) by Marsaglia and Tsang's squeeze-free rejection for :math:`a
 
 (acceptance above 95% for every :math:`a\ge1`). For :math:`a<1`, :math:`G_a = G_{a+1}U^{1/a}`. In float32 a shape
 well below 1 puts real mass below the smallest float (:math:`P(G_{0.1} < 10^{-38}) \approx 10^{-4}`), where draws
-underflow to 0; draw in float64 where that matters. Then
+underflow to 0; draw in float64 where that matters, or draw :math:`\log G_a = \log G_{a+1} + \log U/a`
+(``log_standard_gamma``). Then
 :math:`\mathrm{Gamma}(a, \text{rate } b) = G_a/b`, :math:`\mathrm{InvGamma}(a, b) = b/G_a` and
 :math:`\mathrm{Beta}(a, b) = G_a/(G_a + G_b)`.
 """
@@ -22,6 +23,28 @@ from torch import Tensor
 
 def standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draws of Gamma(``shape``, 1), one per entry of ``shape`` (any shape, positive, floating)."""
+    out, boost = _at_least_one(shape, generator)
+    if bool(boost.any()):
+        u = torch.rand(shape.shape, generator=generator, dtype=out.dtype).clamp_min(torch.finfo(out.dtype).tiny)
+        out = torch.where(boost, out * u ** (1.0 / shape), out)  # u = 0 (one draw in 2^24 in float32) would give 0
+    return out
+
+
+def log_standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r""":math:`\log G` for draws :math:`G` of Gamma(``shape``, 1), the same draws as :func:`standard_gamma` from the
+    same generator state, but for a shape below 1 as :math:`\log G_{a+1} + \log U / a`, which does not underflow:
+    the far left tail of a shape near 0 is drawn as it is."""
+    out, boost = _at_least_one(shape, generator)
+    out = out.log()
+    if bool(boost.any()):
+        u = torch.rand(shape.shape, generator=generator, dtype=out.dtype).clamp_min(torch.finfo(out.dtype).tiny)
+        out = torch.where(boost, out + u.log() / shape, out)
+    return out
+
+
+def _at_least_one(shape: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Marsaglia and Tsang draws of Gamma(``shape``, 1) where ``shape >= 1``, else of Gamma(``shape + 1``, 1), and
+    where the shape was raised (module docstring)."""
     if not bool((shape > 0).all()):
         raise ValueError("Expected positive gamma shapes, but got some <= 0.")
     boost = shape < 1
@@ -39,10 +62,7 @@ def standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> T
         accept = ok & (torch.log(u) < 0.5 * eps**2 + d[idx] - d[idx] * v + d[idx] * torch.log(v.clamp_min(1e-300)))
         out[tuple(i[accept] for i in idx)] = (d[idx] * v)[accept]
         todo[tuple(i[accept] for i in idx)] = False
-    if bool(boost.any()):
-        u = torch.rand(shape.shape, generator=generator, dtype=a.dtype).clamp_min(torch.finfo(a.dtype).tiny)
-        out = torch.where(boost, out * u ** (1.0 / shape), out)  # u = 0 (one draw in 2^24 in float32) would give 0
-    return out
+    return out, boost
 
 
 def gamma(concentration: Tensor, rate: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -62,3 +82,11 @@ def beta(a: Tensor, b: Tensor, generator: torch.Generator | None = None) -> Tens
     a, b = torch.broadcast_tensors(a, b)
     ga, gb = standard_gamma(a, generator), standard_gamma(b, generator)
     return ga / (ga + gb)
+
+
+def logit_beta(a: Tensor, b: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r""":math:`\operatorname{logit} X` for draws :math:`X` of Beta(a, b) (the same draws as :func:`beta` from the
+    same generator state), as :math:`\log G_a - \log G_b`: exact in both tails, where :math:`X` itself rounds to 0
+    or 1 (for a shape near 0 a good share of the mass lies beyond any float's reach of 0)."""
+    a, b = torch.broadcast_tensors(a, b)
+    return log_standard_gamma(a, generator) - log_standard_gamma(b, generator)
