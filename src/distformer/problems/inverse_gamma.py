@@ -30,7 +30,7 @@ from torch.distributions import Distribution, InverseGamma
 
 from ..observations import Observations, as_observations
 from .base import Problem
-from .sampling import inverse_gamma
+from .sampling import inverse_gamma, log_standard_gamma
 
 META_PRIORS = {"wide": (4.0, 6.0), "narrow": (10000.0, 20000.0), "broad": None}
 BROAD_ALPHA = (0.1, 500.0)  # the broad meta-prior: log alpha and log beta uniform on these ranges
@@ -162,9 +162,9 @@ class InverseGammaVariance(Problem):
             u = u[..., 0]
             return a * torch.log(b) - torch.lgamma(a) - a * u - b * torch.exp(-u)
 
-        def sample(shape, generator):
-            draws = inverse_gamma(a.expand(shape + a.shape), b.expand(shape + b.shape), generator)
-            return torch.log(draws.clamp(1e-300, 1e300)).unsqueeze(-1)
+        def sample(shape, generator):  # log(b / G_a), exact in the tails where sigma^2 itself would overflow
+            return (torch.log(b).expand(shape + b.shape) - log_standard_gamma(a.expand(shape + a.shape), generator)
+                    ).unsqueeze(-1)
 
         return WarpedPrior(log_prob, sample), lambda u, obs: self.log_likelihood(torch.exp(u), obs)
 
