@@ -467,3 +467,29 @@ def test_a_problem_whose_importance_ratios_overflow_is_flagged_not_refused():
         warnings.simplefilter("ignore", OutOfFamilyWarning)
         post = quantum.posterior(torch.tensor([[1e-3, 1e-3], [2.0, 3.0]]), shots)
     assert not bool(post.reliable[0]) and bool(torch.isfinite(post.reliability.pareto_k).all())
+
+
+def test_the_tail_probe_flags_a_far_tail_the_model_lacks(monkeypatch):
+    """Beta(0.2, 20) priors for quantum lie below its training range (a >= 0.3): the exact posterior of logit Delta
+    keeps the prior's exponential left tail, which the model's mixture lacks, for a KL of 0.1-1 on every one of
+    these 40 problems (against the reference grid that takes in the tail). The importance check flags them all;
+    without its tail probe most pass, since no draw of the model's reaches that tail and the prior's tenth of the
+    draws bounds the ratios there."""
+    from distformer.nn import reliability
+
+    model = dfm.pretrained("quantum")
+    problem = dfm.problems.get("quantum", **model.card["problem"]["options"])
+    g = torch.Generator().manual_seed(3)
+    prior = torch.tensor([0.2, 20.0]).expand(40, 2).clone()
+    obs = problem.simulate(problem.sample_parameters(prior, g), g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        post = model.posterior(prior, obs)
+        monkeypatch.setattr(reliability, "TAIL_KL", math.inf)
+        without = model.posterior(prior, obs)
+    u, log_p = problem.logit_reference_posterior(prior, obs, grid_size=20001)
+    log_q = post.base.to(torch.float64).log_prob(u.view(-1, 1, 1).expand(-1, 40, 1))
+    kl = (log_p.exp() * (log_p - log_q)).nan_to_num(0.0).sum(0) * float(u[1] - u[0])
+    assert bool((kl > 0.1).all())
+    assert int((~post.reliable).sum()) == 40
+    assert int((~without.reliable).sum()) <= 10
