@@ -57,7 +57,7 @@ def test_data_sets_beyond_the_trained_count_are_taken_in_parts():
     batch = problem.sample_batch(30, generator=g)
     z = batch.theta.unsqueeze(-2) + torch.randn(30, 200, 1, generator=g)
     mask = torch.rand(30, 200, generator=g) < 0.8
-    parts = _parts(model, as_observations(z, {"z": 1}, mask))
+    parts = _parts(model, as_observations(z, {"z": 1}, mask), torch.Size([30]))
     size = model.support.count_high["z"]
     assert len(parts) > 1 and all(p.masks["z"].sum(-1).max() <= size for p in parts)
     assert int(sum(p.masks["z"].sum() for p in parts)) == int(mask.sum())
