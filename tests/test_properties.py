@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import distformer
+import distformer.support
 from distformer import GaussianMixture, Observations, problems, refine
 from distformer.observations import as_observations
 
