@@ -183,7 +183,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
     todo = [(name, size, SEED + i, _kept_peers(name, size)) for i, name in enumerate(size["tasks"])
             if kept[name] is None]
     threads = size.get("train_threads", 1)
-    if todo and threads > 1:  # each model alone on the machine first; then the tasks' C2STs two at a time
+    if todo and threads > 1:  # each model on all the threads first, one after another; then the C2STs two at a time
         from .sbibm_tasks import TASKS
 
         torch.set_num_threads(threads)
@@ -267,8 +267,8 @@ def protocol(size: dict, r: dict) -> str:
             f"changed prior (against our reference: the grid posterior in 2-D, 201 points a side for sir"
             + (", the closed form for gaussian_linear" if linear else "") + ")"
             f"{fewer}. Mean ± 95% interval over observations. Model: trained here for {size['train_minutes']:g} min "
-            + (f"on {threads} threads, alone on the machine" if threads > 1 else "on one thread")
-            + f" (seed {SEED})"
+            + (f"on {threads} threads, one task after another" if threads > 1 else "on one thread")
+            + f" (seed {SEED}; the steps each model got are in its row)"
             + ("; gaussian_linear is answered by the shipped `linear-gaussian-10d` model, trained once for all "
                "linear-Gaussian problems and not for this task (unit-noise coordinates, as in "
                "`examples/rescaled_noise.py`; its training time is the card's)" if linear else "")

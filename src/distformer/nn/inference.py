@@ -10,7 +10,8 @@ Steps, for a batch ``B`` of (prior, data) problems:
    range check, a problem the ranges flag is one the model was never measured on, not one it must get wrong: where
    a likelihood is at hand (the card's problem, or ``likelihood``), each such problem is judged by the importance
    check after step 4 and keeps its reasons only where that check fails. The problems in range cost nothing more;
-   those outside cost about 2 ms each (``check="ranges"``: the ranges' verdict alone).
+   those outside cost about 4 ms each, the importance check's tail probe included (``check="ranges"``: the ranges'
+   verdict alone).
 3. **run**: data sets with an observation go through the network (``engine.decode`` chooses the
    traced, chunked or eager forward); one without any keeps its prior, :math:`p(x\mid\{\}) = p(x)`. A small
    batch of a GMM prior with data in every data set runs steps 1-4 as one traced graph instead
