@@ -455,7 +455,9 @@ def test_a_problem_whose_importance_ratios_overflow_is_flagged_not_refused():
         values = problem.log_likelihood(theta, obs)
         return torch.where(obs.values["z"][..., 0, 0] == first, torch.full_like(values, math.nan), values)
 
-    post = model.posterior(batch.prior, batch.observations, check="importance", likelihood=broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        post = model.posterior(batch.prior, batch.observations, check="importance", likelihood=broken)
     assert not bool(post.reliable[0]) and bool(post.reliability.reasons["importance"][0])
     assert post.reliability.pareto_k[0] == math.inf and bool(torch.isfinite(post.reliability.pareto_k[1:]).all())
     assert bool(post.reliable[1:].all())  # meta-prior problems, judged on their own
