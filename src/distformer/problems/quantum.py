@@ -217,7 +217,7 @@ class TwoLevelSystem(Problem):
         :math:`e^{-bu}` as :math:`u\to\infty`, where the likelihood tends to a constant, so for the batch's smallest
         :math:`a` and :math:`b` the grid reaches :math:`-30/a` and :math:`30/b` (:math:`e^{-30}` of the tail left
         out). For a shape near 0 much of the mass lies where :math:`\Delta` rounds to 0 or 1 (for
-        :math:`\mathrm{Beta}(0.1, b)`, about 7% below :math:`u = -18`); the prior's density is computed from
+        :math:`\mathrm{Beta}(0.1, 1)`, 16.5% below :math:`u = -18`); the prior's density is computed from
         :math:`\log\sigma(\pm u)`, so that rounding does no harm."""
         obs = as_observations(observations, self.sources)
         p = prior.double()
