@@ -130,17 +130,17 @@ def importance_check(model, posterior, prior: GaussianMixture, observations, rel
     flagged = torch.zeros(n, dtype=torch.bool, device=device)
     k_hat = torch.zeros(n, dtype=torch.float64, device=device)
     outside = outside.reshape(n)
-    for rows, count, tolerance, tail in (((~outside).nonzero().squeeze(-1), draws, KL_TOLERANCE, False),
+    for rows, count, tolerance, probe in (((~outside).nonzero().squeeze(-1), draws, KL_TOLERANCE, False),
                                         (outside.nonzero().squeeze(-1), OUTSIDE_DRAWS * draws, KL_TOLERANCE_OUTSIDE,
                                          True)):
-        per_chunk = max(1, CHUNK_DRAWS // (count * (2 if tail else 1)))
+        per_chunk = max(1, CHUNK_DRAWS // (count * (2 if probe else 1)))
         for chunk in rows.split(per_chunk) if rows.numel() else ():  # bounded memory
             flagged[chunk], k_hat[chunk], borderline = _flags(model, *flat.rows(chunk), likelihood, count, tolerance,
-                                                              generator, tail)
+                                                              generator, probe)
             again = chunk[borderline]
             if again.numel():  # a second, four times larger sample decides the borderline flags
                 flagged[again], k_hat[again], _ = _flags(model, *flat.rows(again), likelihood, RECHECK_DRAWS * count,
-                                                         tolerance, generator, tail)
+                                                         tolerance, generator, probe)
     flagged, k_hat = flagged.reshape(batch), k_hat.reshape(batch)
     if reliability is None:
         return Reliability(~flagged, {"importance": flagged}, pareto_k=k_hat)
@@ -176,17 +176,16 @@ def flat_mixture(mixture: GaussianMixture, n: int) -> GaussianMixture:
 
 
 def _flags(model, posterior, prior, observations, parameters, likelihood, draws: int, tolerance: float,
-           generator: torch.Generator, tail: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           generator: torch.Generator, probe: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flags, Pareto ``k̂`` and borderline flags ``(n,)`` of a flat batch (module docstring), ``draws`` draws
     each: a flag is borderline when only the uneven ratios raised it, with both estimates within ``BORDERLINE``
-    times their bounds. With ``tail``, also the tail probe (:func:`_tail_kl`)."""
+    times their bounds. With ``probe``, also the tail probe (:func:`_tail_kl`)."""
     target, log_likelihood = _target(model, posterior, prior, observations, likelihood, parameters)
-    proposal = getattr(posterior, "base", posterior)
+    proposal = getattr(posterior, "base", posterior).to(torch.float64)
     with torch.inference_mode():
-        x, log_ratio = raw_importance_ratios(proposal.to(torch.float64), target, log_likelihood, observations, draws,
-                                             DEFENSIVE_SHARE, generator)
-        tail_kl = _tail_kl(proposal.to(torch.float64), target, log_likelihood, observations, x, log_ratio,
-                           generator) if tail else None
+        x, log_ratio = raw_importance_ratios(proposal, target, log_likelihood, observations, draws, DEFENSIVE_SHARE,
+                                             generator)
+        tail_kl = _tail_kl(proposal, target, log_likelihood, observations, x, log_ratio, generator) if probe else None
         # NaN or +inf ratios (a prior density or likelihood that overflows at the model's draws) or no draw with
         # positive target density: the check cannot vouch for the problem, so it is flagged, not the call refused
         unusable = unusable_ratios(log_ratio)

@@ -199,14 +199,12 @@ class TwoLevelSystem(Problem):
         density on Delta (G, *B))``, where :math:`\\Delta` may round to 0 or 1 at the grid's ends (its density there
         is then that of the logit grid point). With ``theta`` ``(*B, 1)`` it returns the log posterior density at
         ``theta`` ``(*B,)`` instead."""
-        u, log_u = self.logit_reference_posterior(prior, observations, grid_size)
+        u, log_joint, log_z = self._logit_grid(prior, observations, grid_size)
         if theta is not None:
-            p = prior.double()
-            obs = as_observations(observations, self.sources)
-            log_z = torch.logsumexp(self._log_joint_logit(u, p, obs), 0) + math.log(float(u[1] - u[0]))
-            t = theta.double()
-            at = torch.distributions.Beta(p[..., 0], p[..., 1]).log_prob(t[..., 0]) + self.log_likelihood(t, obs)
-            return at - log_z
+            p, t = prior.double(), theta.double()
+            log_prior = torch.distributions.Beta(p[..., 0], p[..., 1]).log_prob(t[..., 0])
+            return log_prior + self.log_likelihood(t, observations) - log_z
+        log_u = log_joint - log_z
         jacobian = torch.nn.functional.logsigmoid(u) + torch.nn.functional.logsigmoid(-u)  # d u / d Delta, in logs
         return torch.sigmoid(u), log_u - jacobian.view((-1,) + (1,) * (log_u.dim() - 1))
 
@@ -219,13 +217,19 @@ class TwoLevelSystem(Problem):
         out). For a shape near 0 much of the mass lies where :math:`\Delta` rounds to 0 or 1 (for
         :math:`\mathrm{Beta}(0.1, 1)`, 16.5% below :math:`u = -18`); the prior's density is computed from
         :math:`\log\sigma(\pm u)`, so that rounding does no harm."""
+        u, log_joint, log_z = self._logit_grid(prior, observations, grid_size)
+        return u, log_joint - log_z
+
+    def _logit_grid(self, prior: Tensor, observations, grid_size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The grid of :meth:`logit_reference_posterior` ``(G,)``, the log prior times likelihood on it ``(G, *B)``
+        and its log normaliser by the rectangle rule ``(*B)``."""
         obs = as_observations(observations, self.sources)
         p = prior.double()
         low = min(-18.0, -REFERENCE_TAIL / float(p[..., 0].min()))
         high = max(18.0, REFERENCE_TAIL / float(p[..., 1].min()))
         u = torch.linspace(low, high, grid_size, dtype=torch.float64)
         log_joint = self._log_joint_logit(u, p, obs)
-        return u, log_joint - torch.logsumexp(log_joint, 0) - math.log(float(u[1] - u[0]))
+        return u, log_joint, torch.logsumexp(log_joint, 0) + math.log(float(u[1] - u[0]))
 
     def _log_joint_logit(self, u: Tensor, prior: Tensor, obs: Observations, chunk: int = 2048) -> Tensor:
         """Log prior density of :math:`u` times likelihood ``(G, *B)`` on grid ``u`` ``(G,)``, in chunks of the

@@ -23,28 +23,22 @@ from torch import Tensor
 
 def standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draws of Gamma(``shape``, 1), one per entry of ``shape`` (any shape, positive, floating)."""
-    out, boost = _at_least_one(shape, generator)
-    if bool(boost.any()):
-        u = torch.rand(shape.shape, generator=generator, dtype=out.dtype).clamp_min(torch.finfo(out.dtype).tiny)
-        out = torch.where(boost, out * u ** (1.0 / shape), out)  # u = 0 (one draw in 2^24 in float32) would give 0
-    return out
+    out, boost, u = _at_least_one(shape, generator)
+    return out if u is None else torch.where(boost, out * u ** (1.0 / shape), out)
 
 
 def log_standard_gamma(shape: Tensor, generator: torch.Generator | None = None) -> Tensor:
     r""":math:`\log G` for draws :math:`G` of Gamma(``shape``, 1), the same draws as :func:`standard_gamma` from the
     same generator state, but for a shape below 1 as :math:`\log G_{a+1} + \log U / a`, which does not underflow:
     the far left tail of a shape near 0 is drawn as it is."""
-    out, boost = _at_least_one(shape, generator)
-    out = out.log()
-    if bool(boost.any()):
-        u = torch.rand(shape.shape, generator=generator, dtype=out.dtype).clamp_min(torch.finfo(out.dtype).tiny)
-        out = torch.where(boost, out + u.log() / shape, out)
-    return out
+    out, boost, u = _at_least_one(shape, generator)
+    return out.log() if u is None else torch.where(boost, out.log() + u.log() / shape, out.log())
 
 
-def _at_least_one(shape: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Marsaglia and Tsang draws of Gamma(``shape``, 1) where ``shape >= 1``, else of Gamma(``shape + 1``, 1), and
-    where the shape was raised (module docstring)."""
+def _at_least_one(shape: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Marsaglia and Tsang draws of Gamma(``shape``, 1) where ``shape >= 1``, else of Gamma(``shape + 1``, 1); where
+    the shape was raised; and, if it was anywhere, the uniforms :math:`U` of :math:`G_a = G_{a+1}U^{1/a}` (module
+    docstring; clamped above 0, which one draw in 2^24 would be in float32), else ``None``."""
     if not bool((shape > 0).all()):
         raise ValueError("Expected positive gamma shapes, but got some <= 0.")
     boost = shape < 1
@@ -62,7 +56,9 @@ def _at_least_one(shape: Tensor, generator: torch.Generator | None) -> tuple[Ten
         accept = ok & (torch.log(u) < 0.5 * eps**2 + d[idx] - d[idx] * v + d[idx] * torch.log(v.clamp_min(1e-300)))
         out[tuple(i[accept] for i in idx)] = (d[idx] * v)[accept]
         todo[tuple(i[accept] for i in idx)] = False
-    return out, boost
+    if not bool(boost.any()):
+        return out, boost, None
+    return out, boost, torch.rand(shape.shape, generator=generator, dtype=a.dtype).clamp_min(torch.finfo(a.dtype).tiny)
 
 
 def gamma(concentration: Tensor, rate: Tensor, generator: torch.Generator | None = None) -> Tensor:
