@@ -100,6 +100,28 @@ def npe_draws(posterior, x: torch.Tensor) -> torch.Tensor:
     return posterior.sample((DRAWS,), x=x.float().view(1, -1), show_progress_bars=False).double()
 
 
+REFINED = "model + refine"
+REFINED_CHANGED = "model + refine (no retraining)"
+MODEL_ROWS = ("model", REFINED, "model (no retraining)", REFINED_CHANGED)  # the rows that depend on the model
+
+
+def refined_draws(task, model, prior, x: torch.Tensor, proposals: int, generator: torch.Generator):
+    """``(draws (DRAWS, D), ESS)``: the model's posterior for one observation ``x`` ``(E,)`` under ``prior``,
+    corrected by ``distformer.refine`` with the task's likelihood (``proposals`` importance draws, a tenth of them
+    from the prior), then ``DRAWS`` draws resampled by weight. This uses the likelihood, which NPE does not."""
+    import distformer as dfm
+
+    from .sbibm_tasks import _observed
+
+    observed = _observed(x / task.data_scale)
+    with torch.inference_mode():
+        post = model.posterior(task.problem.as_prior(prior.to(torch.float32).expand((1,))), observed, check=False)
+    r = dfm.refine(post, task.problem.as_prior(prior.to(torch.float64).expand((1,))), task.problem, observed,
+                   n=proposals, generator=generator)
+    pick = torch.multinomial(r.weights[:, 0], DRAWS, replacement=True, generator=generator)
+    return r.samples[pick, 0].double(), float(r.ess[0])
+
+
 def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict | None = None) -> dict:
     """One task's C2STs (module docstring). ``peers``: the rows that do not depend on the model (NPE's, the grid
     reference's, and their training times) from an earlier result at the same settings (:func:`_kept_peers`),
@@ -117,9 +139,10 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict
         folder = CACHE if size["train_steps"] is None else Path(size["scratch"])
         model = task_model(task, size["train_minutes"], size["train_steps"], folder, size.get("train_threads", 1))
     observations = [files(name, k) for k in range(1, size["observations"] + 1)]
-    scores: dict[str, list[float]] = {"model": [], "our reference": []}
+    refining = size.get("refine_draws", 0) and hasattr(task, "problem")
+    scores: dict[str, list[float]] = {"model": [], **({REFINED: []} if refining else {}), "our reference": []}
     times = {"model": model.card["training"]["time_s"]}
-    npe = {}
+    npe, refine_ess = {}, []
     for n in size["simulations"] if peers is None else ():
         stage("sbibm", f"{name}: NPE on {n:,} simulations")
         npe[n], times[f"NPE {n:,}"] = train_npe(task, n)
@@ -128,6 +151,10 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict
     for k, f in enumerate(observations, 1):
         ref, x = f["reference_samples"], f["observation"][0]
         scores["model"].append(c2st(ref, task.draws(model, task.prior, x, DRAWS, generator), seed=k))
+        if refining:
+            draws, ess = refined_draws(task, model, task.prior, x, size["refine_draws"], generator)
+            scores[REFINED].append(c2st(ref, draws, seed=k))
+            refine_ess.append(ess)
         if peers is None:
             scores["our reference"].append(c2st(ref, task.reference(task.prior, x, DRAWS, generator), seed=k))
         for n, posterior in npe.items():
@@ -139,29 +166,34 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict
         prior = task.changed(kind)
         if peers is None:
             retrained, retrain_s = train_npe(task, size["retrain_simulations"], prior)
-        rows = {"model (no retraining)": [], f"NPE {largest:,}, task's prior": [],
-                f"NPE {size['retrain_simulations']:,}, retrained": []}
+        rows = {"model (no retraining)": [], **({REFINED_CHANGED: []} if refining else {}),
+                f"NPE {largest:,}, task's prior": [], f"NPE {size['retrain_simulations']:,}, retrained": []}
         for k, f in enumerate(observations[:size["changed_observations"]], 1):
             x = f["observation"][0]
             ref = task.reference(prior, x, DRAWS, generator)
             rows["model (no retraining)"].append(c2st(ref, task.draws(model, prior, x, DRAWS, generator), seed=k))
+            if refining:
+                draws, ess = refined_draws(task, model, prior, x, size["refine_draws"], generator)
+                rows[REFINED_CHANGED].append(c2st(ref, draws, seed=k))
+                refine_ess.append(ess)
             if peers is None:
                 rows[f"NPE {largest:,}, task's prior"].append(c2st(ref, npe_draws(npe[largest], x), seed=k))
                 rows[f"NPE {size['retrain_simulations']:,}, retrained"].append(
                     c2st(ref, npe_draws(retrained, x), seed=k))
         if peers is not None:
-            rows |= {m: v for m, v in peers["changed"][kind]["c2st"].items() if m != "model (no retraining)"}
+            rows |= {m: v for m, v in peers["changed"][kind]["c2st"].items() if m not in MODEL_ROWS}
             retrain_s = peers["changed"][kind]["retrain_s"]
         changes[kind] = {"c2st": rows, "retrain_s": retrain_s}
     if peers is not None:
-        scores |= {m: v for m, v in peers["c2st"].items() if m != "model"}
-        times |= {m: v for m, v in peers["training_s"].items() if m != "model"}
+        scores |= {m: v for m, v in peers["c2st"].items() if m not in MODEL_ROWS}
+        times |= {m: v for m, v in peers["training_s"].items() if m not in MODEL_ROWS}
     today = time.strftime("%Y-%m-%d")
     return {"task": name, "measured": today, "peers_measured": today if peers is None else peers["peers_measured"],
             "observations": size["observations"], "changed_observations": size["changed_observations"],
             "model": task.pretrained or "trained here", "reference": task.reference_name,
             "c2st": scores, "training_s": times, "changed": changes,
-            "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps"))}
+            "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps")),
+            "refine_min_ess": min(refine_ess) if refine_ess else None}
 
 
 def evaluate(size: dict, generator: torch.Generator) -> dict:
@@ -305,6 +337,14 @@ def body(r: dict, size: dict) -> list:
                                     lambda t, kind=kind: f"{t['changed'][kind]['retrain_s'] / 60:.1f}"))), ""]
     out += ["The model's row under a changed prior is the same network as at the task's prior, given the new prior "
             "at run time; NPE trained at the task's prior has no way to take it."]
+    if any(REFINED in t["c2st"] for t in r["tasks"]):
+        out += ["", f"`{REFINED}` rows: the model's posterior corrected by `distformer.refine` with the task's "
+                f"likelihood ({size.get('refine_draws', 0):,} importance draws per observation, a tenth from the "
+                "prior), then 10,000 draws resampled by weight. They use the likelihood, which NPE does not, so they "
+                "answer a different question than the amortized rows: how close the library gets when the "
+                "likelihood can be evaluated, at the cost of evaluating it. Smallest effective sample size: "
+                + ", ".join(f"{t['task']} {t['refine_min_ess']:,.0f}" for t in r["tasks"]
+                            if t.get("refine_min_ess") is not None) + "."]
     return out
 
 
@@ -344,9 +384,10 @@ EXPERIMENT = Experiment(
     name="sbibm", title="sbibm's tasks against sbi's NPE, at the task's prior and under priors changed at run time",
     seed=SEED,
     sizes={"quick": dict(tasks=("two_moons",), train_minutes=0.2, train_steps=30, scratch="runs/sbibm-quick",
-                         observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500),
+                         observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500,
+                         refine_draws=2000),
            "full": dict(tasks=("two_moons", "gaussian_mixture", "sir"), train_minutes=30.0, train_threads=2,
-                        train_steps=None, scratch=None, observations=10, changed_observations=5,
+                        train_steps=None, scratch=None, observations=10, changed_observations=5, refine_draws=50_000,
                         simulations=(10_000, 100_000), retrain_simulations=10_000,
                         # with gaussian_linear in tasks: a 10-D C2ST takes 3-9 min on one thread
                         fewer={"gaussian_linear": dict(observations=3, changed_observations=2)})},

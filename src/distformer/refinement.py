@@ -37,13 +37,14 @@ class Refinement:
     """Result of :func:`refine` for a batch ``B`` of problems.
 
     Attributes:
-        samples: draws from the proposal, ``(S, *B, D)``.
+        samples: draws from the proposal, ``(S, *B, D)`` (on the original space for a warped proposal).
         log_weights: normalised Pareto-smoothed log weights, ``(S, *B)`` (``logsumexp`` over draws is 0).
         ess: effective sample size ``1 / sum w^2``, ``(*B)``.
         pareto_k: Pareto ``k̂`` of the importance ratios, ``(*B)``.
         threshold: ``k̂`` above which the result is flagged unreliable.
         log_evidence: ``log (1/S) sum_s exp(r_s)``, an estimate of ``log p(z)``, ``(*B)``.
-        posterior: the weighted EM refit, a ``GaussianMixture`` with batch ``B``.
+        posterior: the weighted EM refit, a ``GaussianMixture`` with batch ``B`` (a ``WarpedGaussianMixture`` for a
+            warped proposal).
         ratio_spike: largest minus median log ratio, ``(*B)``: below ``log 10`` every draw weighs less than ten
             times the median one, and ``k̂`` is not read (a generalized Pareto fit to so narrow a tail is ill-posed
             and can return a large ``k̂`` by chance when the proposal is nearly exact).
@@ -82,9 +83,13 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
     """Correct ``posterior`` by importance sampling against ``prior × likelihood``.
 
     Args:
-        posterior: the proposal, a ``GaussianMixture`` with batch shape ``B`` (typically ``model.posterior(...)``).
+        posterior: the proposal, a ``GaussianMixture`` with batch shape ``B`` (typically ``model.posterior(...)``),
+            or a ``WarpedGaussianMixture`` (a model with a warp): the draws are then made and weighted on the warped
+            space and returned on the original one, and the refit is warped too.
         prior: the prior the posterior was computed under: anything with ``log_prob(x)`` that maps
-            ``(S, *B, D)`` to ``(S, *B)`` (a ``GaussianMixture`` or a ``torch.distributions`` object).
+            ``(S, *B, D)`` to ``(S, *B)`` (a ``GaussianMixture`` or a ``torch.distributions`` object). For a warped
+            posterior: the same prior as ``model.posterior`` took (a ``GaussianMixture`` on the warped space or a
+            ``WarpedGaussianMixture``), or a distribution on the original space.
         likelihood: a problem (``distformer.problems``) with ``log_likelihood``, or a callable
             ``(theta (S, *B, D), observations) -> log p(observations | theta) (S, *B)``.
         observations: the data, as passed to ``model.posterior`` (handed to ``likelihood`` unchanged).
@@ -97,8 +102,11 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
     Returns:
         :class:`Refinement` (weighted samples, ESS, Pareto ``k̂`` and flag, evidence, refitted mixture), in float64.
     """
-    if not isinstance(posterior, GaussianMixture):
-        raise TypeError(f"Expected posterior to be a distformer.GaussianMixture, but got {type(posterior).__name__}.")
+    from .distributions.transforms import WarpedGaussianMixture
+
+    if not isinstance(posterior, (GaussianMixture, WarpedGaussianMixture)):
+        raise TypeError("Expected posterior to be a distformer.GaussianMixture or WarpedGaussianMixture, but got "
+                        f"{type(posterior).__name__}.")
     if not hasattr(prior, "log_prob"):
         raise TypeError(f"Expected a prior with a log_prob method, but got {type(prior).__name__}.")
     log_likelihood = _as_log_likelihood(likelihood)
@@ -112,6 +120,10 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
     k = posterior.num_components if num_components is None else num_components
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"Expected num_components to be a positive int, but got {k!r}.")
+    warp = None
+    if isinstance(posterior, WarpedGaussianMixture):  # work on the warped space, where the mixture lives
+        warp, posterior = posterior.warp, posterior.base
+        prior, log_likelihood = _on_warped_space(prior, log_likelihood, warp)
     with torch.no_grad():
         proposal = posterior.to(torch.float64)
         x, log_ratio = importance_ratios(proposal, prior, log_likelihood, observations, n, defensive, generator)
@@ -123,7 +135,46 @@ def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int =
         refit = GaussianMixture.fit(x, k, sample_weights=log_w.exp(), init=init, generator=generator,
                                     max_iterations=max_iterations, tol=1e-8)
     spike = log_ratio.amax(0) - log_ratio.median(0).values
+    if warp is not None:
+        x, refit = warp.inverse(x), WarpedGaussianMixture(refit, warp)
     return Refinement(x, log_w, ess, k_hat, khat_threshold(n), log_evidence, refit, spike)
+
+
+def _on_warped_space(prior, log_likelihood, warp):
+    r"""The prior density and the log-likelihood as functions of the warped point :math:`u = f(x)`, for a posterior
+    that is a mixture on the warped space: a ``WarpedGaussianMixture`` prior with the same warp gives its base, a
+    ``GaussianMixture`` is taken to live on the warped space already (as ``model.posterior`` takes it), and any
+    other prior on the original space gets the change of variables
+    :math:`\log p_u(u) = \log p_x(f^{-1}(u)) - \log|f'(f^{-1}(u))|`. The likelihood reads :math:`f^{-1}(u)`. Both
+    the proposal and the target are then densities on the warped space, so the weights are the same as on the
+    original one."""
+    from .distributions.transforms import WarpedGaussianMixture
+    from .problems.base import WarpedPrior
+
+    if isinstance(prior, WarpedGaussianMixture):
+        if prior.warp != warp:
+            raise ValueError(f"Expected a prior with the posterior's warp {warp!r}, but got {prior.warp!r}.")
+        prior = prior.base
+    elif not isinstance(prior, GaussianMixture):
+        original = prior
+
+        def log_prob(u: Tensor) -> Tensor:
+            x = warp.inverse(u)
+            return original.log_prob(x) - warp.log_abs_det_jacobian(x)
+
+        def sample(shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+            x = _sample(original, shape.numel(), generator)
+            return warp.forward(x).reshape(*shape, *x.shape[1:])
+
+        prior = WarpedPrior(log_prob, sample) if hasattr(original, "sample") else _LogDensity(log_prob)
+    return prior, lambda u, observations: log_likelihood(warp.inverse(u), observations)
+
+
+class _LogDensity:
+    """A prior known only by its log density (``refine`` with ``defensive=0``)."""
+
+    def __init__(self, log_prob) -> None:
+        self.log_prob = log_prob
 
 
 def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observations, n: int, defensive: float,
@@ -179,9 +230,10 @@ def _as_log_likelihood(likelihood) -> Callable[[Tensor, object], Tensor]:
 
 
 def _sample(prior, n: int, generator: torch.Generator | None) -> Tensor:
+    from .distributions.transforms import WarpedGaussianMixture
     from .problems.base import WarpedPrior
 
-    if isinstance(prior, (GaussianMixture, WarpedPrior)):
+    if isinstance(prior, (GaussianMixture, WarpedGaussianMixture, WarpedPrior)):
         return prior.sample((n,), generator=generator)
     return prior.sample((n,))  # torch.distributions take no generator; they use the global one
 
