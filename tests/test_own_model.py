@@ -72,6 +72,22 @@ def test_a_simulator_problem_pads_masks_and_sums_its_likelihood(rng):
         from_simulator(_poisson, ["complex"], dfm.meta_priors.random_mixtures(1), max_observations=5)
 
 
+def test_a_simulator_output_is_padded_row_by_row_as_given():
+    rows = [torch.arange(k, dtype=torch.float64) + 10 * k for k in (0, 3, 5, 1)]  # an empty data set included
+    listed = from_simulator(lambda t, g: rows, ["real"], dfm.meta_priors.random_mixtures(1), max_observations=5)
+    obs = listed.simulate(torch.zeros(4, 1))
+    values, mask = obs.values["z"], obs.masks["z"]
+    assert values.shape == (4, 5, 1) and values.dtype == torch.float32
+    for i, row in enumerate(rows):
+        assert mask[i].tolist() == [j < len(row) for j in range(5)]
+        assert values[i, :len(row), 0].tolist() == row.tolist() and bool((values[i, len(row):] == 0).all())
+    block = torch.randn(4, 2, 3)  # a tensor of equal-length data sets
+    stacked = from_simulator(lambda t, g: block, ["real"], dfm.meta_priors.random_mixtures(1), max_observations=4,
+                             observation_dim=3).simulate(torch.zeros(4, 1))
+    assert torch.equal(stacked.values["z"][:, :2], block) and bool((stacked.values["z"][:, 2:] == 0).all())
+    assert bool(stacked.masks["z"][:, :2].all()) and not bool(stacked.masks["z"][:, 2:].any())
+
+
 def test_interval_support_samples_inside_and_the_grid_reference_is_exact_for_a_conjugate_case(rng):
     """``evaluate``'s grid reference against the closed form: for z_i ~ N(theta, 1) and a Gaussian prior on the
     real line the exact posterior is Gaussian, so a model that returns it exactly (the exact update in a wrapper)

@@ -109,18 +109,21 @@ class SimulatorProblem(Problem):
         """The user's simulator on ``theta`` ``(n, D)``, padded to ``max_observations`` with a mask."""
         out = self._simulate(theta, generator)
         n, N, E = theta.shape[0], self.max_observations, self.observation_dim
-        values = torch.zeros(n, N, E, dtype=theta.dtype)
-        mask = torch.zeros(n, N, dtype=torch.bool)
-        rows = list(out) if not torch.is_tensor(out) else [out[i] for i in range(out.shape[0])]
+        rows = list(out) if not torch.is_tensor(out) else list(out.unbind(0))
         if len(rows) != n:
             raise ValueError(f"Expected simulate to return one data set per parameter ({n}), but got {len(rows)}.")
         for i, z in enumerate(rows):
             z = torch.as_tensor(z, dtype=theta.dtype)
-            z = z.reshape(-1, 1) if E == 1 and z.dim() <= 1 else z
+            rows[i] = z = z.reshape(-1, 1) if E == 1 and z.dim() <= 1 else z
             if z.dim() != 2 or z.shape[-1] != E or z.shape[0] > N:
                 raise ValueError(f"Expected simulate's data set {i} to be (N, {E}) with N <= max_observations={N} "
                                  f"(or (N,) for one-dimensional observations), but got shape {tuple(z.shape)}.")
-            values[i, :z.shape[0]], mask[i, :z.shape[0]] = z, True
+        lengths = torch.tensor([z.shape[0] for z in rows])
+        values = torch.zeros(n, N, E, dtype=theta.dtype)
+        if n:  # one padded copy instead of a copy per data set
+            padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+            values[:, :padded.shape[1]] = padded
+        mask = torch.arange(N) < lengths.unsqueeze(-1)
         if not bool(torch.isfinite(values).all()):
             raise ValueError("Expected simulate to return finite observations, but got NaN or inf.")
         return Observations({self.source: values}, {self.source: mask})
