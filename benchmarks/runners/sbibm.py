@@ -348,12 +348,18 @@ def body(r: dict, size: dict) -> list:
     return out
 
 
+def _method_key(row: str) -> str:
+    """The method a row shows, whatever the prior: "NPE 100,000, task's prior" is "NPE 100,000"."""
+    return row.replace(" (no retraining)", "").replace(", task's prior", "")
+
+
 def _plot(r: dict, path: Path) -> None:
     from distformer.plotting import pyplot
 
     plt = pyplot()
     tasks = r["tasks"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
+    colors: dict[str, str] = {}  # one colour per method in every panel
     panels = [("task's prior", lambda t: t["c2st"])] + [
         (f"{k} prior", lambda t, k=k: t["changed"][k]["c2st"]) for k in ("shifted", "narrowed")]
     for ax, (title, get) in zip(axes, panels):
@@ -361,7 +367,8 @@ def _plot(r: dict, path: Path) -> None:
         width = 0.8 / len(methods)
         for j, m in enumerate(methods):
             means = [statistics.fmean(get(t)[m]) for t in tasks]
-            ax.bar([i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))], means, width, label=m)
+            ax.bar([i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))], means, width, label=m,
+                   color=colors.setdefault(_method_key(m), f"C{len(colors)}"))
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
         ax.set_xticks(range(len(tasks)), [t["task"] for t in tasks])
         ax.set_title(title, fontsize=10)
