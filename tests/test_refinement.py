@@ -174,6 +174,25 @@ def test_refine_on_a_warped_posterior_is_the_refinement_of_its_base():
         refine(proposal, WarpedGaussianMixture(prior.base, ["identity"]), log_likelihood, z)
 
 
+def test_resampled_draws_follow_the_weights_problem_by_problem():
+    from distformer.refinement import Refinement
+
+    g = torch.Generator().manual_seed(5)
+    samples = torch.arange(4, dtype=torch.float64).view(4, 1, 1).expand(4, 2, 1) + torch.tensor([[0.0], [10.0]])
+    weights = torch.tensor([[0.1, 0.4], [0.2, 0.3], [0.3, 0.2], [0.4, 0.1]], dtype=torch.float64)  # (S, B)
+    r = Refinement(samples, weights.log(), torch.ones(2), torch.zeros(2), 0.7, torch.zeros(2), None)
+    draws = r.resample(40_000, g)
+    assert draws.shape == (40_000, 2, 1)
+    assert bool((draws[:, 0] < 4).all()) and bool((draws[:, 1] >= 10).all())  # each problem keeps its own draws
+    for b in range(2):
+        counts = torch.bincount((draws[:, b, 0] - 10 * b).long(), minlength=4).double()
+        expected = 40_000 * weights[:, b]
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 21.1  # chi-square with 3 degrees of freedom: false-alarm rate 1e-4
+    with pytest.raises(ValueError, match="positive int"):
+        r.resample(0)
+
+
 def test_bad_arguments_get_one_clear_sentence():
     problem, prior, z, g = _one_gaussian_problem()
     exact = problem.exact_posterior(prior, z)

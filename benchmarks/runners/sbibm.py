@@ -118,8 +118,7 @@ def refined_draws(task, model, prior, x: torch.Tensor, proposals: int, generator
         post = model.posterior(task.problem.as_prior(prior.to(torch.float32).expand((1,))), observed, check=False)
     r = dfm.refine(post, task.problem.as_prior(prior.to(torch.float64).expand((1,))), task.problem, observed,
                    n=proposals, generator=generator)
-    pick = torch.multinomial(r.weights[:, 0], DRAWS, replacement=True, generator=generator)
-    return r.samples[pick, 0].double(), float(r.ess[0])
+    return r.resample(DRAWS, generator)[:, 0].double(), float(r.ess[0])
 
 
 def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict | None = None) -> dict:

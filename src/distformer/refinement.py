@@ -76,6 +76,19 @@ class Refinement:
         """Importance-weighted posterior mean ``(*B, D)``."""
         return (self.weights.unsqueeze(-1) * self.samples).sum(0)
 
+    def resample(self, count: int, generator: torch.Generator | None = None) -> Tensor:
+        """``count`` unweighted draws ``(count, *B, D)`` of the corrected posterior: the weighted draws resampled
+        with replacement in proportion to their weights, independently for each problem (sampling-importance
+        resampling). Draws repeat where the weights are uneven; the effective sample size ``ess`` says how many
+        distinct draws they are worth."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"Expected a positive int count of draws, but got {count!r}.")
+        S, *batch, D = self.samples.shape
+        flat = self.weights.reshape(S, -1).T  # (problems, S)
+        pick = torch.multinomial(flat, count, replacement=True, generator=generator)  # (problems, count)
+        draws = self.samples.reshape(S, -1, D).gather(0, pick.T.unsqueeze(-1).expand(count, -1, D))
+        return draws.reshape(count, *batch, D)
+
 
 def refine(posterior: GaussianMixture, prior, likelihood, observations, n: int = 4096, *,
            defensive: float = 0.1, num_components: int | None = None,
