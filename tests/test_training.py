@@ -1,6 +1,8 @@
 """Training engine: config round trips, save/load, exact resume, crash-safe writes, a tiny run that learns."""
 
+import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -83,8 +85,10 @@ def test_loading_rejects_tampered_truncated_or_foreign_files(tmp_path):
         load_model(tmp_path / "nothing")
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    straight = train("linear-gaussian", TINY, checkpoint=tmp_path / "a.ckpt", progress=False)
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, ahead):
+    config = dataclasses.replace(TINY, simulate_ahead=ahead)
+    straight = train("linear-gaussian", config, checkpoint=tmp_path / "a.ckpt", progress=False)
 
     class Crash(Exception):
         pass
@@ -94,13 +98,34 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):  # the checkpoint from step 3 survives the crash at step 5
-        train("linear-gaussian", TINY, checkpoint=tmp_path / "b.ckpt", progress=False, callback=crash_at_5)
-    resumed = train("linear-gaussian", TINY, checkpoint=tmp_path / "b.ckpt", resume=True, progress=False)
+        train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", progress=False, callback=crash_at_5)
+    resumed = train("linear-gaussian", config, checkpoint=tmp_path / "b.ckpt", resume=True, progress=False)
     for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     hist_a = straight.card["training"]["final_validation"]
     hist_b = resumed.card["training"]["final_validation"]
     assert hist_a["val_nll"] == hist_b["val_nll"]
+
+
+def test_simulating_ahead_calls_the_simulator_once_per_stock_with_the_same_problems():
+    calls = []
+
+    def counted(ahead):
+        problem = get("linear-gaussian", dim=1, max_observations=5)
+        sample_batch = problem.sample_batch
+        problem.sample_batch = lambda n, generator=None: calls.append((ahead, n)) or sample_batch(n, generator)
+        return problem
+
+    config = dataclasses.replace(TINY, calibration_size=0)
+    one = train(counted(1), config, progress=False)
+    three = train(counted(3), dataclasses.replace(config, simulate_ahead=3), progress=False)
+    training = [(a, n) for a, n in calls if n in (16, 48)]  # not validation (32) or the card's support (20,000)
+    assert training == [(1, 16)] * 6 + [(3, 48)] * 2  # six steps: six calls, or two calls of three steps each
+    # the same training distribution, other draws: the two runs differ
+    nll = [m.card["training"]["final_validation"]["val_nll"] for m in (one, three)]
+    assert all(math.isfinite(v) for v in nll) and nll[0] != nll[1]
+    with pytest.raises(ValueError, match="multiple of simulate_ahead"):
+        dataclasses.replace(TINY, simulate_ahead=2)
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -80,7 +80,13 @@ class TrainConfig:
 
     Data: each step's batch is ``data_shards`` equal shards, shard ``i`` simulated from its own generator (seed
     ``seed + 1 + 7919 i``). Under distributed training each process simulates only its shards, so the global batch,
-    and hence the run, is the same for any number of processes that divides ``data_shards``.
+    and hence the run, is the same for any number of processes that divides ``data_shards``. With
+    ``simulate_ahead`` :math:`A > 1` each shard's simulator is called once every :math:`A` steps, for those steps'
+    problems together, and each step takes its share: for a simulator whose cost is per call rather than per
+    problem (an ODE solved for the whole batch at once, Python loops over time steps), that is up to :math:`A`
+    times fewer calls. The problems are drawn the same way, so the training distribution is the same; the draws
+    are not those of :math:`A = 1`. Each stock ends at a multiple of :math:`A` steps, and ``checkpoint_every`` must
+    be one, so a checkpoint never falls inside a stock and resuming stays exact.
     """
 
     problem: ProblemConfig = field(default_factory=ProblemConfig)
@@ -104,13 +110,15 @@ class TrainConfig:
     init_blocks: tuple[int, ...] | None = None
     posterior_draws: int = 0
     calibration_size: int = 1000
+    simulate_ahead: int = 1
 
     def __post_init__(self) -> None:
         _check_types(self, INT_FIELDS, FLOAT_FIELDS, BOOL_FIELDS)
         if not self.grad_clip > 0 or self.weight_decay < 0 or (self.num_threads is not None and self.num_threads < 1):
             raise ValueError(f"Expected grad_clip > 0, weight_decay >= 0 and num_threads >= 1 (or null), but got "
                              f"{self.grad_clip}, {self.weight_decay} and {self.num_threads}.")
-        for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards"):
+        for name in ("steps", "batch_size", "validation_size", "validate_every", "checkpoint_every", "data_shards",
+                     "simulate_ahead"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, but got {getattr(self, name)}.")
         if self.calibration_size < 0:
@@ -135,6 +143,10 @@ class TrainConfig:
                                  f"distinct block indices >= 0 of the init model, with init set, but got "
                                  f"{self.init_blocks!r} with init={self.init!r}.")
             object.__setattr__(self, "init_blocks", blocks)
+        if self.checkpoint_every % self.simulate_ahead:
+            raise ValueError(f"Expected checkpoint_every to be a multiple of simulate_ahead, so that no checkpoint "
+                             f"falls inside a stock of simulations, but got {self.checkpoint_every} and "
+                             f"{self.simulate_ahead}.")
         if self.batch_size % self.data_shards:
             raise ValueError(f"Expected batch_size divisible by data_shards, but got {self.batch_size} and "
                              f"{self.data_shards}.")
@@ -180,7 +192,7 @@ class TrainConfig:
 
 
 INT_FIELDS = ("steps", "batch_size", "warmup_steps", "seed", "validation_size", "validate_every", "checkpoint_every",
-              "data_shards", "num_threads", "posterior_draws", "calibration_size")
+              "data_shards", "num_threads", "posterior_draws", "calibration_size", "simulate_ahead")
 FLOAT_FIELDS = ("lr", "final_lr_ratio", "weight_decay", "grad_clip", "weight_average_decay")
 BOOL_FIELDS = ("prior_loss",)
 

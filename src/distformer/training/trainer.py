@@ -228,6 +228,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
                 "config": config.to_dict(), "step": step, "elapsed_s": elapsed, "history": history},
                 average.state_dict() if average is not None else None)
 
+    stocks: dict[int, list] = {i: [] for i in mine}  # each shard's problems simulated ahead (simulate_ahead)
     result = model if average is None else average.model  # what is validated and returned
     bar = _progress(config.steps, start, progress)
     model.train()
@@ -240,7 +241,8 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
         lr = learning_rate(step, config, spent)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        shards = [_shard(problem, per_shard, shard_rngs[i], config.posterior_draws) for i in mine]
+        shards = [_stocked(problem, per_shard, shard_rngs[i], config.posterior_draws, stocks[i],
+                           config.simulate_ahead - step % config.simulate_ahead) for i in mine]
         batch = Batch.concat([b for b, _ in shards])
         draws = torch.cat([d for _, d in shards], 1) if config.posterior_draws else None
         loss, nll = batch_loss(model, batch, config.prior_loss, forward, draws)
@@ -323,6 +325,23 @@ def _shard(problem: Problem, n: int, generator: torch.Generator, draws: int) -> 
     prior = batch.prior.double() if torch.is_tensor(batch.prior) else batch.prior.to(torch.float64)
     # float64: a heavy-tailed posterior's float32 draws can underflow to 0 or overflow, whose log is infinite
     return batch, problem.exact_posterior(prior, batch.observations).sample((draws,), generator=generator)
+
+
+def _stocked(problem: Problem, n: int, generator: torch.Generator, draws: int, stock: list,
+             ahead: int) -> tuple[Batch, torch.Tensor | None]:
+    """The next shard from ``stock``; an empty stock is first refilled with ``ahead`` shards simulated in one call
+    (``TrainConfig.simulate_ahead``: ``ahead`` is the steps left to the next multiple of it). With ``ahead = 1``
+    this is :func:`_shard`, the same draws."""
+    if stock:
+        return stock.pop(0)
+    if ahead == 1:
+        return _shard(problem, n, generator, draws)
+    batch, target = _shard(problem, n * ahead, generator, draws)
+    for j in range(ahead):
+        rows = slice(j * n, (j + 1) * n)
+        stock.append((Batch(batch.prior[rows], batch.theta[rows], batch.observations.slice(j * n, (j + 1) * n)),
+                      None if target is None else target[:, rows]))
+    return stock.pop(0)
 
 
 def _progress(total: int, initial: int, enabled: bool):
