@@ -86,7 +86,8 @@ class TrainConfig:
     problem (an ODE solved for the whole batch at once, Python loops over time steps), that is up to :math:`A`
     times fewer calls. The problems are drawn the same way, so the training distribution is the same; the draws
     are not those of :math:`A = 1`. Each stock ends at a multiple of :math:`A` steps, and ``checkpoint_every`` must
-    be one, so a checkpoint never falls inside a stock and resuming stays exact.
+    be one, so a periodic checkpoint never falls inside a stock and resuming from it is exact. (The checkpoint a
+    time budget writes where it stops may fall inside one; a run resumed from it simulates the rest afresh.)
     """
 
     problem: ProblemConfig = field(default_factory=ProblemConfig)
