@@ -194,7 +194,7 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict
             "model": task.pretrained or "trained here", "reference": task.reference_name,
             "c2st": scores, "training_s": times, "changed": changes,
             "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps")),
-            "simulate_ahead": model.card["training"]["config"].get("simulate_ahead", 1),
+            "simulate_ahead": model.card["training"].get("config", {}).get("simulate_ahead", 1),
             "refine_min_ess": min(refine_ess) if refine_ess else None}
 
 
@@ -237,7 +237,7 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
         card = CACHE / f"{name}.json"
         if "simulate_ahead" not in kept[name] and card.is_file():
             training = json.loads(card.read_text())["card"]["training"]
-            kept[name]["simulate_ahead"] = training["config"].get("simulate_ahead", 1)
+            kept[name]["simulate_ahead"] = training.get("config", {}).get("simulate_ahead", 1)
     return {"skipped": None, "box_prior_kl_per_axis": logistic_fit_kl(3),
             "tasks": [kept[name] for name in size["tasks"]]}
 
