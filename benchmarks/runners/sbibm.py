@@ -113,11 +113,7 @@ def refined_draws(task, model, prior, x: torch.Tensor, proposals: int, generator
     from the prior), then ``DRAWS`` draws resampled by weight. This uses the likelihood, which NPE does not."""
     import distformer as dfm
 
-    from .sbibm_tasks import _observed
-
-    observed = _observed(x / task.data_scale)
-    with torch.inference_mode():
-        post = model.posterior(task.problem.as_prior(prior.to(torch.float32).expand((1,))), observed, check=False)
+    post, observed = task.posterior(model, prior, x)
     r = dfm.refine(post, task.problem.as_prior(prior.to(torch.float64).expand((1,))), task.problem, observed,
                    n=proposals, generator=generator)
     return r.resample(DRAWS, generator)[:, 0].double(), float(r.ess[0])
@@ -194,7 +190,6 @@ def evaluate_task(name: str, size: dict, generator: torch.Generator, peers: dict
             "model": task.pretrained or "trained here", "reference": task.reference_name,
             "c2st": scores, "training_s": times, "changed": changes,
             "model_training_steps": model.card["training"].get("steps_done", model.card["training"].get("steps")),
-            "simulate_ahead": model.card["training"].get("config", {}).get("simulate_ahead", 1),
             "refine_min_ess": min(refine_ess) if refine_ess else None}
 
 
@@ -233,11 +228,11 @@ def evaluate(size: dict, generator: torch.Generator) -> dict:
                 if size["train_steps"] is None:
                     atomic_write(CACHE / f"{result['task']}.result.json",
                                  json.dumps({"size": task_size(result["task"], size), **result}, indent=1).encode())
-    for name in size["tasks"]:  # a result kept from before the option: its model's card says how it simulated
-        card = CACHE / f"{name}.json"
-        if "simulate_ahead" not in kept[name] and card.is_file():
-            training = json.loads(card.read_text())["card"]["training"]
-            kept[name]["simulate_ahead"] = training.get("config", {}).get("simulate_ahead", 1)
+    folder = CACHE if size["train_steps"] is None else Path(size["scratch"])
+    for name in size["tasks"]:  # how each model simulated, from its card (a shipped model's has no training config)
+        card = folder / f"{name}.json"
+        training = json.loads(card.read_text())["card"]["training"] if card.is_file() else {}
+        kept[name]["simulate_ahead"] = training.get("config", {}).get("simulate_ahead", 1)
     return {"skipped": None, "box_prior_kl_per_axis": logistic_fit_kl(3),
             "tasks": [kept[name] for name in size["tasks"]]}
 

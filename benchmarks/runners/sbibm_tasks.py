@@ -172,12 +172,18 @@ class Task:
     def changed(self, kind: str) -> GaussianMixture:
         return changed(self.prior, kind, self.shift_unit)
 
+    def posterior(self, model, prior: GaussianMixture, x: Tensor):
+        """``(posterior, observations)``: the model's posterior (batch ``(1,)``) for one observation ``x`` ``(E,)``
+        under ``prior`` (a mixture on the warped space), and that observation as the problem reads it."""
+        observed = _observed(x / self.data_scale)
+        with torch.inference_mode():
+            return model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))), observed,
+                                   check=False), observed
+
     def draws(self, model, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
         """``count`` draws ``(S, D)`` of the model's posterior on the original space for one observation ``x``
         ``(E,)`` under ``prior`` (a mixture on the warped space)."""
-        with torch.inference_mode():
-            post = model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))),
-                                   _observed(x / self.data_scale), check=False)
+        post, _ = self.posterior(model, prior, x)
         return post.sample((count,), generator=generator)[:, 0].double()
 
     def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:

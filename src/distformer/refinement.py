@@ -179,15 +179,8 @@ def _on_warped_space(prior, log_likelihood, warp):
             x = _sample(original, shape.numel(), generator)
             return warp.forward(x).reshape(*shape, *x.shape[1:])
 
-        prior = WarpedPrior(log_prob, sample) if hasattr(original, "sample") else _LogDensity(log_prob)
+        prior = WarpedPrior(log_prob, sample)  # sample is called only with defensive > 0, which needs original's
     return prior, lambda u, observations: log_likelihood(warp.inverse(u), observations)
-
-
-class _LogDensity:
-    """A prior known only by its log density (``refine`` with ``defensive=0``)."""
-
-    def __init__(self, log_prob) -> None:
-        self.log_prob = log_prob
 
 
 def importance_ratios(proposal: GaussianMixture, prior, log_likelihood, observations, n: int, defensive: float,
