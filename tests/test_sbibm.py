@@ -134,3 +134,51 @@ def test_npe_rows_are_kept_when_only_the_model_changes(tmp_path, monkeypatch):
     assert sbibm._kept_peers("two_moons", full)["peers_measured"] == "2026-01-02"  # but not its NPE rows
     fewer = dict(full, simulations=(10_000,))
     assert sbibm._kept_peers("two_moons", fewer) is None
+
+
+def test_a_box_prior_can_have_its_own_component_count_on_each_axis():
+    """``box_prior(5, (1, 1, 2, 2, 2))`` is the product of a 1-Gaussian fit on the first two axes and 2-Gaussian fits
+    on the others: 8 components, each axis's marginal its own fit; a count list of the wrong length is refused."""
+    prior = tasks.box_prior(5, (1, 1, 2, 2, 2))
+    assert prior.num_components == 8
+    torch.testing.assert_close(prior.weights.sum(), torch.tensor(1.0, dtype=F64))
+    u = torch.linspace(-8, 8, 33, dtype=F64).unsqueeze(-1)
+    for axis, count in enumerate((1, 1, 2, 2, 2)):
+        torch.testing.assert_close(prior.marginal([axis]).log_prob(u), tasks.logistic_mixture(count).log_prob(u))
+    with pytest.raises(ValueError, match="Expected one component count or 5"):
+        tasks.box_prior(5, (1, 2))
+
+
+def test_slcp_likelihood_is_the_four_point_gaussian_and_the_simulator_draws_from_it():
+    """The likelihood is sbibm's bivariate normal per point (against torch's ``MultivariateNormal``, float64), and
+    200,000 simulated points have its mean and covariance within 4.5 standard errors per entry (false-alarm rate
+    about 1e-5 each). sbibm's data vector is the four points flattened point by point, and the task reads it back
+    as four 2-D observations."""
+    from benchmarks.runners import sbibm_slcp as slcp
+
+    g = torch.Generator().manual_seed(7)
+    theta = 6 * torch.rand(64, 5, generator=g, dtype=F64) - 3
+    x = 4 * torch.randn(64, 4, 2, generator=g, dtype=F64)
+    s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, torch.tanh(theta[:, 4])
+    cov = torch.stack([torch.stack([s1**2 + slcp.EPS, rho * s1 * s2], -1),
+                       torch.stack([rho * s1 * s2, s2**2 + slcp.EPS], -1)], -2)
+    expected = torch.distributions.MultivariateNormal(theta[:, None, :2], cov[:, None]).log_prob(x)
+    torch.testing.assert_close(slcp.log_likelihood(theta.unsqueeze(1), x), expected, rtol=1e-9, atol=1e-9)
+
+    one = torch.tensor([[0.5, -1.0, 1.2, -0.8, 0.7]], dtype=F64)
+    n = 50_000
+    points = slcp.simulate(one.expand(n, 5), g).reshape(-1, 2)  # 200,000 points
+    mean, c = points.mean(0), torch.cov(points.T)
+    true_mean, true_cov = one[0, :2], cov.new_tensor([[1.2**4 + slcp.EPS, math.tanh(0.7) * 1.44 * 0.64],
+                                                      [math.tanh(0.7) * 1.44 * 0.64, 0.8**4 + slcp.EPS]])
+    m = points.shape[0]
+    assert bool(((mean - true_mean).abs() <= 4.5 * (true_cov.diagonal() / m).sqrt()).all())
+    var = true_cov.diagonal()
+    se = ((var.unsqueeze(0) * var.unsqueeze(1) + true_cov**2) / m).sqrt()
+    assert bool(((c - true_cov).abs() <= 4.5 * se).all())
+
+    task = tasks.TASKS["slcp"]()
+    data = task.data(one.expand(3, 5), torch.Generator().manual_seed(1))
+    points = slcp.simulate(one.expand(3, 5), torch.Generator().manual_seed(1))
+    assert data.shape == (3, 8)
+    torch.testing.assert_close(tasks._observed(data[0], task.points).values["z"][0], points[0].float())

@@ -92,8 +92,10 @@ class LinearGaussianTask:
             post_y = model.posterior(prior_y, (x.float() / s).view(1, 1, DIM))
         return post_y.affine(s * torch.eye(DIM)).sample((count,), generator=generator)[:, 0].double()
 
-    def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
-        """``count`` draws ``(S, 10)`` of the exact posterior under ``prior`` for one observation ``x`` ``(10,)``."""
+    def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator,
+                  known: Tensor | None = None) -> tuple[Tensor, None]:
+        """``(draws (S, 10), None)``: ``count`` draws of the exact posterior under ``prior`` for one observation
+        ``x`` ``(10,)`` (closed form: ``known`` is not needed, and there is no ESS)."""
         eye = torch.eye(DIM, dtype=torch.float64)
         exact = prior.to(torch.float64).condition_linear_gaussian(eye, VARIANCE * eye, x.double().view(1, DIM))
-        return exact.sample((count,), generator=generator).double()
+        return exact.sample((count,), generator=generator).double(), None

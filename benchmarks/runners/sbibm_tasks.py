@@ -10,7 +10,8 @@ Each task follows sbibm 1.1.0's ``task.py`` (Lueckmann et al., 2021):
   :math:`p_1 > 0`, and 0 elsewhere.
 * ``gaussian_mixture``: :math:`\theta\sim\mathcal U(-10,10)^2`, :math:`x\sim\tfrac12\mathcal N(\theta, I) +
   \tfrac12\mathcal N(\theta, 0.01 I)`.
-* ``sir``: ``sbibm_sir.py`` (an ODE simulator, log-normal priors); ``gaussian_linear``: ``sbibm_linear.py`` (the
+* ``sir``: ``sbibm_sir.py`` (an ODE simulator, log-normal priors); ``slcp``: ``sbibm_slcp.py`` (5-D, four points
+  per data set, an importance-sampling reference); ``gaussian_linear``: ``sbibm_linear.py`` (the
   shipped linear-Gaussian model, no training).
 
 **Uniform priors.** A box prior :math:`\mathcal U(a,b)` is exact on the model's warped space: with the support
@@ -64,15 +65,20 @@ def logistic_mixture(components: int = 3, iterations: int = 2000) -> GaussianMix
     return GaussianMixture(logw.exp(), loc.unsqueeze(-1), covariance_matrix=torch.diag_embed(sd.pow(2).unsqueeze(-1)))
 
 
-def box_prior(dim: int, components: int = 3) -> GaussianMixture:
-    """The uniform box prior on the logit-warped space: the product of ``dim`` per-axis logistic fits
-    (``components ** dim`` components, float64)."""
-    axis = logistic_mixture(components)
-    weights, loc, var = axis.weights, axis.loc[:, 0], axis.component_covariance_matrix[:, 0, 0]
-    grids = torch.meshgrid(*[torch.arange(components)] * dim, indexing="ij")
-    index = torch.stack([g.reshape(-1) for g in grids], -1)  # (components^dim, dim)
-    w = weights[index].prod(-1)
-    return GaussianMixture(w, loc[index], covariance_matrix=torch.diag_embed(var[index]))
+def box_prior(dim: int, components: int | tuple[int, ...] = 3) -> GaussianMixture:
+    """The uniform box prior on the logit-warped space: the product of ``dim`` per-axis logistic fits of
+    ``components`` Gaussians each (one count for every axis, or one per axis), ``prod(components)`` components,
+    float64."""
+    counts = (components,) * dim if isinstance(components, int) else tuple(components)
+    if len(counts) != dim:
+        raise ValueError(f"Expected one component count or {dim} of them, but got {components!r}.")
+    axes = [logistic_mixture(c) for c in counts]
+    grids = torch.meshgrid(*[torch.arange(c) for c in counts], indexing="ij")
+    index = [g.reshape(-1) for g in grids]  # per axis, (prod(counts),)
+    w = torch.stack([a.weights[i] for a, i in zip(axes, index)], -1).prod(-1)
+    loc = torch.stack([a.loc[i, 0] for a, i in zip(axes, index)], -1)
+    var = torch.stack([a.component_covariance_matrix[i, 0, 0] for a, i in zip(axes, index)], -1)
+    return GaussianMixture(w, loc, covariance_matrix=torch.diag_embed(var))
 
 
 def logistic_fit_kl(components: int = 3) -> float:
@@ -153,6 +159,9 @@ class Task:
     data_scale: float = 1.0  # sbibm's data are the model's observations times this
     sbi_base: Callable | None = None  # prior mixture -> sbi prior on the original space (default: the box)
     grid_size: int | None = None  # the grid reference's points per axis (None: its default, 401)
+    points: int = 1  # observations in one of sbibm's data sets (its vector is that many points, flattened)
+    reference_sampler: Callable | None = None  # instead of the grid: (problem, prior, observed, known, count,
+    # generator) -> (draws, ESS), with ``known`` sbibm's posterior samples for the same observation
 
     def sbi_prior(self, prior: GaussianMixture | None = None):
         """The task's box prior for sbi, or a changed prior (a mixture on the warped space) pushed through the warp
@@ -162,12 +171,13 @@ class Task:
         if prior is None:
             from torch.distributions import Independent, Uniform
 
-            return Independent(Uniform(torch.full((2,), self.low), torch.full((2,), self.high)), 1)
+            return Independent(Uniform(torch.full((self.prior.dim,), self.low), torch.full((self.prior.dim,),
+                                                                                       self.high)), 1)
         return WarpedPrior(prior.to(torch.float32), self.problem.warp, self.low, self.high)
 
     def data(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Simulator output ``(n, E)`` for NPE, as sbibm's files give it."""
-        return self.simulate(theta, generator)[:, 0] * self.data_scale
+        """Simulator output ``(n, E)`` for NPE, as sbibm's files give it (a data set's points flattened)."""
+        return self.simulate(theta, generator).reshape(theta.shape[0], -1) * self.data_scale
 
     def changed(self, kind: str) -> GaussianMixture:
         return changed(self.prior, kind, self.shift_unit)
@@ -175,7 +185,7 @@ class Task:
     def posterior(self, model, prior: GaussianMixture, x: Tensor):
         """``(posterior, observations)``: the model's posterior (batch ``(1,)``) for one observation ``x`` ``(E,)``
         under ``prior`` (a mixture on the warped space), and that observation as the problem reads it."""
-        observed = _observed(x / self.data_scale)
+        observed = _observed(x / self.data_scale, self.points)
         with torch.inference_mode():
             return model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))), observed,
                                    check=False), observed
@@ -186,19 +196,25 @@ class Task:
         post, _ = self.posterior(model, prior, x)
         return post.sample((count,), generator=generator)[:, 0].double()
 
-    def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator) -> Tensor:
-        """``count`` grid-reference draws ``(S, D)`` under ``prior`` for one observation ``x`` ``(E,)``."""
+    def reference(self, prior: GaussianMixture, x: Tensor, count: int, generator: torch.Generator,
+                  known: Tensor | None = None) -> tuple[Tensor, float | None]:
+        """``(draws (S, D), ESS)``: ``count`` reference draws under ``prior`` for one observation ``x`` ``(E,)``, from
+        the grid (ESS ``None``) or from ``reference_sampler`` with ``known``, sbibm's samples for ``x``."""
         from distformer.evaluation import reference_draws
 
-        return reference_draws(self.problem, prior.expand((1,)), _observed(x / self.data_scale), count,
-                               grid_size=self.grid_size, generator=generator)[:, 0]
+        observed = _observed(x / self.data_scale, self.points)
+        if self.reference_sampler is not None:
+            return self.reference_sampler(self.problem, prior.to(torch.float64), observed, known, count, generator)
+        return reference_draws(self.problem, prior.expand((1,)), observed, count, grid_size=self.grid_size,
+                               generator=generator)[:, 0], None
 
 
-def _observed(x: Tensor):
-    """One observation ``x`` ``(E,)`` as the task problems' ``Observations`` of batch ``(1,)``."""
+def _observed(x: Tensor, points: int = 1):
+    """One of sbibm's data vectors ``x`` ``(E,)`` as the task problems' ``Observations`` of batch ``(1,)``:
+    ``points`` observations of ``E / points`` numbers each."""
     from distformer.observations import Observations
 
-    return Observations({"z": x.float().view(1, 1, -1)}, {"z": torch.ones(1, 1, dtype=torch.bool)})
+    return Observations({"z": x.float().view(1, points, -1)}, {"z": torch.ones(1, points, dtype=torch.bool)})
 
 
 class WarpedPrior(torch.distributions.Distribution):
@@ -248,7 +264,7 @@ def meta_prior(prior: GaussianMixture):
     nearby = dfm.meta_priors.around(prior.to(torch.float32), shift=0.4, scale=(0.3, 1.5), weight_noise=0.5)
     return dfm.meta_priors.mixture_of([
         Moved(nearby, LOGISTIC_SD),
-        dfm.meta_priors.random_mixtures(dim=2, components=(1, prior.num_components), mean=(-3.0, 3.0),
+        dfm.meta_priors.random_mixtures(dim=prior.dim, components=(1, prior.num_components), mean=(-3.0, 3.0),
                                         scale=(0.2, 2.0))], probabilities=[0.9, 0.1])
 
 
@@ -277,10 +293,19 @@ def sir() -> Task:
                 grid_size=201)
 
 
+def slcp() -> Task:
+    from . import sbibm_slcp
+
+    return Task("slcp", sbibm_slcp.problem(), box_prior(sbibm_slcp.DIM, sbibm_slcp.COMPONENTS), sbibm_slcp.LOW,
+                sbibm_slcp.HIGH, sbibm_slcp.simulate, reference_name="importance sampling",
+                points=sbibm_slcp.POINTS, reference_sampler=sbibm_slcp.reference)
+
+
 def gaussian_linear():
     from .sbibm_linear import LinearGaussianTask
 
     return LinearGaussianTask()
 
 
-TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear, "sir": sir}
+TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear, "sir": sir,
+         "slcp": slcp}
