@@ -182,3 +182,25 @@ def test_slcp_likelihood_is_the_four_point_gaussian_and_the_simulator_draws_from
     points = slcp.simulate(one.expand(3, 5), torch.Generator().manual_seed(1))
     assert data.shape == (3, 8)
     torch.testing.assert_close(tasks._observed(data[0], task.points).values["z"][0], points[0].float())
+
+
+def test_a_task_without_npe_rows_renders_dashes_beside_tasks_with_them():
+    """The full run can leave a task's NPE rows out (``LEFT_OUT_NPE``): its cells read "–", the others' numbers are
+    unchanged, and the protocol says why."""
+    from benchmarks.runners import sbibm
+    from benchmarks.runners.harness import render
+
+    def result(name, npe):
+        rows = {"model": [0.6, 0.62], **({"NPE 10": [0.7, 0.72]} if npe else {})}
+        changed = {"model (no retraining)": [0.6], **({"NPE 10, task's prior": [0.8]} if npe else {})}
+        return {"task": name, "measured": "2026-01-02", "c2st": rows, "changed": {
+                    k: {"c2st": changed, "retrain_s": 60.0 if npe else None} for k in ("shifted", "narrowed")},
+                "training_s": {"model": 1800.0, **({"NPE 10": 120.0} if npe else {})}, "model_training_steps": 5}
+
+    size = dict(sbibm.EXPERIMENT.sizes["full"], tasks=("two_moons", "slcp"))
+    r = {"skipped": None, "tasks": [result("two_moons", True), result("slcp", False)]}
+    text = "\n".join(render(sbibm.body(r, size)))
+    assert "| two_moons | 0.610 ± 0.020 | 0.710 ± 0.020 | 30.0 | 5 | 2.0 |" in text
+    assert "| slcp | 0.610 ± 0.020 | – | 30.0 | 5 | – |" in text
+    assert "| slcp | 0.600 | – | – |" in text  # under each changed prior
+    assert "`slcp` has no NPE rows" in sbibm.protocol(size, r)
