@@ -338,8 +338,8 @@ def protocol(size: dict, r: dict) -> str:
             + ("; gaussian_linear is answered by the shipped `linear-gaussian-10d` model, trained once for all "
                "linear-Gaussian problems and not for this task (unit-noise coordinates, as in "
                "`examples/rescaled_noise.py`; its training time is the card's)" if linear else "")
-            + ". Each task's C2STs run in its own process on "
-            "one thread, two at a time; a task measured in an earlier run at the same settings is kept from "
+            + ". Each task's C2STs run in its own process, two at a time on one thread each (a task measured alone "
+            f"gets all {threads}); a task measured in an earlier run at the same settings is kept from "
             "`runs/sbibm/` (the JSON gives each task's date), and so are its NPE and grid-reference rows when only "
             "the model changed (measured " + ", ".join(sorted({t.get("peers_measured", t["measured"])
                                                                for t in r.get("tasks", [])})) + "; the model's "
