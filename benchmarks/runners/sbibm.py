@@ -11,9 +11,9 @@ For each task (``sbibm_tasks.py``; tasks are written as a user would, with ``fro
   ``10^4`` and ``10^5`` simulations from the task's prior. A "grid reference" row checks this module's simulator,
   likelihood and prior against sbibm's samples (C2ST near 0.5 means they agree);
 * **under changed priors** (``shifted``, ``narrowed``: ``sbibm_tasks.py``), whose reference is the grid posterior
-  with the task's likelihood (importance sampling in five dimensions: ``sbibm_slcp.py``): C2ST of the model (same weights, the new prior at run time), of NPE trained at the
-  task's prior (it cannot take a new prior), and of NPE retrained on ``10^4`` simulations from the changed prior,
-  with its training time.
+  with the task's likelihood (importance sampling in five dimensions: ``sbibm_slcp.py``): C2ST of the model (same
+  weights, the new prior at run time), of NPE trained at the task's prior (it cannot take a new prior), and of NPE
+  retrained on ``10^4`` simulations from the changed prior, with its training time.
 
 Skipped rows say why: sbi or scikit-learn missing (the ``sbibm`` extra), or sbibm's wheel absent (``make
 sbibm-files``).
@@ -309,6 +309,8 @@ def _mean(values: list[float]) -> str:
 
 
 def protocol(size: dict, r: dict) -> str:
+    from . import sbibm_slcp as slcp
+
     fewer = "".join(f" ({name}: 1–{c['observations']} and 1–{c['changed_observations']}; a 10-D C2ST takes "
                     "3-9 min on one thread)" for name, c in size.get("fewer", {}).items()
                     if name in size["tasks"] and "observations" in c)
@@ -323,8 +325,9 @@ def protocol(size: dict, r: dict) -> str:
             f"task's prior (against sbibm's reference samples) and 1–{size['changed_observations']} under each "
             f"changed prior (against our reference: the grid posterior in 2-D, 201 points a side for sir"
             + (", the closed form for gaussian_linear" if linear else "")
-            + ("; for slcp, importance sampling with the task's likelihood from a 16-Gaussian fit to sbibm's samples "
-               "for the same observation, widened 1.5×, 200,000 draws a tenth of them from the prior, resampled"
+            + (f"; for slcp, importance sampling with the task's likelihood from a {slcp.FIT_COMPONENTS}-Gaussian fit "
+               f"to sbibm's samples for the same observation, widened {slcp.WIDEN:g}×, {slcp.REFERENCE_DRAWS:,} "
+               "draws a tenth of them from the prior, resampled"
                + "".join(f" (smallest effective sample size {t['reference_min_ess']:,.0f})" for t in r.get("tasks", [])
                          if t["task"] == "slcp" and t.get("reference_min_ess"))
                if "slcp" in size["tasks"] else "") + ")"

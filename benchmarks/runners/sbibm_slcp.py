@@ -16,8 +16,8 @@ densities. The posterior has up to four modes (the data fix only :math:`\theta_3
 per-axis Gaussian fits to the logistic density on the logit-warped axes, here ``COMPONENTS``: one Gaussian on the
 axes of the two means, which the four points pin down, and two on the scales, whose sign the data cannot see, and on
 the correlation, which four points leave broad (8 components; two on every axis, 32 components, made a training
-step about three times slower in a short timing, batch 256 on 2 threads). The fit's KL to the uniform is about 0.03 nats in all, which the bench's
-``our reference`` row prices against sbibm's samples.
+step about three times slower in a short timing, batch 256 on 2 threads). The fit's KL to the uniform is about
+0.03 nats in all, which the bench's ``our reference`` row prices against sbibm's samples.
 
 **Reference under a changed prior.** A grid does not reach five dimensions. The reference is importance sampling
 with the task's likelihood (``distformer.refine``): the proposal is a Gaussian mixture fitted by EM to sbibm's
