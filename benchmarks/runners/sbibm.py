@@ -11,7 +11,8 @@ For each task (``sbibm_tasks.py``; tasks are written as a user would, with ``fro
   ``10^4`` and ``10^5`` simulations from the task's prior. A "grid reference" row checks this module's simulator,
   likelihood and prior against sbibm's samples (C2ST near 0.5 means they agree);
 * **under changed priors** (``shifted``, ``narrowed``: ``sbibm_tasks.py``), whose reference is the grid posterior
-  with the task's likelihood (importance sampling in five dimensions: ``sbibm_slcp.py``): C2ST of the model (same
+  with the task's likelihood (importance sampling where no grid reaches: ``sbibm_slcp.py``,
+  ``sbibm_lotka_volterra.py``): C2ST of the model (same
   weights, the new prior at run time), of NPE trained at the task's prior (it cannot take a new prior), and of NPE
   retrained on ``10^4`` simulations from the changed prior, with its training time.
 
@@ -311,6 +312,7 @@ def _mean(values: list[float]) -> str:
 
 
 def protocol(size: dict, r: dict) -> str:
+    from . import sbibm_lotka_volterra as lv
     from . import sbibm_slcp as slcp
 
     fewer = "".join(f" ({name}: 1–{c['observations']} and 1–{c['changed_observations']}; a 10-D C2ST takes "
@@ -327,12 +329,12 @@ def protocol(size: dict, r: dict) -> str:
             f"task's prior (against sbibm's reference samples) and 1–{size['changed_observations']} under each "
             f"changed prior (against our reference: the grid posterior in 2-D, 201 points a side for sir"
             + (", the closed form for gaussian_linear" if linear else "")
-            + (f"; for slcp, importance sampling with the task's likelihood from a {slcp.FIT_COMPONENTS}-Gaussian fit "
-               f"to sbibm's samples for the same observation, widened {slcp.WIDEN:g}×, {slcp.REFERENCE_DRAWS:,} "
-               "draws a tenth of them from the prior, resampled"
-               + "".join(f" (smallest effective sample size {t['reference_min_ess']:,.0f})" for t in r.get("tasks", [])
-                         if t["task"] == "slcp" and t.get("reference_min_ess"))
-               if "slcp" in size["tasks"] else "") + ")"
+            + "".join(f"; for {name}, importance sampling with the task's likelihood from a "
+                      f"{m.FIT_COMPONENTS}-Gaussian fit to sbibm's samples for the same observation, widened "
+                      f"{m.WIDEN:g}×, {m.REFERENCE_DRAWS:,} draws a tenth of them from the prior, resampled"
+                      + "".join(f" (smallest effective sample size {t['reference_min_ess']:,.0f})"
+                                for t in r.get("tasks", []) if t["task"] == name and t.get("reference_min_ess"))
+                      for name, m in (("lotka_volterra", lv), ("slcp", slcp)) if name in size["tasks"]) + ")"
             f"{fewer}. Mean ± 95% interval over observations. Model: trained here for {size['train_minutes']:g} min "
             + (f"on {threads} threads, one task after another" if threads > 1 else "on one thread")
             + f" (seed {SEED}; the steps each model got are in its row"
@@ -350,7 +352,9 @@ def protocol(size: dict, r: dict) -> str:
                                                                for t in r.get("tasks", [])})) + "; the model's "
             "rows under a changed prior are then scored against fresh reference draws). NPE: sbi 0.27 `NPE_C` "
             "(SNPE-C), default "
-            "flow and training settings. Uniform priors enter the model as the product of a 3-Gaussian fit to the "
+            "flow and training settings, reading sbibm's data as its files give them"
+            + (" (the lotka_volterra model reads their logs)" if "lotka_volterra" in size["tasks"] else "") + ". "
+            "Uniform priors enter the model as the product of a 3-Gaussian fit to the "
             "logistic density on the logit-warped axis"
             + (f" (KL {r['box_prior_kl_per_axis']:.1e} per axis)" if r.get("box_prior_kl_per_axis") else "")
             + ("; slcp's, in five dimensions, as one Gaussian on the axes of the two means and two on the others "
@@ -444,7 +448,8 @@ EXPERIMENT = Experiment(
     sizes={"quick": dict(tasks=("two_moons",), train_minutes=0.2, train_steps=30, scratch="runs/sbibm-quick",
                          observations=1, changed_observations=1, simulations=(500,), retrain_simulations=500,
                          refine_draws=2000),
-           "full": dict(tasks=("two_moons", "gaussian_mixture", "sir", "slcp"), train_minutes=30.0, train_threads=2,
+           "full": dict(tasks=("two_moons", "gaussian_mixture", "sir", "lotka_volterra", "slcp"), train_minutes=30.0,
+                        train_threads=2,
                         train_steps=None, scratch=None, observations=10, changed_observations=5, refine_draws=50_000,
                         simulations=(10_000, 100_000), retrain_simulations=10_000,
                         # a 5-D C2ST takes 1-1.5 min on one or two threads, a 10-D one 3-9 min on one

@@ -114,8 +114,8 @@ class LogNormalPrior(torch.distributions.Distribution):
     def __init__(self, base: GaussianMixture) -> None:
         from distformer.distributions.transforms import Warp, WarpedGaussianMixture
 
-        self.warped = WarpedGaussianMixture(base.to(torch.float32), Warp(["log", "log"]))
-        super().__init__(event_shape=torch.Size([2]), validate_args=False)
+        self.warped = WarpedGaussianMixture(base.to(torch.float32), Warp(["log"] * base.dim))
+        super().__init__(event_shape=torch.Size([base.dim]), validate_args=False)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         return self.warped.sample(torch.Size(sample_shape))

@@ -24,7 +24,7 @@ with the task's likelihood (``distformer.refine``): the proposal is a Gaussian m
 published posterior samples for the same observation (on the warped space, each covariance widened by
 ``WIDEN**2``), a tenth of the draws come from the prior, and ``REFERENCE_DRAWS`` weighted draws are resampled to the
 count asked for. The proposal does not come from the model, so the reference does not lean on it; the
-effective sample size is reported with the results.
+effective sample size is reported with the results (``sbibm_tasks.fitted_reference``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import torch
 from torch import Tensor
 
 import distformer as dfm
-from distformer.distributions.gmm import GaussianMixture
 
 DIM = 5
 POINTS = 4
@@ -79,19 +78,3 @@ def problem():
     return dfm.problems.from_simulator(simulate, support=[(LOW, HIGH)] * DIM,
                                        meta_prior=meta_prior(box_prior(DIM, COMPONENTS)), max_observations=POINTS,
                                        observation_dim=2, log_likelihood=log_likelihood, name="sbibm-slcp")
-
-
-def reference(problem, prior: GaussianMixture, observed, known: Tensor, count: int,
-              generator: torch.Generator) -> tuple[Tensor, float]:
-    """``(draws (count, 5), ESS)`` of the posterior under ``prior`` (a mixture on the warped space) for
-    ``observed`` (one data set), by importance sampling from a mixture fitted to ``known`` ``(S, 5)``, sbibm's
-    posterior samples for the same observation (module docstring)."""
-    from distformer.distributions.transforms import Warp, WarpedGaussianMixture
-
-    warp = Warp(problem.warp)
-    u = warp.forward(known.to(torch.float64).clamp(LOW + 1e-9, HIGH - 1e-9))
-    fit = GaussianMixture.fit(u, FIT_COMPONENTS, generator=generator, max_iterations=200, tol=1e-8)
-    widened = GaussianMixture(fit.weights, fit.loc, covariance_matrix=WIDEN**2 * fit.component_covariance_matrix)
-    r = dfm.refine(WarpedGaussianMixture(widened.expand((1,)), warp), problem.as_prior(prior.expand((1,))), problem,
-                   observed, n=REFERENCE_DRAWS, num_components=1, max_iterations=1, generator=generator)
-    return r.resample(count, generator)[:, 0].double(), float(r.ess[0])

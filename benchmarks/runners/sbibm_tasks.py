@@ -11,7 +11,8 @@ Each task follows sbibm 1.1.0's ``task.py`` (Lueckmann et al., 2021):
 * ``gaussian_mixture``: :math:`\theta\sim\mathcal U(-10,10)^2`, :math:`x\sim\tfrac12\mathcal N(\theta, I) +
   \tfrac12\mathcal N(\theta, 0.01 I)`.
 * ``sir``: ``sbibm_sir.py`` (an ODE simulator, log-normal priors); ``slcp``: ``sbibm_slcp.py`` (5-D, four points
-  per data set, an importance-sampling reference); ``gaussian_linear``: ``sbibm_linear.py`` (the
+  per data set, an importance-sampling reference); ``lotka_volterra``: ``sbibm_lotka_volterra.py`` (4-D, an ODE
+  simulator read in log counts, an importance-sampling reference); ``gaussian_linear``: ``sbibm_linear.py`` (the
   shipped linear-Gaussian model, no training).
 
 **Uniform priors.** A box prior :math:`\mathcal U(a,b)` is exact on the model's warped space: with the support
@@ -52,8 +53,8 @@ def logistic_mixture(components: int = 3, iterations: int = 2000) -> GaussianMix
     target = torch.sigmoid(u) * torch.sigmoid(-u)
     target = target / target.sum()
     loc = torch.zeros(components, dtype=torch.float64)  # the logistic is a scale mixture of zero-mean normals
-    sd = torch.logspace(-0.2, 0.6, components, dtype=torch.float64) if components > 1 else torch.full((1,), 1.7,
-                                                                                                      dtype=torch.float64)
+    sd = torch.logspace(-0.2, 0.6, components, dtype=torch.float64) if components > 1 else \
+        torch.full((1,), 1.7, dtype=torch.float64)
     logw = torch.full((components,), -math.log(components), dtype=torch.float64)
     for _ in range(iterations):
         log_r = logw - sd.log() - 0.5 * ((u.unsqueeze(-1) - loc) / sd) ** 2
@@ -96,8 +97,29 @@ def changed(prior: GaussianMixture, kind: str, unit=LOGISTIC_SD) -> GaussianMixt
         return GaussianMixture(prior.weights, prior.loc + SHIFT * torch.as_tensor(unit, dtype=prior.loc.dtype),
                                covariance_matrix=prior.component_covariance_matrix)
     if kind == "narrowed":
-        return GaussianMixture(prior.weights, prior.loc, covariance_matrix=NARROW**2 * prior.component_covariance_matrix)
+        return GaussianMixture(prior.weights, prior.loc,
+                               covariance_matrix=NARROW**2 * prior.component_covariance_matrix)
     raise ValueError(f"Expected a change among ['narrowed', 'shifted'], but got {kind!r}.")
+
+
+def fitted_reference(problem, prior: GaussianMixture, observed, known: Tensor, count: int,
+                     generator: torch.Generator, components: int, widen: float, draws: int) -> tuple[Tensor, float]:
+    """``(draws (count, D), ESS)`` of the posterior under ``prior`` (a mixture on the problem's warped space) for
+    ``observed`` (one data set), where no grid reaches: importance sampling with the problem's likelihood
+    (``distformer.refine``, ``draws`` draws, a tenth of them from the prior, resampled to ``count``) from a
+    ``components``-Gaussian EM fit to ``known`` ``(S, D)``, sbibm's posterior samples for the same observation, on
+    the warped space with each covariance widened by ``widen**2``. The proposal does not come from the model, so
+    the reference does not lean on it; its effective sample size says how well the fit covers the posterior."""
+    from distformer.distributions.transforms import Warp, WarpedGaussianMixture
+
+    warp = Warp(problem.warp)
+    u = warp.forward(known.to(torch.float64))
+    u = u[torch.isfinite(u).all(-1)]  # a sample on the support's edge has no warped value
+    fit = GaussianMixture.fit(u, components, generator=generator, max_iterations=200, tol=1e-8)
+    widened = GaussianMixture(fit.weights, fit.loc, covariance_matrix=widen**2 * fit.component_covariance_matrix)
+    r = dfm.refine(WarpedGaussianMixture(widened.expand((1,)), warp), problem.as_prior(prior.expand((1,))), problem,
+                   observed, n=draws, num_components=1, max_iterations=1, generator=generator)
+    return r.resample(count, generator)[:, 0].double(), float(r.ess[0])
 
 
 # ------------------------------------------------------------------------------------------------- two_moons
@@ -157,6 +179,7 @@ class Task:
     reference_name: str = "grid"
     shift_unit: float | tuple = LOGISTIC_SD  # what ``SHIFT`` multiplies: the prior's sd on each warped axis
     data_scale: float = 1.0  # sbibm's data are the model's observations times this
+    log_data: bool = False  # the model reads the log of sbibm's data (after ``data_scale``)
     sbi_base: Callable | None = None  # prior mixture -> sbi prior on the original space (default: the box)
     grid_size: int | None = None  # the grid reference's points per axis (None: its default, 401)
     points: int = 1  # observations in one of sbibm's data sets (its vector is that many points, flattened)
@@ -177,7 +200,13 @@ class Task:
 
     def data(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Simulator output ``(n, E)`` for NPE, as sbibm's files give it (a data set's points flattened)."""
-        return self.simulate(theta, generator).reshape(theta.shape[0], -1) * self.data_scale
+        x = self.simulate(theta, generator).reshape(theta.shape[0], -1)
+        return (x.exp() if self.log_data else x) * self.data_scale
+
+    def observed(self, x: Tensor):
+        """One of sbibm's data vectors ``x`` ``(E,)`` as the problem's ``Observations`` of batch ``(1,)``."""
+        x = x / self.data_scale
+        return _observed(x.log() if self.log_data else x, self.points)
 
     def changed(self, kind: str) -> GaussianMixture:
         return changed(self.prior, kind, self.shift_unit)
@@ -185,7 +214,7 @@ class Task:
     def posterior(self, model, prior: GaussianMixture, x: Tensor):
         """``(posterior, observations)``: the model's posterior (batch ``(1,)``) for one observation ``x`` ``(E,)``
         under ``prior`` (a mixture on the warped space), and that observation as the problem reads it."""
-        observed = _observed(x / self.data_scale, self.points)
+        observed = self.observed(x)
         with torch.inference_mode():
             return model.posterior(self.problem.as_prior(prior.to(torch.float32).expand((1,))), observed,
                                    check=False), observed
@@ -202,7 +231,7 @@ class Task:
         the grid (ESS ``None``) or from ``reference_sampler`` with ``known``, sbibm's samples for ``x``."""
         from distformer.evaluation import reference_draws
 
-        observed = _observed(x / self.data_scale, self.points)
+        observed = self.observed(x)
         if self.reference_sampler is not None:
             return self.reference_sampler(self.problem, prior.to(torch.float64), observed, known, count, generator)
         return reference_draws(self.problem, prior.expand((1,)), observed, count, grid_size=self.grid_size,
@@ -268,6 +297,13 @@ def meta_prior(prior: GaussianMixture):
                                         scale=(0.2, 2.0))], probabilities=[0.9, 0.1])
 
 
+def _fitted(module) -> Callable:
+    """:func:`fitted_reference` with the settings of a task's module (``FIT_COMPONENTS``, ``WIDEN``,
+    ``REFERENCE_DRAWS``), as a ``Task.reference_sampler``."""
+    return functools.partial(fitted_reference, components=module.FIT_COMPONENTS, widen=module.WIDEN,
+                             draws=module.REFERENCE_DRAWS)
+
+
 def two_moons() -> Task:
     prior = box_prior(2)
     problem = dfm.problems.from_simulator(two_moons_simulate, support=[(-1.0, 1.0)] * 2, meta_prior=meta_prior(prior),
@@ -298,7 +334,16 @@ def slcp() -> Task:
 
     return Task("slcp", sbibm_slcp.problem(), box_prior(sbibm_slcp.DIM, sbibm_slcp.COMPONENTS), sbibm_slcp.LOW,
                 sbibm_slcp.HIGH, sbibm_slcp.simulate, reference_name="importance sampling",
-                points=sbibm_slcp.POINTS, reference_sampler=sbibm_slcp.reference)
+                points=sbibm_slcp.POINTS, reference_sampler=_fitted(sbibm_slcp))
+
+
+def lotka_volterra() -> Task:
+    from . import sbibm_lotka_volterra as lv
+    from .sbibm_sir import LogNormalPrior
+
+    return Task("lotka_volterra", lv.problem(), lv.prior(), 0.0, math.inf, lv.simulate, shift_unit=lv.PRIOR_SD,
+                log_data=True, sbi_base=LogNormalPrior, reference_name="importance sampling",
+                reference_sampler=_fitted(lv))
 
 
 def gaussian_linear():
@@ -308,4 +353,4 @@ def gaussian_linear():
 
 
 TASKS = {"two_moons": two_moons, "gaussian_mixture": gaussian_mixture, "gaussian_linear": gaussian_linear, "sir": sir,
-         "slcp": slcp}
+         "slcp": slcp, "lotka_volterra": lotka_volterra}
