@@ -418,7 +418,7 @@ def _plot(r: dict, path: Path) -> None:
             ax.bar([i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))], means, width, label=m,
                    color=colors.setdefault(_method_key(m), f"C{len(colors)}"))
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
-        ax.set_xticks(range(len(tasks)), [t["task"] for t in tasks])
+        ax.set_xticks(range(len(tasks)), [t["task"] for t in tasks], rotation=20, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0.45, 1.0)
         ax.legend(fontsize=7)
