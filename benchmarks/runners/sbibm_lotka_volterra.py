@@ -62,27 +62,16 @@ REFERENCE_DRAWS = 100_000
 def log_populations(theta: Tensor) -> Tensor:
     """:math:`\\log\\operatorname{clamp}(u(t_k))` ``(..., 20)`` for ``theta`` ``(..., 4)``: the ten log prey counts,
     then the ten log predator counts (module docstring), float64."""
+    from .sbibm_tasks import rk4_saves
+
     shape = theta.shape[:-1]
     flat = theta.reshape(-1, DIM).detach().cpu().double().numpy()
     alpha, beta, gamma, delta = flat.T
-    p = np.full(len(flat), math.log(START[0]))
-    q = np.full(len(flat), math.log(START[1]))
-    low, high = LOG_STATE_RANGE
-
     def rate(p, q):
         return alpha - beta * np.exp(q), delta * np.exp(p) - gamma
 
-    kept = [(p, q)]
-    for n in range(1, STEPS_PER_SAVE * (SAVES - 1) + 1):
-        a1, b1 = rate(p, q)
-        a2, b2 = rate(p + 0.5 * STEP * a1, q + 0.5 * STEP * b1)
-        a3, b3 = rate(p + 0.5 * STEP * a2, q + 0.5 * STEP * b2)
-        a4, b4 = rate(p + STEP * a3, q + STEP * b3)
-        p = np.clip(p + STEP / 6 * (a1 + 2 * a2 + 2 * a3 + a4), low, high)
-        q = np.clip(q + STEP / 6 * (b1 + 2 * b2 + 2 * b3 + b4), low, high)
-        if n % STEPS_PER_SAVE == 0:
-            kept.append((p, q))
-    out = np.concatenate([np.stack([k[0] for k in kept], -1), np.stack([k[1] for k in kept], -1)], -1)
+    start = (np.full(len(flat), math.log(START[0])), np.full(len(flat), math.log(START[1])))
+    out = np.concatenate(rk4_saves(rate, start, STEP, STEPS_PER_SAVE, SAVES, LOG_STATE_RANGE), -1)
     out = np.clip(out, math.log(COUNT_RANGE[0]), math.log(COUNT_RANGE[1]))
     return torch.from_numpy(out).reshape(*shape, 2 * SAVES).to(theta.device)
 
@@ -104,9 +93,9 @@ def log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
 
 def prior() -> GaussianMixture:
     """The task's prior on the log-warped space: one Gaussian component, exact."""
-    loc = torch.tensor([PRIOR_LOC], dtype=torch.float64)
-    var = torch.tensor([PRIOR_SD], dtype=torch.float64).pow(2)
-    return GaussianMixture(torch.ones(1, dtype=torch.float64), loc, covariance_matrix=torch.diag_embed(var))
+    from .sbibm_tasks import diagonal_gaussian
+
+    return diagonal_gaussian(PRIOR_LOC, PRIOR_SD)
 
 
 def problem():

@@ -41,28 +41,18 @@ PRIOR_SD = (0.5, 0.2)
 
 def log_infected(theta: Tensor) -> Tensor:
     """:math:`\\log(I(t_k)/N)` ``(..., 10)`` for ``theta = (beta, gamma)`` ``(..., 2)`` (module docstring), float64."""
+    from .sbibm_tasks import rk4_saves
+
     shape = theta.shape[:-1]
     flat = theta.reshape(-1, 2).detach().cpu().double().numpy()
     beta, gamma = flat[:, 0], flat[:, 1]
     log_s = np.full(len(flat), math.log1p(-1.0 / POPULATION))
     log_i = np.full(len(flat), -math.log(POPULATION))
-    per_save = round(SAVE_EVERY / STEP)
-    steps = per_save * 9
-    out = [log_i.copy()]
-
     def rate(ls, li):
         return -beta * np.exp(li), beta * np.exp(ls) - gamma
 
-    for n in range(1, steps + 1):
-        a1, b1 = rate(log_s, log_i)
-        a2, b2 = rate(log_s + 0.5 * STEP * a1, log_i + 0.5 * STEP * b1)
-        a3, b3 = rate(log_s + 0.5 * STEP * a2, log_i + 0.5 * STEP * b2)
-        a4, b4 = rate(log_s + STEP * a3, log_i + STEP * b3)
-        log_s = log_s + STEP / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
-        log_i = log_i + STEP / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
-        if n % per_save == 0:
-            out.append(log_i.copy())
-    log_i_kept = torch.from_numpy(np.stack(out, -1))  # (n, 10)
+    _, kept = rk4_saves(rate, (log_s, log_i), STEP, round(SAVE_EVERY / STEP), 10)
+    log_i_kept = torch.from_numpy(kept)  # (n, 10)
     return log_i_kept.clamp(max=0.0).reshape(*shape, 10).to(theta.device)
 
 
@@ -85,9 +75,9 @@ def log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
 
 def prior() -> GaussianMixture:
     """The task's prior on the log-warped space: one Gaussian component, exact."""
-    loc = torch.tensor([PRIOR_LOC], dtype=torch.float64)
-    var = torch.tensor([PRIOR_SD], dtype=torch.float64).pow(2)
-    return GaussianMixture(torch.ones(1, dtype=torch.float64), loc, covariance_matrix=torch.diag_embed(var))
+    from .sbibm_tasks import diagonal_gaussian
+
+    return diagonal_gaussian(PRIOR_LOC, PRIOR_SD)
 
 
 def meta_prior(nominal: GaussianMixture):
