@@ -228,6 +228,42 @@ def test_numpy_and_torch_checks_agree(name, rng):
     assert 0 < int(flagged.sum()) < 200  # both flagged and clean problems were compared
 
 
+def test_the_traced_check_in_the_networks_frame_agrees_with_numpy(rng):
+    """The small-batch trace judges each problem as the network reads it (``TrainingSupport.outside_framed``: the
+    network's anchor, raw values against the mapped-back bounds, the conflict written out); every reason, the
+    conflict included, must equal the NumPy check's, with masks, zero weights, narrow priors and far data."""
+    from distformer.nn.structure import framed
+    from distformer.nn.tokens import LOG_WEIGHT_FLOOR, gmm_to_chart
+    from distformer.observations import as_observations
+
+    model = dfm.pretrained("linear-gaussian-2d")
+    support = model.support
+    assert support.frames_like(model.config) and math.isfinite(support.conflict_high)
+    problem = dfm.problems.get("linear-gaussian", **model.card["problem"]["options"])
+    batch = problem.sample_batch(400, generator=torch.Generator().manual_seed(5))
+    far = torch.rand(400, 1, 1, generator=rng) < 0.2  # data far from the prior: conflict
+    spread = torch.rand(400, 1, 1, generator=rng) < 0.2  # data spread far about their mean: data
+    values = {k: v * torch.where(spread, 30.0, 1.0) + torch.where(far, 25.0, 0.0)
+              for k, v in batch.observations.values.items()}
+    masks = {k: m & (torch.rand(m.shape, generator=rng) > 0.3) for k, m in batch.observations.masks.items()}
+    obs = as_observations(values, problem.sources, masks)
+    narrow = torch.where(torch.rand(400, 1, 1, 1, generator=rng) < 0.2, 1e-3, 1.0)
+    weights = batch.prior.weights.clone()
+    weights[:50, 0] = 0.0  # zero-weight components: never flagged, never the nearest
+    weights = weights / weights.sum(-1, keepdim=True)
+    prior = dfm.GaussianMixture(weights, batch.prior.loc, scale_tril=batch.prior.scale_tril * narrow)
+    chart = gmm_to_chart(prior)
+    chart = torch.cat([chart[..., :1].clamp_min(LOG_WEIGHT_FLOOR), chart[..., 1:]], -1)  # as the trace floors it
+    support.cache_bounds(model.config.sources, chart.dtype, chart.device)
+    framed_chart, framed_obs, _ = framed(model.config, chart, obs)
+    fast = support.outside_framed(framed_chart, framed_obs, prior.scale_tril)
+    reference = support._outside_numpy(chart, obs, None)
+    for reason in reference:
+        assert torch.equal(fast[reason], reference[reason]), reason
+        if reason != "count":
+            assert 0 < int(reference[reason].sum()) < 400, reason  # both kinds of problem were compared
+
+
 def _far_problems(model, n, distance, scale, seed):
     """Priors of the training family but narrower (sd ``scale``), with data ``distance`` prior sds away."""
     g = torch.Generator().manual_seed(seed)

@@ -24,6 +24,8 @@ either way the caller's finiteness check is what reports it.
 
 from __future__ import annotations
 
+import functools
+import operator
 import threading
 from contextlib import contextmanager
 
@@ -140,6 +142,11 @@ def gram_entries(X: Entries) -> Entries:
     return out
 
 
+def entry_sum(terms: list[Tensor]) -> Tensor:
+    """The sum of a non-empty list of tensors (no integer start, which a trace would record as one more add)."""
+    return functools.reduce(operator.add, terms)
+
+
 def _assemble(entries: Entries, like: Tensor) -> Tensor:
     """Lower-triangular ``(..., D, D)`` from ``entries[i][j]`` ``(...)`` for ``j <= i``."""
     d = len(entries)
@@ -164,9 +171,15 @@ def mahalanobis(matrix: Tensor, gap: Tensor) -> Tensor:
     if d > MAX_UNROLLED_DIM or torch.jit.is_scripting():
         factor = torch.linalg.cholesky_ex(matrix)[0]
         return torch.linalg.solve_triangular(factor, gap.unsqueeze(-1), upper=False).squeeze(-1).norm(dim=-1)
-    L = cholesky_entries(entries(matrix))
+    return squared_mahalanobis_entries(entries(matrix), gap).sqrt()
+
+
+def squared_mahalanobis_entries(matrix: Entries, gap: Tensor) -> Tensor:
+    r""":math:`\|L^{-1}g\|^2` ``(...)`` for the symmetric positive-definite matrix :math:`LL^\top` with lower
+    triangle ``matrix`` (entries ``(...)``) and ``gap`` ``(..., D)``, written out."""
+    L = cholesky_entries(matrix)
     x: list[Tensor] = []
-    for i in range(d):
+    for i in range(len(L)):
         s = gap[..., i]
         for j in range(i):
             s = s - L[i][j] * x[j]
@@ -174,7 +187,7 @@ def mahalanobis(matrix: Tensor, gap: Tensor) -> Tensor:
     total = x[0] * x[0]
     for v in x[1:]:
         total = total + v * v
-    return total.sqrt()
+    return total
 
 
 def inverse_from_factor(factor: Tensor) -> Tensor:

@@ -46,6 +46,7 @@ from ..observations import Observations
 from .chunks import map_chunks
 from .folded import folded_forward, folded_weights, folding_pays
 from .kernels import bias_add_pays
+from .structure import framed
 from .support import REASONS, flagged_by
 from .tokens import LOG_WEIGHT_FLOOR, _tril_index, chart_from_parts, chart_size, parts_from_chart
 
@@ -112,8 +113,10 @@ def inference_forward(model, chunks: bool = False):
 class SmallBatchUpdate(nn.Module):
     """The whole update of a small batch as one function of tensors, for one trace: the chart encoding, the folded
     forward, Bayes' rule for the weights the chart floors, the chart decoding and, with a ``support``, its
-    per-problem check (``support.py``'s torch form), so that a batch-1 ``posterior`` runs one traced graph between
-    its input checks and the mixture it returns. The trace records the written-out small factors
+    per-problem check, so that a batch-1 ``posterior`` runs one traced graph between its input checks and the
+    mixture it returns. The check judges the problem in the frame the forward computed
+    (``TrainingSupport.outside_framed``) where the support shares the network's frame, else by ``support.py``'s
+    torch form. The trace records the written-out small factors
     (``small_linalg.factors_in_trace``) and is frozen and optimised for inference (``torch.jit.freeze``): at batch
     size 1 each saves about a tenth of the graph's time.
 
@@ -133,14 +136,18 @@ class SmallBatchUpdate(nn.Module):
         names = list(model.config.sources)
         obs = Observations(dict(zip(names, tensors[:len(names)])), dict(zip(names, tensors[len(names):])))
         chart = chart_from_parts(log_weights.clamp_min(LOG_WEIGHT_FLOOR), loc, scale_tril, model.dim)
-        out = folded_forward(model, chart, obs)
+        frame = framed(model.config, chart, obs)
+        out = folded_forward(model, chart, obs, frame)
         finite = torch.isfinite(out).all()
         floored = (log_weights - LOG_WEIGHT_FLOOR).clamp_max(0)  # 0 unless the chart floored the weight
         out = torch.cat([out[..., :1] + floored.unsqueeze(-1), out[..., 1:]], -1)
         parts = parts_from_chart(out, model.dim)
         if self.support is None:
             return (*parts, finite)
-        reasons = self.support._outside_torch(chart, obs, None)
+        if self.support.frames_like(model.config):  # judged as the network reads the problem, in fewer operations
+            reasons = self.support.outside_framed(frame[0], frame[1], scale_tril)
+        else:
+            reasons = self.support._outside_torch(chart, obs, None)
         return (*parts, finite, ~flagged_by(reasons), *[reasons[k] for k in REASONS])
 
 

@@ -256,12 +256,13 @@ def folding_pays(model: nn.Module, num_components: int, num_memory: int) -> bool
             <= 3 * attention_multiply_adds(model, num_components, num_memory, False))
 
 
-def folded_forward(model: nn.Module, chart: Tensor, observations) -> Tensor:
+def folded_forward(model: nn.Module, chart: Tensor, observations, frame: tuple | None = None) -> Tensor:
     """``DistributionTransformer.forward`` with folded attention on centred streams: posterior chart ``(B, K, C)``
-    from prior chart ``(B, K, C)`` and observations with batch ``(B,)``."""
+    from prior chart ``(B, K, C)`` and observations with batch ``(B,)``; ``frame``: ``structure.framed`` of them
+    where the caller has it."""
     w = folded_weights(model)
     config = model.config
-    chart, observations, shift = framed(config, chart, observations)
+    chart, observations, shift = framed(config, chart, observations) if frame is None else frame
     tokens, key_mask = observation_tokens(model.sources, observations, config.relative_sources, w.embeddings)
     bias = torch.zeros(key_mask.shape, dtype=tokens.dtype, device=tokens.device).masked_fill_(
         ~key_mask, -torch.inf).unsqueeze(-1)

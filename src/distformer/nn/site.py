@@ -48,15 +48,12 @@ batch size 1 this adds three casts to the trace; on large batches the site updat
 
 from __future__ import annotations
 
-import functools
-import operator
-
 import torch
 from torch import Tensor
 
 from ..distributions.linalg import symmetrize
-from ..distributions.small_linalg import (Entries, cholesky_entries, cholesky_factor, gram_entries, inverse_entries,
-                                          inverse_from_factor, unrolled)
+from ..distributions.small_linalg import (Entries, cholesky_entries, cholesky_factor, entry_sum, gram_entries,
+                                          inverse_entries, inverse_from_factor, unrolled)
 from .tokens import chart_from_parts, chart_size, tril_from_parts
 
 SITE_LOG_DIAG_INIT = 0.0
@@ -113,11 +110,6 @@ def _lower(diagonal: Tensor, off: Tensor, dim: int) -> Entries:
     return rows
 
 
-def _sum(terms: list[Tensor]) -> Tensor:
-    """The sum of a non-empty list of tensors (no integer start, which a trace would record as one more add)."""
-    return functools.reduce(operator.add, terms)
-
-
 def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool = False) -> Tensor:
     """:func:`apply_site` entry by entry (module docstring): the same equations on lower triangles."""
     D, n_tril = dim, dim * (dim + 1) // 2
@@ -125,19 +117,19 @@ def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool 
     M = _lower((head[..., 1 + D:1 + 2 * D] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0).exp(),
                head[..., 1 + 2 * D:1 + D + n_tril], D)
     prior_precision = gram_entries(inverse_entries(L))                                   # (L L^T)^{-1}
-    precision = [[_sum([prior_precision[i][j]] + [M[i][k] * M[j][k] for k in range(j + 1)]) for j in range(i + 1)]
+    precision = [[entry_sum([prior_precision[i][j]] + [M[i][k] * M[j][k] for k in range(j + 1)]) for j in range(i + 1)]
                  for i in range(D)]                                                       # + M M^T
     cov = gram_entries(inverse_entries(cholesky_entries(precision)))
     gap = [head[..., 1 + i] - chart[..., 1 + i] for i in range(D)]                       # site mean - loc
-    pulled = [_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]           # M^T gap
-    force = [_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]        # M M^T gap
-    step = [_sum([(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)]) for i in range(D)]
+    pulled = [entry_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]           # M^T gap
+    force = [entry_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]        # M M^T gap
+    step = [entry_sum([(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)]) for i in range(D)]
     loc = [chart[..., 1 + i] + step[i] for i in range(D)]                                 # loc + cov M M^T gap
     factor = cholesky_entries(cov)
     log_w = chart[..., 0] + head[..., 0]
     if evidence:
-        quadratic = _sum([gap[i] * force[i] - force[i] * step[i] for i in range(D)])
-        log_det = _sum([(head[..., 1 + D + i] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0) - chart[..., 1 + D + i]
+        quadratic = entry_sum([gap[i] * force[i] - force[i] * step[i] for i in range(D)])
+        log_det = entry_sum([(head[..., 1 + D + i] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0) - chart[..., 1 + D + i]
                         + factor[i][i].log() for i in range(D)])
         log_w = log_w - 0.5 * quadratic + log_det
     columns = ([log_w] + loc + [factor[i][i].log() for i in range(D)]

@@ -41,7 +41,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..distributions.small_linalg import mahalanobis
+from ..distributions.small_linalg import (MAX_UNROLLED_DIM, entries, entry_sum, mahalanobis,
+                                          squared_mahalanobis_entries)
 from ..distributions.transforms import Warp
 from ..observations import Observations
 from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations, scale_anchor_of
@@ -191,9 +192,56 @@ class TrainingSupport:
 
     def cache_bounds(self, sources: Mapping[str, int], dtype: torch.dtype, device) -> None:
         """Make the bound tensors of the component coordinates and of each source in ``dtype`` on ``device`` now,
-        so that a trace of :meth:`_outside_torch` records them as constants rather than their making."""
+        so that a trace of :meth:`_outside_torch` or :meth:`outside_framed` records them as constants rather than
+        their making."""
         for what in ("component", *[s for s in sources if s in self.observation_low]):
             self._bounds(what, dtype, device)
+            self._raw_bounds_torch(what, device)
+
+    def frames_like(self, config) -> bool:
+        """Whether this support's frame is the network's of a model with ``config`` (``ModelConfig``), so that
+        :meth:`outside_framed` may judge the problems as the network reads them: the same anchor over the latent's
+        ``D`` coordinates, or none, and no scale anchoring."""
+        if self.scale_source or config.scale_source or self.anchor != config.anchor:
+            return False
+        return not self.anchor or len(self.observation_low[self.anchor]) == config.dim
+
+    def outside_framed(self, chart: Tensor, observations: Observations, scale_tril: Tensor) -> dict[str, Tensor]:
+        r""":meth:`outside` for the small-batch trace (``engine.SmallBatchUpdate``) of a GMM-prior model whose frame
+        this support shares (:meth:`frames_like`): ``chart`` ``(B, K, C)`` and ``observations`` (batch ``(B,)``)
+        already framed as the network reads them (``structure.framed``: means and the anchor's data relative to its
+        data mean :math:`ar z`), and the prior's factors ``scale_tril`` ``(B, K, D, D)``. The reasons of
+        :meth:`_outside_numpy` in about half the operations of :meth:`_outside_torch`: the anchor is the network's,
+        the raw values are compared with the bounds mapped back through the features (``_raw_bounds``, in
+        float64), and the conflict gap :math:`ar z - \mu_k` is minus the framed mean."""
+        live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
+        mid, half = self._raw_bounds_torch("component", chart.device)
+        prior = (((chart[..., 1:] - mid).abs() > half).any(-1) & live).any(-1)
+        data = count = torch.zeros_like(prior)
+        for name in self.observation_low:
+            v, m = observations.values[name], observations.masks[name]
+            mid, half = self._raw_bounds_torch(name, v.device)
+            data = data | (((v - mid).abs() > half).any(-1) & m).any(-1)
+            n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
+            count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+        conflict = torch.zeros_like(prior)
+        if self.anchor and math.isfinite(self.conflict_high):
+            n = observations.masks[self.anchor].sum(-1)
+            spread = (self.anchor_noise / n.clamp_min(1).to(chart.dtype)).unsqueeze(-1)
+            dim = scale_tril.shape[-1]
+            if dim <= MAX_UNROLLED_DIM:  # entry by entry: a few operations where a batched product costs more
+                L = entries(scale_tril)
+                predictive = [[entry_sum([L[i][k] * L[j][k] for k in range(j + 1)] + ([spread] if i == j else []))
+                               for j in range(i + 1)] for i in range(dim)]
+                squared = squared_mahalanobis_entries(predictive, chart[..., 1:1 + dim])
+            else:
+                eye = torch.eye(dim, dtype=chart.dtype, device=chart.device)
+                squared = mahalanobis(scale_tril @ scale_tril.mT + spread[..., None, None] * eye,
+                                      chart[..., 1:1 + dim]) ** 2
+            # the gap is minus the framed mean, with the same distance; squared against the squared threshold
+            nearest = squared.masked_fill(~live, math.inf).amin(-1)
+            conflict = (n > 0) & (nearest > self.conflict_high ** 2)
+        return {"prior": prior, "data": data, "count": count, "conflict": conflict}
 
     def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
 
@@ -339,6 +387,14 @@ class TrainingSupport:
         if found is None:
             found = cache[("numpy", what)] = self._raw_bounds_of(what)
         return found
+
+    def _raw_bounds_torch(self, what: str, device) -> tuple[Tensor, Tensor]:
+        """:meth:`_raw_bounds` as float64 tensors on ``device``, cached."""
+        cache = self.__dict__.setdefault("_cache", {})
+        key = ("raw", what, str(device))
+        if key not in cache:
+            cache[key] = tuple(torch.from_numpy(b).to(device) for b in self._raw_bounds(what))
+        return cache[key]
 
     def _raw_bounds_of(self, what: str):
         import numpy as np
