@@ -81,7 +81,7 @@ def _apply_site_matrices(chart: Tensor, head: Tensor, dim: int, evidence: bool) 
     log_w, loc = chart[..., 0], chart[..., 1:1 + dim]
     L = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
     d_log_w, site_mean = head[..., 0], head[..., 1:1 + dim]
-    m_log_diag = (head[..., 1 + dim:1 + 2 * dim] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0)
+    m_log_diag = _site_log_diag(head[..., 1 + dim:1 + 2 * dim])
     M = tril_from_parts(m_log_diag.exp(), head[..., 1 + 2 * dim:1 + dim + n_tril], dim)
     residual = head[..., 1 + dim + n_tril:] if head.shape[-1] > 1 + dim + n_tril else None
     precision = symmetrize(inverse_from_factor(L) + M @ M.transpose(-1, -2))  # SPD by construction
@@ -99,6 +99,12 @@ def _apply_site_matrices(chart: Tensor, head: Tensor, dim: int, evidence: bool) 
     return out if residual is None else out + residual
 
 
+def _site_log_diag(raw: Tensor) -> Tensor:
+    r""":math:`\log\operatorname{diag}M` ``(..., D)`` from the head's outputs ``(..., D)``: offset by
+    ``SITE_LOG_DIAG_INIT`` (no operation at 0, so that a trace records none) and clamped."""
+    return (raw + SITE_LOG_DIAG_INIT if SITE_LOG_DIAG_INIT else raw).clamp(-20.0, 10.0)
+
+
 def _lower(diagonal: Tensor, off: Tensor, dim: int) -> Entries:
     """Lower-triangle entries from the diagonal ``(..., D)`` and the strictly-lower entries ``(..., D(D-1)/2)`` in
     row-major order (the chart's layout)."""
@@ -113,9 +119,9 @@ def _lower(diagonal: Tensor, off: Tensor, dim: int) -> Entries:
 def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool = False) -> Tensor:
     """:func:`apply_site` entry by entry (module docstring): the same equations on lower triangles."""
     D, n_tril = dim, dim * (dim + 1) // 2
-    L = _lower(chart[..., 1 + D:1 + 2 * D].exp(), chart[..., 1 + 2 * D:], D)
-    M = _lower((head[..., 1 + D:1 + 2 * D] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0).exp(),
-               head[..., 1 + 2 * D:1 + D + n_tril], D)
+    log_scale, m_log_diag = chart[..., 1 + D:1 + 2 * D], _site_log_diag(head[..., 1 + D:1 + 2 * D])
+    L = _lower(log_scale.exp(), chart[..., 1 + 2 * D:], D)
+    M = _lower(m_log_diag.exp(), head[..., 1 + 2 * D:1 + D + n_tril], D)
     prior_precision = gram_entries(inverse_entries(L))                                   # (L L^T)^{-1}
     precision = [[entry_sum([prior_precision[i][j]] + [M[i][k] * M[j][k] for k in range(j + 1)]) for j in range(i + 1)]
                  for i in range(D)]                                                       # + M M^T
@@ -126,13 +132,12 @@ def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool 
     step = [entry_sum([(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)]) for i in range(D)]
     loc = [chart[..., 1 + i] + step[i] for i in range(D)]                                 # loc + cov M M^T gap
     factor = cholesky_entries(cov)
+    log_factor = [factor[i][i].log() for i in range(D)]
     log_w = chart[..., 0] + head[..., 0]
     if evidence:
         quadratic = entry_sum([gap[i] * force[i] - force[i] * step[i] for i in range(D)])
-        log_det = entry_sum([(head[..., 1 + D + i] + SITE_LOG_DIAG_INIT).clamp(-20.0, 10.0) - chart[..., 1 + D + i]
-                        + factor[i][i].log() for i in range(D)])
+        log_det = entry_sum([(m_log_diag - log_scale).sum(-1)] + log_factor)
         log_w = log_w - 0.5 * quadratic + log_det
-    columns = ([log_w] + loc + [factor[i][i].log() for i in range(D)]
-               + [factor[i][j] for i in range(D) for j in range(i)])
+    columns = [log_w] + loc + log_factor + [factor[i][j] for i in range(D) for j in range(i)]
     out = torch.stack(columns, -1)
     return out + head[..., 1 + D + n_tril:] if head.shape[-1] > 1 + D + n_tril else out
