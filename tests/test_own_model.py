@@ -127,6 +127,31 @@ def test_interval_support_samples_inside_and_the_grid_reference_is_exact_for_a_c
     torch.testing.assert_close(result.kl.double(), closed_form, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluate_reads_the_likelihood_in_float64_and_names_a_nan_one(rng):
+    """A (0, 1) parameter near its ends: the grid's parameters reach the likelihood in float64 (in float32 a logit of
+    17 rounds p to 1, and y * log(p) + (1 - y) * log(1 - p) turns NaN), so a Bernoulli model written that way
+    evaluates; a likelihood that is NaN anyway raises an error that says where."""
+    def simulate(theta, generator):
+        return (torch.rand(theta.shape[0], 12, 1, generator=generator) < theta.unsqueeze(1)).double()
+
+    def naive(theta, y):
+        return (y * torch.log(theta) + (1 - y) * torch.log1p(-theta))[..., 0]
+
+    meta = dfm.meta_priors.random_mixtures(1, components=1, mean=(4.0, 6.0), scale=(1.5, 2.0))
+    problem = from_simulator(simulate, ["unit"], meta, max_observations=12, log_likelihood=naive)
+
+    class PriorOnly:  # a stand-in model: the point is the reference, which must be finite
+        def posterior(self, prior, observations, check=False):
+            return prior
+
+    result = dfm.evaluate(PriorOnly(), problem, num_problems=20, generator=torch.Generator().manual_seed(1))
+    assert bool(torch.isfinite(result.kl).all()) and float(result.kl.min()) > 0
+    broken = from_simulator(simulate, ["unit"], meta, max_observations=12,
+                            log_likelihood=lambda t, y: naive(t, y) * torch.nan)
+    with pytest.raises(ValueError, match="NaN at parameters"):
+        dfm.evaluate(PriorOnly(), broken, num_problems=5)
+
+
 def test_the_command_line_trains_and_checks_a_users_problem_from_its_factory(tmp_path):
     """``problem: {factory: "module:function"}`` in a YAML config: ``distformer train`` builds the problem from it,
     the card records the user's problem, and ``distformer check`` rebuilds it from the card's training config."""

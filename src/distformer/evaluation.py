@@ -149,8 +149,14 @@ def _reference_grid(problem, warp: Warp, prior: GaussianMixture, observations, g
     cells ``(G, n)`` under prior times likelihood, starting from the bounds ``span`` (module docstring)."""
 
     def log_target(u: Tensor) -> Tensor:  # u (G, n, D) -> (G, n)
-        theta = warp.inverse(u)
-        return prior.log_prob(u) + problem.log_likelihood(theta.to(torch.float32), observations).to(torch.float64)
+        theta = warp.inverse(u)  # float64, as refine's draws: float32 would round a logit's parameter to 0 or 1
+        value = prior.log_prob(u) + problem.log_likelihood(theta, observations).to(torch.float64)
+        if bool(torch.isnan(value).any()):
+            at = theta[torch.isnan(value)][0].tolist()
+            raise ValueError(f"Expected the log-likelihood of problem {problem.name!r} to be a number or -inf on "
+                             f"the reference grid, but it is NaN at parameters {at} (a product 0 * log 0, e.g. "
+                             "y * log(p) with p = 0, is NaN: write it with torch.xlogy).")
+        return value
 
     low, high = span
     for _ in range(2):

@@ -18,6 +18,30 @@ mixture :math:`q(y)`, the density on the original space is the change of variabl
 and :math:`-\infty` outside the support (e.g. :math:`x\le 0` for a log coordinate). Because the Jacobian does not
 depend on the model, the expected NLL on the original space and on the warped space differ by a constant, and
 so do KL divergences: :math:`\mathrm{KL}(p\,\|\,q)` is the same on either space.
+
+**Moments on the original space**, coordinate by coordinate, for a mixture whose marginal on coordinate :math:`d`
+is :math:`\sum_k w_k\,\mathcal N(\mu_k, s_k^2)`: the mean is :math:`\sum_k w_k m_k` and the variance
+:math:`\sum_k w_k\big(v_k + (m_k - \text{mean})^2\big)` (total variance, no cancellation), with per component
+
+.. math::
+    \text{log:}\quad m_k = e^{\mu_k + s_k^2/2},\quad v_k = (e^{s_k^2} - 1)\,e^{2\mu_k + s_k^2};\qquad
+    \operatorname{logit}[a,b]\text{:}\quad m_k = a + (b-a)\,\mathbb E\,\sigma(y),\quad
+    v_k = (b-a)^2\,\mathbb E\big(\sigma(y) - \mathbb E\,\sigma(y)\big)^2,
+
+the logistic-normal expectations over :math:`y\sim\mathcal N(\mu_k, s_k^2)` in float64 by ``QUADRATURE_NODES``-node
+rules. For :math:`s_k \le 2`, Gauss-Hermite in :math:`y` (:math:`\sigma` is analytic in the strip
+:math:`|\operatorname{Im} y| < \pi`, wide against the Gaussian). For wider components :math:`\sigma` is a step on
+the Gaussian's scale, which Gauss-Hermite resolves poorly; with :math:`n` the density of :math:`y`,
+:math:`\sigma(-v) = e^{-v}/(1+e^{-v})` and :math:`1 - \sigma(v) = \sigma(-v)`, splitting at 0 gives
+
+.. math::
+    \mathbb E\,\sigma(y) = \Phi(\mu_k/s_k) + \int_0^\infty e^{-v}\,\frac{n(-v) - n(v)}{1 + e^{-v}}\,dv,\qquad
+    \mathbb E\,\sigma(y)^2 = \Phi(\mu_k/s_k) + \int_0^\infty e^{-v}\Big(\frac{e^{-v}\,n(-v)}{(1+e^{-v})^2}
+    - \frac{(1 + \sigma(v))\,n(v)}{1 + e^{-v}}\Big)\,dv,
+
+whose integrands beside :math:`e^{-v}` are smooth on the Gaussian's scale: Gauss-Laguerre. Both rules agree with a
+4-million-point trapezoid to 1e-13 over means -30..100 and sds 1..10^4 (the Hermite rule alone is off by up to
+0.02 at sd 100).
 """
 
 from __future__ import annotations
@@ -33,6 +57,7 @@ from torch.distributions import Distribution
 from .gmm import GaussianMixture
 
 WARPS = ("identity", "log", "logit", "logit[a,b]")
+QUADRATURE_NODES = 96
 _INTERVAL = re.compile(r"^logit\[\s*([^,\]]+)\s*,\s*([^\]]+)\s*\]$")
 
 
@@ -163,6 +188,37 @@ class WarpedGaussianMixture(Distribution):
         """Draws ``sample_shape + batch_shape + (D,)`` on the original space."""
         return self.warp.inverse(self.base.sample(sample_shape, generator=generator))
 
+    @property
+    def mean(self) -> Tensor:
+        """Mean ``(*B, D)`` on the original space, each coordinate's (module docstring, moments)."""
+        return self._moments()[0]
+
+    @property
+    def variance(self) -> Tensor:
+        """Variance ``(*B, D)`` on the original space, each coordinate's (module docstring, moments)."""
+        return self._moments()[1]
+
+    @property
+    def stddev(self) -> Tensor:
+        return self.variance.sqrt()
+
+    def _moments(self) -> tuple[Tensor, Tensor]:
+        """``(mean, variance)`` ``(*B, D)`` in the base's dtype, computed in float64."""
+        base = self.base.to(torch.float64)
+        w = base.weights.unsqueeze(-1)                                          # (*B, K, 1)
+        mu, var = base.loc, base.component_covariance_matrix.diagonal(dim1=-2, dim2=-1)  # (*B, K, D) each
+        device = mu.device
+        log, logit = self.warp._log.to(device), self.warp._logit.to(device)
+        low, width = self.warp._low.to(device), self.warp._width.to(device)
+        unit_mean, unit_var = _logistic_normal_moments(mu, var.sqrt())
+        m = torch.where(log, torch.exp(mu + var / 2), torch.where(logit, low + width * unit_mean, mu))
+        v = torch.where(log, torch.expm1(var) * torch.exp(2 * mu + var),
+                        torch.where(logit, width ** 2 * unit_var, var))
+        live = w > 0  # a component of weight 0 adds nothing, even where its moments overflow
+        mean = torch.where(live, w * m, 0.0).sum(-2)
+        variance = torch.where(live, w * (v + (m - mean.unsqueeze(-2)) ** 2), 0.0).sum(-2)
+        return mean.to(self.base.dtype), variance.to(self.base.dtype)
+
     def marginal(self, dims: Sequence[int]) -> "WarpedGaussianMixture":
         """The marginal over coordinates ``dims`` (the warp acts coordinate-wise, so it marginalises exactly)."""
         dims = [int(d) % self.dim for d in dims]
@@ -180,3 +236,29 @@ class WarpedGaussianMixture(Distribution):
     def __repr__(self) -> str:
         return (f"WarpedGaussianMixture(batch_shape={tuple(self.batch_shape)}, K={self.num_components}, "
                 f"D={self.dim}, warp={list(self.warp.kinds)})")
+
+
+
+def _logistic_normal_moments(mu: Tensor, sd: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Mean and variance of :math:`\sigma(y)`, :math:`y\sim\mathcal N(\mu, s^2)`, elementwise (float64; module
+    docstring, moments): Gauss-Hermite where :math:`s \le 2`, the split Gauss-Laguerre form beyond."""
+    import numpy as np
+
+    t, h = (torch.from_numpy(a).to(mu.device) for a in np.polynomial.hermite.hermgauss(QUADRATURE_NODES))
+    y = mu.unsqueeze(-1) + math.sqrt(2.0) * sd.unsqueeze(-1) * t
+    s = torch.sigmoid(y)
+    h = h / math.sqrt(math.pi)
+    narrow_mean = (s * h).sum(-1)
+    narrow_var = ((s - narrow_mean.unsqueeze(-1)) ** 2 * h).sum(-1)
+    v, h = (torch.from_numpy(a).to(mu.device) for a in np.polynomial.laguerre.laggauss(QUADRATURE_NODES))
+    wide_sd = sd.clamp_min(2.0).unsqueeze(-1)  # the narrow components take the other rule
+    def density(u: Tensor) -> Tensor:
+        return torch.exp(-0.5 * ((u - mu.unsqueeze(-1)) / wide_sd) ** 2) / (wide_sd * math.sqrt(2 * math.pi))
+
+    e = torch.exp(-v)
+    above = torch.special.ndtr(mu / wide_sd.squeeze(-1))
+    wide_mean = above + (h * (density(-v) - density(v)) / (1 + e)).sum(-1)
+    second = above + (h * (e / (1 + e) ** 2 * density(-v) - (1 + torch.sigmoid(v)) / (1 + e) * density(v))).sum(-1)
+    wide_var = (second - wide_mean ** 2).clamp_min(0.0)
+    wide = sd > 2.0
+    return torch.where(wide, wide_mean, narrow_mean), torch.where(wide, wide_var, narrow_var)
