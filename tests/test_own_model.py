@@ -166,8 +166,34 @@ def test_the_command_line_trains_and_checks_a_users_problem_from_its_factory(tmp
     assert model.card["problem"]["name"] == "user-poisson" and model.card["problem"]["user_problem"]
     assert main(["check", str(tmp_path / "m"), "--problems", "50", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "check-m.md").is_file()
+    prior = dfm.GaussianMixture(torch.ones(1), torch.ones(1, 1), covariance_matrix=torch.ones(1, 1, 1))
+    post = model.posterior(prior, torch.tensor([[2.0], [4.0]]), check="importance")  # likelihood via the factory
+    assert post.reliability.pareto_k is not None
     with pytest.raises(ValueError, match="importable"):
         dfm.ProblemConfig(factory="no_such_module:make").build()
+
+
+def test_a_model_of_a_problem_built_in_code_finds_its_likelihood_in_the_session_and_asks_for_it_after_loading(
+        tmp_path):
+    """``check="importance"`` needs the likelihood: a model that ``dfm.train`` returned has its problem at hand; one
+    loaded from disk, whose card cannot rebuild a problem built in code, says so and takes ``likelihood=``."""
+    import user_problem
+
+    problem = dfm.problems.from_simulator(user_problem.simulate, ["real"], dfm.meta_priors.random_mixtures(1),
+                                          max_observations=5, log_likelihood=user_problem.log_likelihood,
+                                          name="in-code")
+    config = dfm.TrainConfig(architecture=dfm.ArchitectureConfig(d_model=16, num_heads=2, num_layers=1, ff_dim=32,
+                                                                 hidden=16), steps=3, batch_size=16,
+                             validation_size=32, validate_every=3, calibration_size=0)
+    model = dfm.train(problem, config, progress=False)
+    prior = dfm.GaussianMixture(torch.ones(1), torch.ones(1, 1), covariance_matrix=torch.ones(1, 1, 1))
+    y = torch.tensor([[2.0], [4.0]])
+    assert model.posterior(prior, y, check="importance").reliability.pareto_k is not None
+    model.save(tmp_path / "m")
+    loaded = dfm.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="built in code without a factory"):
+        loaded.posterior(prior, y, check="importance")
+    assert loaded.posterior(prior, y, check="importance", likelihood=problem).reliability.pareto_k is not None
 
 
 def test_the_calibration_summary_of_an_exact_posterior_is_calibrated():

@@ -117,6 +117,24 @@ def test_warped_moments_match_closed_forms_and_quadrature():
     torch.testing.assert_close(q.mean[0], torch.tensor(math.exp(0.5), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("kind", ["log", "logit", "logit[-2,10]"])
+def test_warped_quantiles_invert_the_distribution_function(kind, rng):
+    """1-D: ``cdf(icdf(q)) = q`` (the warp is increasing), quantiles inside the support, the cdf 0 below it and 1
+    above, and the median of the draws at the median."""
+    q = WarpedGaussianMixture(random_mixture((), 3, 1, rng, spread=1.0), [kind])
+    levels = torch.tensor([1e-4, 0.025, 0.5, 0.975, 0.9999], dtype=torch.float64)
+    x = q.icdf(levels)
+    torch.testing.assert_close(q.cdf(x), levels, rtol=0, atol=1e-9)
+    assert bool(Warp([kind]).in_support(x).all())
+    edge, expected = {"log": ([[-1.0], [0.0]], [0.0, 0.0]), "logit": ([[-0.5], [1.0]], [0.0, 1.0]),
+                      "logit[-2,10]": ([[-2.0], [10.5]], [0.0, 1.0])}[kind]
+    torch.testing.assert_close(q.cdf(torch.tensor(edge, dtype=torch.float64)),
+                               torch.tensor(expected, dtype=torch.float64))
+    draws = q.sample((20000,), generator=rng)
+    below = float((draws <= x[2]).double().mean())
+    assert abs(below - 0.5) < 4.5 * 0.5 / math.sqrt(20000)  # binomial sd; false alarm below 1e-5
+
+
 def test_warped_mixture_moments_match_draws(rng):
     """A 2-D mixture on (log, logit[2,5]) coordinates: its mean and variance against 400,000 draws, within 5
     standard errors of the draws' means and variances (false alarm below 1e-5 per coordinate)."""

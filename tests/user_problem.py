@@ -12,6 +12,11 @@ def simulate(theta, generator):
     return [y[i, :counts[i]] for i in range(n)]
 
 
+def log_likelihood(theta, y):
+    return (y * theta - theta.exp() - torch.lgamma(y + 1))[..., 0]
+
+
 def make(max_observations: int = 5):
     return dfm.problems.from_simulator(simulate, ["real"], dfm.meta_priors.random_mixtures(1),
-                                       max_observations=max_observations, name="user-poisson")
+                                       max_observations=max_observations, log_likelihood=log_likelihood,
+                                       name="user-poisson")

@@ -17,17 +17,12 @@ SEED = 4242
 def run_check(name: str, num_problems: int = 2000, out_dir: str | Path = "benchmarks", hpd_samples: int = 1000,
               sbc_samples: int = 99) -> Path:
     """Coverage at 50/80/95% and SBC ranks of model ``name`` (a shipped name or a path) on fresh problems."""
-    from .problems import get
-    from .training.config import ProblemConfig
+    from .problems.registry import from_card
     from .zoo import load_named_or_path
 
     model = load_named_or_path(name)
     stem = Path(name).stem
-    trained_on = model.card.get("training", {}).get("config", {}).get("problem", {})
-    if trained_on.get("factory"):  # a user's problem: rebuilt by the factory it was trained from
-        problem = ProblemConfig(**trained_on).build()
-    else:
-        problem = get(model.card["problem"]["name"], **model.card["problem"]["options"])
+    problem = from_card(model.card)  # a user's problem: rebuilt by the factory it was trained from
     g = torch.Generator().manual_seed(SEED)
     batch = problem.sample_batch(num_problems, generator=g)
     posteriors = {"model": model.posterior(batch.prior, batch.observations)}

@@ -188,6 +188,21 @@ class WarpedGaussianMixture(Distribution):
         """Draws ``sample_shape + batch_shape + (D,)`` on the original space."""
         return self.warp.inverse(self.base.sample(sample_shape, generator=generator))
 
+    def cdf(self, x: Tensor) -> Tensor:
+        r"""Distribution function of a one-dimensional warped mixture, values ``(..., 1)`` on the original space ->
+        ``(...)``: the warp is increasing, so :math:`P(X \le x) = P(Y \le f(x))`; 0 below the support, 1 above."""
+        self.warp._check(x)
+        inside = self.warp.in_support(x)
+        safe = torch.where(inside[..., None], x, self.warp.inverse(torch.zeros_like(x)))
+        below = (x[..., 0] <= self.warp.inverse(torch.full_like(x, -torch.inf))[..., 0])
+        value = self.base.cdf(self.warp.forward(safe))
+        return torch.where(inside, value, torch.where(below, 0.0, 1.0).to(value.dtype))
+
+    def icdf(self, q: Tensor) -> Tensor:
+        """Quantiles of a one-dimensional warped mixture, probabilities ``(...)`` -> ``(..., 1)`` on the original
+        space: :math:`f^{-1}` of the base's quantiles (the warp is increasing)."""
+        return self.warp.inverse(self.base.icdf(q))
+
     @property
     def mean(self) -> Tensor:
         """Mean ``(*B, D)`` on the original space, each coordinate's (module docstring, moments)."""

@@ -90,16 +90,16 @@ CHUNK_DRAWS = 1 << 16
 
 
 def card_likelihood(model):
-    """The problem recorded in ``model.card`` (``problems.get(name, **options)``), cached on the model."""
+    """The model's problem, for its likelihood: the one ``distformer.train`` or ``model_from_checkpoint`` was given
+    in this session, else the one ``model.card`` describes (``problems.registry.from_card``), cached on the model."""
     cached = model.__dict__.get("_card_problem")
     if cached is None:
-        from ..problems import get
+        from ..problems.registry import from_card
 
-        problem = model.card.get("problem", {})
-        if "name" not in problem:
-            raise ValueError("Expected a likelihood for check='importance', but got none and the model's card names "
-                             "no problem to take it from; pass likelihood=problem or a callable.")
-        cached = get(problem["name"], **problem.get("options", {}))
+        try:
+            cached = from_card(model.card)
+        except ValueError as e:
+            raise ValueError(f"Expected a likelihood for check='importance' or refine, but got none: {e}") from None
         model.__dict__["_card_problem"] = cached
     return cached
 

@@ -56,3 +56,20 @@ def from_factory(factory: str, **options) -> Problem:
     if not isinstance(problem, Problem):
         raise ValueError(f"Expected {factory!r} to give a distformer Problem, but it gave {type(problem).__name__}.")
     return problem
+
+
+def from_card(card) -> Problem:
+    """The problem a model card describes: the user's factory it was trained from (``problem: {factory: ...}``),
+    else the registered problem it names. A user's problem built in a script (``from_simulator``, no factory) cannot
+    be rebuilt from JSON, and the error says what to pass instead."""
+    trained_on = card.get("training", {}).get("config", {}).get("problem", {})
+    if trained_on.get("factory"):
+        return from_factory(trained_on["factory"], **dict(trained_on.get("options", {})))
+    problem = card.get("problem", {})
+    if "name" not in problem:
+        raise ValueError("Expected the model's card to name its problem, but it names none; pass the problem.")
+    if problem.get("user_problem"):
+        raise ValueError(f"Expected a problem the card can rebuild, but {problem['name']!r} is a user's problem built "
+                         "in code without a factory; pass it (likelihood=problem), or train from a factory "
+                         "(problem: {factory: 'package.module:function'}) so that the card records how to build it.")
+    return get(problem["name"], **problem.get("options", {}))

@@ -96,4 +96,6 @@ def model_from_checkpoint(path: str | Path, problem=None):
             problem = None
     model.card = model_card(model, problem, config, meta["step"], meta["elapsed_s"], meta["history"])
     model.card["training"]["from_checkpoint"] = str(path)
+    if problem is not None:
+        model.__dict__["_card_problem"] = problem  # as distformer.train leaves it
     return model

@@ -286,6 +286,7 @@ def train(problem: Problem | str, config: TrainConfig | None = None, *, checkpoi
     result.eval()
     result.card = model_card(result, problem, config, last, elapsed, history, calibrate=rank == 0)
     result.card["training"]["time_budget_s"] = time_budget
+    result.__dict__["_card_problem"] = problem  # its likelihood for check="importance" in this session (not saved)
     return result
 
 
