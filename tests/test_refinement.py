@@ -233,3 +233,25 @@ def test_a_nearly_exact_proposal_is_not_called_unreliable():
     high_k = int((r.pareto_k > r.threshold).sum())  # what the old flag alone would have said
     assert high_k > 0 and int((~r.reliable).sum()) < high_k
     assert float((~r.reliable).double().mean()) <= 0.05
+
+
+def test_a_users_problem_takes_the_data_as_model_posterior_does():
+    """``refine(..., problem, z)`` with a problem from ``from_simulator`` and ``z`` a plain tensor, as
+    ``model.posterior`` takes it: the same refinement as with the ``Observations`` the tensor stands for."""
+    from distformer.observations import as_observations
+
+    def simulate(theta, generator):
+        return theta.unsqueeze(1) + torch.randn(theta.shape[0], 4, 1, generator=generator)
+
+    problem = problems.from_simulator(simulate, ["real"], distformer.meta_priors.random_mixtures(1),
+                                      max_observations=4,
+                                      log_likelihood=lambda t, z: -0.5 * ((z - t) ** 2).sum(-1))
+    prior = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                            covariance_matrix=torch.ones(1, 1, 1, dtype=torch.float64))
+    z = torch.tensor([[0.3], [1.1], [0.8]], dtype=torch.float64)
+    plain = refine(prior, prior, problem, z, n=500, generator=torch.Generator().manual_seed(1))
+    wrapped = refine(prior, prior, problem, as_observations(z, problem.sources), n=500,
+                     generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(plain.mean, wrapped.mean, rtol=0, atol=0)
+    exact = 2.2 / 4  # N(0, 1) prior, three unit-noise readings summing to 2.2
+    assert abs(float(plain.mean[0]) - exact) < 5 * math.sqrt(1 / 4 / float(plain.ess))
