@@ -439,6 +439,10 @@ def test_infer_command_takes_prior_parameters(tmp_path, capsys):
     exact_log_mean = math.log(3.125) - float(torch.digamma(torch.tensor(2.5, dtype=torch.float64)))
     assert abs(answer["mean"][0] - exact_log_mean) < 0.02
     assert abs(answer["mean_original_space"][0] - 3.125 / 1.5) < 0.1  # a tail-sensitive moment: looser
+    post = model.posterior(torch.tensor([2.0, 2.0]), torch.tensor([[1.5]]))  # the same moments as the posterior's
+    assert answer["mean_original_space"] == pytest.approx(post.mean.tolist(), rel=1e-6)
+    assert answer["variance_original_space"] == pytest.approx(post.variance.tolist(), rel=1e-6)
+    assert answer["reliable"] is True and "reliability" not in answer
     path.write_text(json.dumps({"prior": {"alpha": 3.0}, "observations": [1.5]}))
     assert main(["infer", "--model", "inverse-gamma", "--input", str(path)]) == 2
     assert "['alpha', 'beta']" in capsys.readouterr().err

@@ -70,9 +70,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     import json
+    import warnings
 
-    import torch
-
+    from .support import OutOfFamilyWarning
     from .zoo import load_named_or_path
 
     with (sys.stdin if args.input == "-" else open(args.input)) as f:
@@ -90,12 +90,19 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     model = load_named_or_path(args.model)
     prior = _json_prior(model, request["prior"])
     z = _json_observations(model, request["observations"])
-    post = model.posterior(prior, z)
+    with warnings.catch_warnings():  # the verdict goes into the reply, problem by problem
+        warnings.simplefilter("ignore", OutOfFamilyWarning)
+        post = model.posterior(prior, z)
     reply = {}
-    if model.warp is not None:  # the mixture lives on the warped space; say which, and give moments by sampling
+    if post.reliable is not None:
+        reply["reliable"] = bool(post.reliable.all())
+        if not reply["reliable"]:  # why, as the warning would say it
+            reply["reliability"] = post.reliability.summary() + (f"; {post.reliability.detail}"
+                                                                 if post.reliability.detail else "")
+    if model.warp is not None:  # the mixture lives on the warped space; say which, and its moments on the original
         reply["warp"] = list(model.warp.kinds)
-        draws = post.sample((20000,), generator=torch.Generator().manual_seed(0))
-        reply["mean_original_space"] = draws.mean(0).tolist()
+        reply["mean_original_space"] = post.mean.tolist()
+        reply["variance_original_space"] = post.variance.tolist()
         post = post.base
     reply |= {"weights": post.weights.tolist(), "loc": post.loc.tolist(),
               "covariance_matrix": post.component_covariance_matrix.tolist(),
