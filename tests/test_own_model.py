@@ -45,6 +45,8 @@ def test_priors_around_a_nominal_prior_move_by_the_stated_amounts(rng):
     assert bool((priors.weights[:, 2] == 0).all())  # a zero-weight component stays at zero
     scale = priors.scale_tril[:, 0, 1, 1]  # c * 1
     assert 0.5 - 1e-6 <= float(scale.min()) and float(scale.max()) <= 2.0 + 1e-6
+    warped = dfm.meta_priors.around(dfm.WarpedGaussianMixture(nominal, ["log", "logit"]), shift=1.0)
+    assert warped == dfm.meta_priors.around(nominal, shift=1.0)  # priors of a warped parameter: its working scale
 
 
 def test_mixture_of_meta_priors_pads_with_zero_weights(rng):

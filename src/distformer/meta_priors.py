@@ -144,8 +144,13 @@ class Around(MetaPrior):
 
 def around(nominal: GaussianMixture, shift: float = 1.0, scale: float | Sequence[float] = (0.5, 2.0),
            weight_noise: float = 0.5) -> Around:
-    """Priors near ``nominal`` (a :class:`GaussianMixture` without batch dimensions, on the model's space): module
-    docstring. Zero-weight components of the nominal prior stay at zero."""
+    """Priors near ``nominal`` (a :class:`GaussianMixture` without batch dimensions, on the model's space, or a
+    ``WarpedGaussianMixture`` whose base is that): module docstring. Zero-weight components of the nominal prior
+    stay at zero."""
+    from .distributions.transforms import WarpedGaussianMixture
+
+    if isinstance(nominal, WarpedGaussianMixture):  # priors on a warped parameter are mixtures on its working scale
+        nominal = nominal.base
     if not isinstance(nominal, GaussianMixture) or nominal.batch_shape != torch.Size():
         raise ValueError(f"Expected the nominal prior to be one GaussianMixture (batch shape ()), but got "
                          f"{type(nominal).__name__} {tuple(getattr(nominal, 'batch_shape', ()))}.")
