@@ -294,6 +294,8 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
     eager = model.posterior(prior, z, mask)
     with torch.inference_mode():
         _assert_matches_to_1e_5(program(prior.log_weights, prior.loc, prior.scale_tril, z, mask), eager)
+    contract = json.loads((tmp_path / "update.pt.json").read_text())
+    assert contract["warp"] is None and contract["problem"] == "linear-gaussian"
     with pytest.raises(ValueError, match="format among"):
         model.export(tmp_path / "x.tflite", format="tflite")
     with pytest.raises(ValueError, match="positive int num_components"):  # not silently the trained K
@@ -309,6 +311,9 @@ def test_exported_update_matches_eager_to_1e_5(tmp_path):
         with pytest.raises(RuntimeError, match="Expected a C\\+\\+ compiler"):
             model.export(tmp_path / "x.pt2", format="aoti")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["update.pt", "update.pt.json"]  # nothing else written
+    default = model.export(tmp_path / "default.pt")  # N from the card: the most observations in training
+    assert json.loads((tmp_path / "default.pt.json").read_text())["max_observations"] == \
+        model.support.count_high["z"] and default.is_file()
 
 
 @pytest.mark.slow
@@ -324,7 +329,7 @@ def test_onnx_export_runs_in_onnxruntime_and_matches_eager_to_1e_5(tmp_path, cap
 
     model = distformer.pretrained("linear-gaussian-2d")
     path = tmp_path / "update.onnx"
-    assert main(["export", "linear-gaussian-2d", str(path), "--format", "onnx"]) == 0
+    assert main(["export", "linear-gaussian-2d", str(path), "--format", "onnx", "--max-observations", "20"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["update.onnx", "update.onnx.json"]
     contract = json.loads((tmp_path / "update.onnx.json").read_text())
@@ -352,7 +357,7 @@ def test_aoti_package_matches_eager_to_1e_5_at_any_batch_size(tmp_path, capsys):
 
     model = distformer.pretrained("linear-gaussian-2d")
     path = tmp_path / "update.pt2"
-    assert main(["export", "linear-gaussian-2d", str(path), "--format", "aoti"]) == 0
+    assert main(["export", "linear-gaussian-2d", str(path), "--format", "aoti", "--max-observations", "20"]) == 0
     assert "wrote" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["update.pt2", "update.pt2.json"]  # no partial file left
     contract = json.loads((tmp_path / "update.pt2.json").read_text())

@@ -136,7 +136,8 @@ def evaluate(name: str, quick: bool, generator: torch.Generator) -> dict:
             warnings.simplefilter("ignore")  # torch.compile's notices
             if cpp_compiler():
                 start = time.perf_counter()
-                package = torch._inductor.aoti_load_package(str(model.export(Path(tmp) / "u.pt2", format="aoti")))
+                exported_path = model.export(Path(tmp) / "u.pt2", format="aoti", max_observations=z.shape[-2])
+                package = torch._inductor.aoti_load_package(str(exported_path))
                 aoti_s = time.perf_counter() - start
                 inputs = [t.contiguous() for t in (prior.log_weights, prior.loc, prior.scale_tril, z, mask)]
                 fns["exported AOTInductor"] = lambda: package.loader.run(inputs)

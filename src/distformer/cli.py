@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output file: .pt for TorchScript, .pt2 for an AOTInductor package, .onnx for ONNX")
     p.add_argument("--format", choices=["torchscript", "aoti", "onnx"], default="torchscript")
     p.add_argument("--num-components", type=int, default=None, help="K of the priors it takes (default: trained K)")
-    p.add_argument("--max-observations", type=int, default=20, help="observations per data set, padded with a mask")
+    p.add_argument("--max-observations", type=int, default=None,
+                   help="observations per data set, padded with a mask (default: the most in training)")
     p.add_argument("--no-autotune", dest="autotune", action="store_false",
                    help="aoti: skip timing Inductor's kernels for each matrix product (export 3x faster, update slower)")
     p.set_defaults(func=_cmd_export)

@@ -83,12 +83,12 @@ FORMATS = ("torchscript", "aoti", "onnx")
 
 
 def export_update(model, path, format: str = "torchscript", num_components: int | None = None,
-                  max_observations: int = 20, autotune: bool = True) -> Path:
+                  max_observations: int | None = None, autotune: bool = True) -> Path:
     """Write the update to ``path`` (a TorchScript archive; for ``format="aoti"`` an AOTInductor ``.pt2`` package;
     for ``format="onnx"`` an ONNX file) and ``path + '.json'`` (the input contract), each replaced atomically.
 
-    ``num_components`` (default: the trained ``K``) and ``max_observations`` fix the example shapes the program
-    is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
+    ``num_components`` (default: the trained ``K``) and ``max_observations`` (default: the most observations of a
+    source in training, from the card's support, else 20) fix the example shapes the program is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
     and the ONNX graph other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++
     micro-kernels against ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this
     project's 2-core CPU that took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77
@@ -97,6 +97,9 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     if format not in FORMATS:
         raise ValueError(f"Expected format among {FORMATS}, but got {format!r}.")
     K = model.config.num_components if num_components is None else num_components
+    if max_observations is None:
+        support = model.support
+        max_observations = max(support.count_high.values()) if support is not None and support.count_high else 20
     if not isinstance(K, int) or K < 1 or not isinstance(max_observations, int) or max_observations < 1:
         raise ValueError(f"Expected positive int num_components and max_observations, but got {K!r} and "
                          f"{max_observations!r}.")
@@ -136,7 +139,10 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
                 + [f"{s} values (B, N, {e})" for s, e in model.config.sources.items()]
                 + [f"{s} mask (B, N) bool" for s in model.config.sources],
                 "outputs": ["log_weights (B, K)", "loc (B, K, D)", "scale_tril (B, K, D, D)"],
-                "load": LOADERS[format], "model": model.card.get("name")}
+                "load": LOADERS[format], "model": model.card.get("name"),
+                "problem": model.card.get("problem", {}).get("name"),
+                # the mixture in and out lives on the warped space: x = f^-1(y) coordinate by coordinate
+                "warp": list(model.warp.kinds) if model.warp is not None else None}
     if format == "aoti":
         contract["autotune"] = bool(autotune)
     if format == "onnx":

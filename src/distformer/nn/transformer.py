@@ -372,7 +372,7 @@ class DistributionTransformer(nn.Module):
                          likelihood=likelihood, importance_draws=importance_draws, generator=generator)
 
     def export(self, path, format: str = "torchscript", num_components: int | None = None,
-               max_observations: int = 20, autotune: bool = True):
+               max_observations: int | None = None, autotune: bool = True):
         """Write the posterior update as a program that runs with ``torch`` alone: ``format="torchscript"`` (any
         shapes) or ``"aoti"`` (an AOTInductor ``.pt2`` package compiled ahead of time, the fastest batch-1 update;
         needs a C++ compiler to export; ``autotune`` times Inductor's kernels for each matrix product, about two
