@@ -230,6 +230,14 @@ def test_bad_inputs(rng):
         model.posterior(prior, torch.zeros(2, 3, 2), torch.ones(2, 3))
     with pytest.raises(TypeError, match="GaussianMixture"):
         model.posterior(prior.to_torch(), torch.zeros(2, 3, 2))
+    with pytest.raises(TypeError, match="a tensor .* or a dict of them, but got str"):
+        model.posterior(prior, "z")
+    z = torch.randn(2, 3, 2, generator=rng)
+    expected = model.posterior(prior, z).mean
+    for given in (z.tolist(), z.numpy(), z.clone().requires_grad_()):  # as a dict's values already were
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning about a tensor that requires grad either
+            torch.testing.assert_close(model.posterior(prior, given).mean, expected)
 
 
 def test_non_finite_model_output_is_an_error(rng):

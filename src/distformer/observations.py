@@ -70,12 +70,19 @@ class Observations:
 def as_observations(observations, sources: Mapping[str, int], mask=None) -> Observations:
     """Check and convert user input into :class:`Observations` for a model with ``sources`` (name -> E_s).
 
-    Accepts an ``Observations``, a tensor ``(*B, N, E)`` (single-source models only) or a dict of tensors; ``mask``
+    Accepts an ``Observations``, a tensor ``(*B, N, E)`` (single-source models only) or a dict of tensors, where
+    nested lists or a NumPy array may stand for a tensor; ``mask``
     is a tensor ``(*B, N)`` or a dict of them (``None``: everything present).
     """
     if isinstance(observations, Observations):
         values, masks = dict(observations.values), dict(observations.masks)
     else:
+        if not isinstance(observations, (Tensor, Mapping)):  # nested lists or a NumPy array, as for a dict's values
+            try:
+                observations = torch.as_tensor(observations)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"Expected observations as a tensor (*B, N, E) or a dict of them, but got "
+                                f"{type(observations).__name__}.") from None
         if isinstance(observations, Tensor):
             if len(sources) != 1:
                 raise ValueError(f"Expected a dict of observations with keys {sorted(sources)}, but got one tensor.")
@@ -83,11 +90,8 @@ def as_observations(observations, sources: Mapping[str, int], mask=None) -> Obse
             values = {name: observations}
             if mask is not None and not isinstance(mask, Mapping):
                 mask = {name: mask}
-        elif isinstance(observations, Mapping):
-            values = dict(observations)
         else:
-            raise TypeError(f"Expected observations as a tensor (*B, N, E) or a dict of them, but got "
-                            f"{type(observations).__name__}.")
+            values = dict(observations)
         masks = dict(mask) if mask is not None else {}
     unknown = set(values) - set(sources)
     if unknown:
@@ -136,6 +140,6 @@ def _all_finite(values: Tensor) -> bool:
     """Whether every entry of ``values`` is finite. A finite float64 sum proves it (NaN and inf propagate through
     a sum), at batch size 1 for a third of the elementwise test's cost; a non-finite sum, which huge finite float64
     entries can give by overflow, is confirmed entry by entry."""
-    if math.isfinite(float(values.sum(dtype=torch.float64))):
+    if math.isfinite(float(values.detach().sum(dtype=torch.float64))):
         return True
     return bool(torch.isfinite(values).all())
