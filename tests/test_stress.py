@@ -32,6 +32,16 @@ def test_families_draw_what_they_say():
     assert float(sd.min()) >= 5 - 1e-4 and float(sd.max()) <= 30 + 1e-3  # 5-30 times the noise sd
     n = FAMILIES["observations"](200, 2, g).observations.masks["z"].sum(-1)
     assert int(n.min()) >= 1 and int(n.max()) <= 200 and int(n.max()) > 100
+    assert {int(p.prior.num_components) for p in FAMILIES["many-components"](40, 2, g)} == {24, 32, 48, 64}
+    n = FAMILIES["many-observations"](100, 1, g).observations.masks["z"].sum(-1)
+    assert int(n.min()) >= 200 and int(n.max()) <= 2000
+    cov = FAMILIES["near-singular"](40, 2, g).prior.component_covariance_matrix.double()
+    rho = cov[..., 0, 1] / (cov[..., 0, 0] * cov[..., 1, 1]).sqrt()
+    assert float(rho.min()) > 1 - 2e-3 and float(rho.max()) < 1  # 1 - 1e-6..1e-3, to float32's rounding
+    twins = FAMILIES["duplicated"](40, 2, g).prior
+    assert bool((twins.loc == twins.loc[:, :1]).all()) and bool((twins.weights == 0.25).all())
+    assert FAMILIES["gridded-box"](40, 2, g).prior.num_components == 16
+    assert FAMILIES["float64"](40, 2, g).prior.dtype == torch.float64
 
 
 def test_the_1d_model_is_silent_and_accurate_on_its_meta_prior():

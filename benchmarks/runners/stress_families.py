@@ -22,6 +22,24 @@ component sds ``[0.1, 3]``, 1..20 observations) in one respect each:
 * ``anisotropic``: each component's sds along random orthogonal axes log-uniform on :math:`[10^{-3}, 10^3]` times
   the noise sd (one coordinate known to a thousandth, another vague), condition numbers up to :math:`10^{12}`;
 * ``uniform-in-range``: every chart coordinate uniform inside the training ranges a range check would accept.
+
+A second group, each one way users write priors that neither the training meta-prior nor the first group covers:
+
+* ``mixed-scales``: four isotropic components whose sds are each log-uniform on 0.01-100 times the noise sd;
+* ``many-components``: ``K`` from 24 to 64;
+* ``far-translated``: the whole problem moved by :math:`10^3`-:math:`10^5`;
+* ``one-wide-reading``: one observation under components 10-100 times the noise sd, means spread by 30;
+* ``duplicated``: one Gaussian written as four identical components of weight 1/4;
+* ``many-observations``: 200-2,000 observations (read in parts of the trained count);
+* ``scale-mixture``: five components sharing one mean, sds 0.1-10 (a heavy-tailed prior), Dirichlet(1) weights;
+* ``dirichlet-weights``: six components with Dirichlet(0.1) weights (most mass on one or two);
+* ``gridded-box``: a uniform box of side 1-20 written as a grid of equal overlapping Gaussians (5 in 1-D, 4 x 4
+  in 2-D; in 10-D 2 x 2 on the first two axes);
+* ``outlier``: data from the prior, but one observation moved 5-30 noise sds along a random direction;
+* ``partial-masks``: 20 slots per data set, each present with probability 0.3 (one always);
+* ``near-singular``: three components whose first two coordinates have correlation :math:`1-\varepsilon`,
+  :math:`\varepsilon` log-uniform on :math:`[10^{-6}, 10^{-3}]` (1-D: the meta-prior);
+* ``float64``: the meta-prior's problems in float64.
 """
 
 from __future__ import annotations
@@ -212,9 +230,107 @@ def uniform_in_range(n, D, g):
     return _from_prior(chart_to_gmm(chart, D), g)
 
 
+def mixed_scales(n, D, g):
+    prior = _priors(n, 4, D, g)
+    sd = _log_uniform((n, 4, 1, 1), 1e-2, 1e2, g)
+    return _from_prior(GaussianMixture(prior.weights, prior.loc, scale_tril=sd * torch.eye(D)), g)
+
+
+def many_components(n, D, g):
+    sizes = [n // 4 + (i < n % 4) for i in range(4)]
+    return [_from_prior(_priors(size, K, D, g), g) for K, size in zip((24, 32, 48, 64), sizes) if size]
+
+
+def far_translated(n, D, g):
+    p = _from_prior(_priors(n, 4, D, g), g)
+    t = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1) * _log_uniform((n, 1), 1e3, 1e5, g)
+    moved = GaussianMixture(p.prior.weights, p.prior.loc + t.unsqueeze(1), scale_tril=p.prior.scale_tril)
+    return Problems(moved, p.theta + t, Observations({"z": p.observations.values["z"] + t.unsqueeze(1)},
+                                                     p.observations.masks))
+
+
+def one_wide_reading(n, D, g):
+    return _from_prior(_priors(n, 4, D, g, mean_scale=30.0, low=10.0, high=100.0), g, torch.ones(n, dtype=torch.long))
+
+
+def duplicated(n, D, g):
+    one = _priors(n, 1, D, g)
+    return _from_prior(GaussianMixture(torch.full((n, 4), 0.25), one.loc.expand(n, 4, D).clone(),
+                                       scale_tril=one.scale_tril.expand(n, 4, D, D).clone()), g)
+
+
+def many_observations(n, D, g):
+    return _from_prior(_priors(n, 4, D, g), g, _log_uniform((n,), 200, 2000, g).round().long())
+
+
+def scale_mixture(n, D, g):
+    K = 5
+    centre = 3 * torch.randn(n, 1, D, generator=g)
+    sd = torch.logspace(-1, 1, K).reshape(1, K, 1, 1).expand(n, K, 1, 1)
+    weights = -torch.log(torch.rand(n, K, generator=g))  # Dirichlet(1): normalised standard exponentials
+    return _from_prior(GaussianMixture(weights / weights.sum(-1, keepdim=True), centre.expand(n, K, D).clone(),
+                                       scale_tril=sd * torch.eye(D)), g)
+
+
+def dirichlet_weights(n, D, g):
+    from distformer.problems.sampling import standard_gamma
+
+    prior = _priors(n, 6, D, g)
+    weights = standard_gamma(torch.full((n, 6), 0.1, dtype=torch.float64), g).float().clamp_min(1e-30)
+    return _from_prior(_reweighted(prior, weights), g)
+
+
+def gridded_box(n, D, g):
+    per, axes = {1: (5, 1), 2: (4, 2)}.get(D, (2, 2))
+    side = _log_uniform((n, 1, 1), 1.0, 20.0, g)
+    line = torch.linspace(-0.5, 0.5, per)
+    grid = torch.stack(torch.meshgrid(*[line] * axes, indexing="ij"), -1).reshape(-1, axes)  # (K, axes)
+    K = grid.shape[0]
+    offsets = torch.cat([grid, torch.zeros(K, D - axes)], -1) if D > axes else grid
+    loc = 3 * torch.randn(n, 1, D, generator=g) + side * offsets
+    sd = (side / per).unsqueeze(-1).expand(n, K, 1, 1)
+    return _from_prior(GaussianMixture(torch.full((n, K), 1.0 / K), loc, scale_tril=sd * torch.eye(D)), g)
+
+
+def outlier(n, D, g):
+    p = _from_prior(_priors(n, 4, D, g), g)
+    direction = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1)
+    values = p.observations.values["z"].clone()
+    values[:, 0] = values[:, 0] + _log_uniform((n, 1), 5.0, 30.0, g) * direction
+    return Problems(p.prior, p.theta, Observations({"z": values}, p.observations.masks))
+
+
+def partial_masks(n, D, g):
+    p = _from_prior(_priors(n, 4, D, g), g, torch.full((n,), 20))
+    mask = torch.rand(n, 20, generator=g) < 0.3
+    mask[:, 0] = True
+    return Problems(p.prior, p.theta, as_observations(p.observations.values["z"], {"z": D}, mask))
+
+
+def near_singular(n, D, g):
+    prior = _priors(n, 3, D, g)
+    if D == 1:
+        return _from_prior(prior, g)
+    rho = 1 - _log_uniform((n, 3), 1e-6, 1e-3, g).double()
+    sd = _log_uniform((n, 3, D), 0.1, 3.0, g).double()
+    cov = torch.diag_embed(sd ** 2)
+    cov[..., 0, 1] = cov[..., 1, 0] = rho * sd[..., 0] * sd[..., 1]
+    scale_tril = torch.linalg.cholesky(cov).float()  # factored in float64: exact to float32
+    return _from_prior(GaussianMixture(prior.weights, prior.loc, scale_tril=scale_tril), g)
+
+
+def in_float64(n, D, g):
+    p = _from_prior(_priors(n, 4, D, g), g)
+    return Problems(p.prior.to(torch.float64), p.theta.double(), p.observations.to(torch.float64))
+
+
 FAMILIES: dict[str, Callable] = {
     "meta": meta, "translated": translated, "wide": wide, "narrow": narrow, "correlated": correlated,
     "separated": separated, "tiny-weights": tiny_weights, "zero-weights": zero_weights, "components": components,
     "observations": observations, "conflict": conflict, "far-conflict": far_conflict, "very-narrow": very_narrow,
     "anisotropic": anisotropic, "uniform-in-range": uniform_in_range,
+    "mixed-scales": mixed_scales, "many-components": many_components, "far-translated": far_translated,
+    "one-wide-reading": one_wide_reading, "duplicated": duplicated, "many-observations": many_observations,
+    "scale-mixture": scale_mixture, "dirichlet-weights": dirichlet_weights, "gridded-box": gridded_box,
+    "outlier": outlier, "partial-masks": partial_masks, "near-singular": near_singular, "float64": in_float64,
 }

@@ -7,8 +7,10 @@ r"""Stress families for the parametric-prior models, each with its exact or refe
   ``below-0.5`` and ``100-1000`` (log-uniform on :math:`[0.1, 0.5]` and :math:`[100, 1000]`); and prior-data
   conflict: :math:`\alpha, \beta` log-uniform on :math:`[0.5, 100]` with one reading :math:`10` to :math:`1000`
   times, or :math:`10^{-8}` to :math:`10^{-3}` times, the prior's scale :math:`\sqrt{\beta/\alpha}`; and
-  ``2-10 readings`` (the same priors, 2 to 10 readings where training had one). KL by Monte Carlo with draws
-  from the closed-form posterior.
+  ``2-10 readings`` (the same priors, 2 to 10 readings where training had one); and :math:`\alpha` and
+  :math:`\beta` far apart (:math:`\beta` log-uniform on :math:`[10^{-6}, 10^3]`), :math:`\alpha` on
+  :math:`[0.01, 0.1]`, both on :math:`[10^3, 10^5]`, and a reading of exactly 0 (rounded data). KL by Monte Carlo
+  with draws from the closed-form posterior.
 * ``quantum`` (:math:`\Delta\sim\mathrm{Beta}(a, b)`, ten shots): ``meta`` (its training meta-prior) and
   ``a, b`` log-uniform on :math:`[0.5, 100]`, :math:`[0.1, 0.5]` (U-shaped priors) and :math:`[100, 1000]`.
   KL by quadrature on the reference grid in logit space, which takes in the prior's tails (for a shape near 0 they
@@ -46,12 +48,14 @@ def _simulated(model, problem, prior: torch.Tensor, generator: torch.Generator):
 def _scaled_reading(model, prior: torch.Tensor, low: float, high: float, generator: torch.Generator):
     """``(prior, observations, model posterior)`` with one reading :math:`z = \pm\sqrt{\beta/\alpha}\,10^u`,
     :math:`u\sim\mathcal U(\text{low}, \text{high})`: data far larger (``u > 0``) or smaller than the prior's scale
-    :math:`\sqrt{\beta/\alpha}` allows, the inverse-gamma model's prior-data conflict."""
+    :math:`\sqrt{\beta/\alpha}` allows, the inverse-gamma model's prior-data conflict; ``low = -inf``: a reading of
+    exactly 0 (rounded data, whose log mean square, the scale anchor, is -inf)."""
     from distformer.observations import as_observations
 
     from .stress import posterior_quietly
 
-    u = low + (high - low) * torch.rand(prior.shape[0], generator=generator, dtype=torch.float64)
+    u = low + (high - low) * torch.rand(prior.shape[0], generator=generator, dtype=torch.float64) \
+        if math.isfinite(low) else torch.full((prior.shape[0],), low, dtype=torch.float64)  # 10^-inf: a reading of 0
     sign = torch.where(torch.rand(prior.shape[0], generator=generator) < 0.5, -1.0, 1.0).double()
     z = (sign * (prior[:, 1].double() / prior[:, 0].double()).sqrt() * 10 ** u).float()
     obs = as_observations(z.view(-1, 1, 1), model.config.sources)
@@ -94,6 +98,12 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
         "data 10-1000x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
         "data 1e-8-1e-3x the prior's scale": lambda: _log_uniform(n, 0.5, 100.0, generator),
         "2-10 readings": lambda: _log_uniform(n, 0.5, 100.0, generator),
+        "alpha 0.5-100, beta 1e-6-1e3": lambda: torch.stack([_log_uniform(n, 0.5, 100.0, generator)[:, 0],
+                                                              _log_uniform(n, 1e-6, 1e3, generator)[:, 0]], -1),
+        "alpha 0.01-0.1": lambda: torch.stack([_log_uniform(n, 0.01, 0.1, generator)[:, 0],
+                                                _log_uniform(n, 0.5, 100.0, generator)[:, 0]], -1),
+        "alpha, beta 1e3-1e5": lambda: _log_uniform(n, 1e3, 1e5, generator),
+        "a reading of exactly 0": lambda: _log_uniform(n, 0.5, 100.0, generator),
     }
     conflicts = {"data 10-1000x the prior's scale": (1.0, 3.0), "data 1e-8-1e-3x the prior's scale": (-8.0, -3.0)}
     rows = []
@@ -103,6 +113,8 @@ def inverse_gamma_rows(n: int, kl_samples: int, generator: torch.Generator) -> l
             prior, obs, post = _scaled_reading(model, draw().float(), *conflicts[family], generator)
         elif family == "2-10 readings":
             prior, obs, post = _several_readings(model, problem, draw().float(), 2, 10, generator)
+        elif family == "a reading of exactly 0":
+            prior, obs, post = _scaled_reading(model, draw().float(), -math.inf, -math.inf, generator)
         else:
             prior, obs, post = _simulated(model, problem, draw().float(), generator)
         exact = problem.exact_posterior(prior.double(), obs)
