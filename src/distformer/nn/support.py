@@ -210,10 +210,10 @@ class TrainingSupport:
         r""":meth:`outside` for the small-batch trace (``engine.SmallBatchUpdate``) of a GMM-prior model whose frame
         this support shares (:meth:`frames_like`): ``chart`` ``(B, K, C)`` and ``observations`` (batch ``(B,)``)
         already framed as the network reads them (``structure.framed``: means and the anchor's data relative to its
-        data mean :math:`ar z`), and the prior's factors ``scale_tril`` ``(B, K, D, D)``. The reasons of
+        data mean :math:`\bar z`), and the prior's factors ``scale_tril`` ``(B, K, D, D)``. The reasons of
         :meth:`_outside_numpy` in about half the operations of :meth:`_outside_torch`: the anchor is the network's,
         the raw values are compared with the bounds mapped back through the features (``_raw_bounds``, in
-        float64), and the conflict gap :math:`ar z - \mu_k` is minus the framed mean."""
+        float64), and the conflict gap :math:`\bar z - \mu_k` is minus the framed mean."""
         live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
         mid, half = self._raw_bounds_torch("component", chart.device)
         prior = (((chart[..., 1:] - mid).abs() > half).any(-1) & live).any(-1)

@@ -122,7 +122,8 @@ class GPHyperprior(Problem):
         (required: the GP's mean ``m`` and scale ``s`` enter the likelihood); returns ``(*S, *B)``.
 
         Given :math:`\ell` and :math:`f_\star = f(x_\star)`, the outputs are Gaussian,
-        :math:`y \mid f_\star, \ell \sim \mathcal Nig(m + k_\star (f_\star - m)/s^2,        K_\ell + \sigma_n^2 I - k_\star k_\star^	op / s^2ig)` with :math:`k_\star = k_\ell(x, x_\star)`."""
+        :math:`y \mid f_\star, \ell \sim \mathcal N\big(m + k_\star (f_\star - m)/s^2,\
+        K_\ell + \sigma_n^2 I - k_\star k_\star^\top / s^2\big)` with :math:`k_\star = k_\ell(x, x_\star)`."""
         if prior is None:
             raise ValueError("Expected the prior parameters (mean, scale, alpha, beta) as prior=..., since the GP's "
                              "mean and scale enter this likelihood, but got none.")
