@@ -88,8 +88,9 @@ def export_update(model, path, format: str = "torchscript", num_components: int 
     for ``format="onnx"`` an ONNX file) and ``path + '.json'`` (the input contract), each replaced atomically.
 
     ``num_components`` (default: the trained ``K``) and ``max_observations`` (default: the most observations of a
-    source in training, from the card's support, else 20) fix the example shapes the program is traced with; the TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package
-    and the ONNX graph other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++
+    source in training, from the card's support, else 20) fix the example shapes the program is traced with; the
+    TorchScript program runs other batch sizes, ``K`` and ``N`` too, the AOTInductor package and the ONNX graph
+    other batch sizes only. ``autotune`` (``"aoti"`` only): Inductor times its own C++
     micro-kernels against ATen's for each matrix product and keeps the faster (``AUTOTUNE_CONFIG``); on this
     project's 2-core CPU that took the export from about 1 to 3 minutes and the 2-D model's batch-1 update to 0.77
     of its time untuned.

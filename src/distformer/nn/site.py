@@ -127,8 +127,8 @@ def _apply_site_entrywise(chart: Tensor, head: Tensor, dim: int, evidence: bool 
                  for i in range(D)]                                                       # + M M^T
     cov = gram_entries(inverse_entries(cholesky_entries(precision)))
     gap = [head[..., 1 + i] - chart[..., 1 + i] for i in range(D)]                       # site mean - loc
-    pulled = [entry_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]           # M^T gap
-    force = [entry_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]        # M M^T gap
+    pulled = [entry_sum([M[i][k] * gap[i] for i in range(k, D)]) for k in range(D)]       # M^T gap
+    force = [entry_sum([M[i][k] * pulled[k] for k in range(i + 1)]) for i in range(D)]    # M M^T gap
     step = [entry_sum([(cov[i][j] if j <= i else cov[j][i]) * force[j] for j in range(D)]) for i in range(D)]
     loc = [chart[..., 1 + i] + step[i] for i in range(D)]                                 # loc + cov M M^T gap
     factor = cholesky_entries(cov)
