@@ -134,7 +134,7 @@ def test_support_round_trips_and_old_cards_still_load():
     card = dfm.pretrained("linear-gaussian-2d").card["support"]
     support = TrainingSupport.from_dict(card)
     assert TrainingSupport.from_dict(support.to_dict()) == support
-    support._bounds("component", torch.float32, "cpu")  # fills a cache that must not leak into the card
+    support._raw_bounds_torch("component", "cpu")  # fills a cache that must not leak into the card
     assert support.to_dict() == card and card["format"] == SUPPORT_FORMAT
     assert support.anchor == "z" and support.count_high["z"] >= 20
     assert all(lo < hi for lo, hi in zip(support.component_low, support.component_high))
@@ -254,7 +254,7 @@ def test_the_traced_check_in_the_networks_frame_agrees_with_numpy(rng):
     prior = dfm.GaussianMixture(weights, batch.prior.loc, scale_tril=batch.prior.scale_tril * narrow)
     chart = gmm_to_chart(prior)
     chart = torch.cat([chart[..., :1].clamp_min(LOG_WEIGHT_FLOOR), chart[..., 1:]], -1)  # as the trace floors it
-    support.cache_bounds(model.config.sources, chart.dtype, chart.device)
+    support.cache_bounds(model.config.sources, chart.device)
     framed_chart, framed_obs, _ = framed(model.config, chart, obs)
     fast = support.outside_framed(framed_chart, framed_obs, prior.scale_tril)
     reference = support._outside_numpy(chart, obs, None)

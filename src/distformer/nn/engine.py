@@ -168,7 +168,7 @@ def small_batch_update(model, checked: bool):
         _tril_index(model.dim, str(weight.device))  # cached first: the trace then holds them as constants
         if support is not None:
             with torch.inference_mode(False):
-                support.cache_bounds(model.config.sources, weight.dtype, weight.device)
+                support.cache_bounds(model.config.sources, weight.device)
         cached = (folded, support, _trace_update(SmallBatchUpdate(model, support), model, weight))
         model.__dict__[key] = cached
     return cached[2]

@@ -45,7 +45,7 @@ from ..distributions.small_linalg import (MAX_UNROLLED_DIM, entries, entry_sum, 
                                           squared_mahalanobis_entries)
 from ..distributions.transforms import Warp
 from ..observations import Observations
-from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations, scale_anchor_of
+from .structure import FEATURE_LOG_SCALE_RANGE, framed_observations, moved, scale_anchor_of
 from .tokens import gmm_to_chart, tril_from_parts
 
 SUPPORT_FORMAT = 2
@@ -178,24 +178,11 @@ class TrainingSupport:
                 raise ValueError(f"observation ranges of source {name!r} of length {len(lo)}/{len(hi)}, which "
                                  f"needs {width}")
 
-    def _bounds(self, what: str, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
-        """Lower and upper bounds of ``what`` (``component``, ``parameter`` or a source name) as tensors, cached."""
-        cache = self.__dict__.setdefault("_cache", {})
-        key = (what, dtype, str(device))
-        if key not in cache:
-            if what in ("component", "parameter"):
-                low, high = getattr(self, f"{what}_low"), getattr(self, f"{what}_high")
-            else:
-                low, high = self.observation_low[what], self.observation_high[what]
-            cache[key] = (torch.tensor(low, dtype=dtype, device=device), torch.tensor(high, dtype=dtype, device=device))
-        return cache[key]
-
-    def cache_bounds(self, sources: Mapping[str, int], dtype: torch.dtype, device) -> None:
-        """Make the bound tensors of the component coordinates and of each source in ``dtype`` on ``device`` now,
-        so that a trace of :meth:`_outside_torch` or :meth:`outside_framed` records them as constants rather than
-        their making."""
+    def cache_bounds(self, sources: Mapping[str, int], device) -> None:
+        """Make the bound tensors of the component coordinates and of each source on ``device`` now, so that a
+        trace of :meth:`_outside_torch` or :meth:`outside_framed` records them as constants rather than their
+        making."""
         for what in ("component", *[s for s in sources if s in self.observation_low]):
-            self._bounds(what, dtype, device)
             self._raw_bounds_torch(what, device)
 
     def frames_like(self, config) -> bool:
@@ -211,22 +198,15 @@ class TrainingSupport:
         this support shares (:meth:`frames_like`): ``chart`` ``(B, K, C)`` and ``observations`` (batch ``(B,)``)
         already framed as the network reads them (``structure.framed``: means and the anchor's data relative to its
         data mean :math:`\bar z`), and the prior's factors ``scale_tril`` ``(B, K, D, D)``. The reasons of
-        :meth:`_outside_numpy` in about half the operations of :meth:`_outside_torch`: the anchor is the network's,
-        the raw values are compared with the bounds mapped back through the features (``_raw_bounds``, in
-        float64), and the conflict gap :math:`\bar z - \mu_k` is minus the framed mean."""
+        :meth:`_outside_numpy`: the raw values compared with the bounds mapped back through the features
+        (``_raw_bounds``, in float64), and the conflict gap :math:`\bar z - \mu_k` minus the framed mean, written
+        out entry by entry. :meth:`_outside_torch` frames a mixture prior and comes here too."""
         live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
-        mid, half = self._raw_bounds_torch("component", chart.device)
-        prior = (((chart[..., 1:] - mid).abs() > half).any(-1) & live).any(-1)
-        data = count = torch.zeros_like(prior)
-        for name in self.observation_low:
-            v, m = observations.values[name], observations.masks[name]
-            mid, half = self._raw_bounds_torch(name, v.device)
-            data = data | (((v - mid).abs() > half).any(-1) & m).any(-1)
-            n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
-            count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+        prior = self._prior_reason(chart, live)
+        data, count, counts = self._observation_reasons(observations)
         conflict = torch.zeros_like(prior)
         if self.anchor and math.isfinite(self.conflict_high):
-            n = observations.masks[self.anchor].sum(-1)
+            n = counts[self.anchor]
             spread = (self.anchor_noise / n.clamp_min(1).to(chart.dtype)).unsqueeze(-1)
             dim = scale_tril.shape[-1]
             if dim <= MAX_UNROLLED_DIM:  # entry by entry: a few operations where a batched product costs more
@@ -242,6 +222,27 @@ class TrainingSupport:
             nearest = squared.masked_fill(~live, math.inf).amin(-1)
             conflict = (n > 0) & (nearest > self.conflict_high ** 2)
         return {"prior": prior, "data": data, "count": count, "conflict": conflict}
+
+    def _prior_reason(self, chart: Tensor, live: Tensor) -> Tensor:
+        """``prior`` ``(B,)``: a live component (``live`` ``(B, K)``) of charts ``(B, K, C)``, means relative to the
+        frame's shift, with a coordinate outside its range: the raw values against the bounds mapped back through
+        the features (``_raw_bounds``, float64), as :meth:`_outside_numpy` compares them."""
+        mid, half = self._raw_bounds_torch("component", chart.device)
+        return (((chart[..., 1:] - mid).abs() > half).any(-1) & live).any(-1)
+
+    def _observation_reasons(self, observations: Observations) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``(data, count, counts)``: per problem ``(B,)``, a present observation (framed) outside its source's range,
+        and a number of observations outside the trained counts; and each source's count ``(B,)``."""
+        data = count = None
+        counts = {}
+        for name in self.observation_low:
+            v, m = observations.values[name], observations.masks[name]
+            mid, half = self._raw_bounds_torch(name, v.device)
+            outside = (((v - mid).abs() > half).any(-1) & m).any(-1)
+            n = counts[name] = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
+            wrong = ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
+            data, count = (outside, wrong) if data is None else (data | outside, count | wrong)
+        return data, count, counts
 
     def _framed(self, observations: Observations) -> tuple[Observations, Tensor | None]:
 
@@ -261,29 +262,23 @@ class TrainingSupport:
 
     def _outside_torch(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
                        ) -> dict[str, Tensor]:
-        """:meth:`outside` in torch, for tensors on any device."""
+        """:meth:`outside` in torch, for tensors on any device: the comparisons of :meth:`_outside_numpy`; a
+        mixture prior of a model without scale anchoring is judged by :meth:`outside_framed` in its frame."""
         raw = observations
         observations, shift = self._framed(observations)
+        if parameters is None:
+            framed = chart if shift is None else moved(chart, -shift, shift.shape[-1])
+            if not self.scale_source:
+                dim = _dim_of_chart(chart.shape[-1])
+                scale_tril = tril_from_parts(chart[..., 1 + dim:1 + 2 * dim].exp(), chart[..., 1 + 2 * dim:], dim)
+                return self.outside_framed(framed, observations, scale_tril)
+            prior = self._prior_reason(framed, chart[..., 0] > -15.99)
+        else:
+            mid, half = self._raw_bounds_torch("parameter", parameters.device)
+            prior = ((parameters - mid).abs() > half).any(-1)
+        data, count, _ = self._observation_reasons(observations)
         conflict = self._conflict(chart, raw, None, shift if self.anchor else None,
                                   raw.masks[self.anchor].sum(-1) if self.anchor else None)
-        values, masks = observations.values, observations.masks
-        if parameters is not None:
-            low, high = self._bounds("parameter", parameters.dtype, parameters.device)
-            prior = ((parameters < low) | (parameters > high)).any(-1)
-        else:
-            low, high = self._bounds("component", chart.dtype, chart.device)
-            dim = _dim_of_chart(chart.shape[-1])
-            coords = component_features(chart, dim, shift, self.bounded)
-            live = chart[..., 0] > -15.99  # zero-weight components (floored at -16) change nothing
-            prior = (((coords < low) | (coords > high)).any(-1) & live).any(-1)
-        data = torch.zeros_like(prior)
-        count = torch.zeros_like(prior)
-        for name in self.observation_low:
-            v, m = values[name], masks[name]
-            low, high = self._bounds(name, v.dtype, v.device)
-            data = data | (((v < low) | (v > high)).any(-1) & m).any(-1)
-            n = m.sum(-1)  # a data set without observations gets its prior back exactly: never flagged
-            count = count | ((n > 0) & (n < self.count_low[name])) | (n > self.count_high[name])
         return {"prior": prior, "data": data, "count": count, "conflict": conflict}
 
     def _outside_numpy(self, chart: Tensor | None, observations: Observations, parameters: Tensor | None
@@ -399,8 +394,11 @@ class TrainingSupport:
     def _raw_bounds_of(self, what: str):
         import numpy as np
 
-
-        low, high = (b.numpy().copy() for b in self._bounds(what, torch.float64, "cpu"))
+        if what in ("component", "parameter"):
+            low, high = getattr(self, f"{what}_low"), getattr(self, f"{what}_high")
+        else:
+            low, high = self.observation_low[what], self.observation_high[what]
+        low, high = np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
         if what == "component" and self.bounded:
             dim = _dim_of_chart(low.size + 1)
             asinh = np.r_[0:dim, 2 * dim:low.size]
