@@ -227,15 +227,8 @@ def raw_importance_ratios(proposal: GaussianMixture, prior, log_likelihood, obse
 def _as_log_likelihood(likelihood) -> Callable[[Tensor, object], Tensor]:
     from .problems.base import Problem
 
-    if isinstance(likelihood, Problem):  # the data as model.posterior takes them: a tensor, a dict or Observations
-        from .observations import Observations, as_observations
-
-        def log_likelihood(theta: Tensor, observations) -> Tensor:
-            if not isinstance(observations, Observations):
-                observations = as_observations(observations, likelihood.sources)
-            return likelihood.log_likelihood(theta, observations)
-
-        return log_likelihood
+    if isinstance(likelihood, Problem):
+        return likelihood.log_likelihood
     if callable(likelihood):
         return likelihood
     raise TypeError(f"Expected likelihood to be a distformer problem or a callable (theta, observations) -> "

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..distributions.gmm import GaussianMixture
 from ..distributions.transforms import Warp
-from ..observations import Observations
+from ..observations import Observations, as_observations
 from .base import Problem
 
 SUPPORTS = {"real": "identity", "positive": "log", "unit": "logit"}
@@ -133,10 +133,7 @@ class SimulatorProblem(Problem):
         and observations of batch ``B``."""
         if self._log_likelihood is None:
             raise NotImplementedError(f"Problem {self.name!r} was built without a log_likelihood.")
-        obs = observations if isinstance(observations, Observations) else None
-        if obs is None:
-            raise ValueError("Expected Observations (as simulate returns them), but got "
-                             f"{type(observations).__name__}.")
+        obs = as_observations(observations, self.sources)  # as model.posterior takes them: a tensor, a dict, ...
         z, mask = obs.values[self.source], obs.masks[self.source]  # (*B, N, E), (*B, N)
         each = self._log_likelihood(theta.unsqueeze(-2), z)  # (*S, *B, N)
         return torch.where(mask, each, torch.zeros((), dtype=each.dtype)).sum(-1)
