@@ -130,6 +130,7 @@ def test_warped_quantiles_invert_the_distribution_function(kind, rng):
                       "logit[-2,10]": ([[-2.0], [10.5]], [0.0, 1.0])}[kind]
     torch.testing.assert_close(q.cdf(torch.tensor(edge, dtype=torch.float64)),
                                torch.tensor(expected, dtype=torch.float64))
+    assert bool(torch.isnan(q.cdf(torch.tensor([[math.nan]], dtype=torch.float64))).all())  # as the base's cdf
     draws = q.sample((20000,), generator=rng)
     below = float((draws <= x[2]).double().mean())
     assert abs(below - 0.5) < 4.5 * 0.5 / math.sqrt(20000)  # binomial sd; false alarm below 1e-5

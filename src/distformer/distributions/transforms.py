@@ -190,13 +190,15 @@ class WarpedGaussianMixture(Distribution):
 
     def cdf(self, x: Tensor) -> Tensor:
         r"""Distribution function of a one-dimensional warped mixture, values ``(..., 1)`` on the original space ->
-        ``(...)``: the warp is increasing, so :math:`P(X \le x) = P(Y \le f(x))`; 0 below the support, 1 above."""
+        ``(...)``: the warp is increasing, so :math:`P(X \le x) = P(Y \le f(x))`; 0 below the support, 1 above, NaN
+        for NaN as the base mixture gives."""
         self.warp._check(x)
         inside = self.warp.in_support(x)
         safe = torch.where(inside[..., None], x, self.warp.inverse(torch.zeros_like(x)))
         below = (x[..., 0] <= self.warp.inverse(torch.full_like(x, -torch.inf))[..., 0])
         value = self.base.cdf(self.warp.forward(safe))
-        return torch.where(inside, value, torch.where(below, 0.0, 1.0).to(value.dtype))
+        outside = torch.where(below, 0.0, 1.0).to(value.dtype)
+        return torch.where(inside, value, torch.where(torch.isnan(x[..., 0]), torch.nan, outside))  # NaN: as the base
 
     def icdf(self, q: Tensor) -> Tensor:
         """Quantiles of a one-dimensional warped mixture, probabilities ``(...)`` -> ``(..., 1)`` on the original
